@@ -1,0 +1,48 @@
+"""archspec: declarative architecture specs for PyTorch.
+
+`import archspec` never imports torch: `check` and `variants` are pure Python; `build` imports
+torch when it is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .check import Report, check
+from .errors import Diagnostic, SpecError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Diagnostic", "Report", "SpecError", "build", "check", "variants"]
+__version__ = "0.1.0"
+
+
+def build(
+    path: str | Path,
+    variant: str | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    num_classes: int | None = None,
+    **options: Any,
+) -> "nn.Module":
+    """Compile a spec into an `nn.Module`; raises SpecError carrying every error of the spec."""
+    from .compile import build as _build
+
+    return _build(path, variant, input_shape, num_classes, **options)
+
+
+def variants(path: str | Path) -> list[str]:
+    """The variant names a spec defines (raises SpecError if the file cannot be read)."""
+    from .errors import Loc
+    from .source import SourceError, read_source
+
+    try:
+        src = read_source(path)
+    except SourceError as e:
+        raise SpecError([Diagnostic(e.loc, e.problem.code, e.problem.message, e.problem.help)]) from None
+    except OSError as e:
+        raise SpecError([Diagnostic(Loc(str(path)), "E-IO", f"cannot read spec: {e.strerror or e}")]) from None
+    root = src.root
+    found = root.get("variants") if isinstance(root, dict) else None
+    return [str(k) for k in found] if isinstance(found, dict) else []

@@ -1,0 +1,133 @@
+"""`archspec.check`: read, lower and infer a spec; the Report that `check` prints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Collector, Diagnostic, Loc
+from .ir import Network, Node
+from .lower import lower
+from .source import SourceError, read_source
+
+
+@dataclass
+class Report:
+    spec: str
+    variant: str | None
+    errors: list[Diagnostic] = field(default_factory=list)
+    network: Network | None = None
+    source_lines: list[str] = field(default_factory=list)
+    requested_input: tuple[int, ...] | None = None
+    memory: Any = None  # a memory.MemoryReport when a batch size was given
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.network is not None
+
+    @property
+    def name(self) -> str:
+        return self.network.name if self.network else Path(self.spec).stem
+
+    @property
+    def input(self) -> tuple[int, ...] | None:
+        return self.network.input if self.network else self.requested_input
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.network.num_classes if self.network else None
+
+    @property
+    def resolved(self) -> Any:
+        return self.network.resolved if self.network else None
+
+    @property
+    def spec_hash(self) -> str:
+        blob = json.dumps([self.resolved, self.variant], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def layers(self) -> list[Node]:
+        if self.network is None:
+            return []
+        return [n for n in self.network.layers if n.inferred is not None]
+
+    @property
+    def output(self) -> tuple[int, ...] | None:
+        return self.network.root.out_shape if self.ok and self.network else None
+
+    @property
+    def params(self) -> int | None:
+        return sum(n.inferred.params for n in self.layers) if self.ok else None  # type: ignore[union-attr]
+
+    @property
+    def macs(self) -> int | None:
+        return sum(n.inferred.macs for n in self.layers) if self.ok else None  # type: ignore[union-attr]
+
+    def layer_rows(self) -> list[dict]:
+        rows = []
+        saved = self.memory.saved_by_path if self.memory is not None else None
+        for n in self.layers:
+            assert n.inferred is not None
+            row = {
+                "path": n.path,
+                "op": n.op,
+                "output": list(n.inferred.out),
+                "params": n.inferred.params,
+                "macs": n.inferred.macs,
+                "receptive_field": list(n.rf) if n.rf else None,
+            }
+            if saved is not None:
+                row["saved_bytes"] = saved.get(n.path, 0)
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict:
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "variant": self.variant,
+            "input": list(self.input) if self.input else None,
+            "output": list(self.output) if self.output else None,
+            "params": self.params,
+            "macs": self.macs,
+            "layers": self.layer_rows(),
+            "errors": [d.to_json() for d in self.errors],
+            "memory": self.memory.to_json() if self.memory is not None else None,
+        }
+
+    def render_errors(self) -> str:
+        return "\n\n".join(d.render(self.source_lines) for d in self.errors)
+
+
+def check(
+    path: str | Path,
+    variant: str | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    num_classes: int | None = None,
+) -> Report:
+    """Check a spec statically (never imports torch). Errors are in `report.errors`."""
+    name = str(path)
+    shape = tuple(input_shape) if input_shape is not None else None
+    report = Report(name, variant, requested_input=shape)
+    out = Collector()
+    try:
+        src = read_source(path)
+    except SourceError as e:
+        out.problem(e.loc, e.problem)
+        report.errors = out.items
+        return report
+    except OSError as e:
+        out.add(Loc(name), "E-IO", f"cannot read spec: {e.strerror or e}", None)
+        report.errors = out.items
+        return report
+    report.source_lines = src.lines
+    try:
+        report.network = lower(src, variant, shape, num_classes, out)
+    except RecursionError:
+        out.add(Loc(name), "E-TOO-DEEP", "the spec nests too deeply to expand", None)
+    report.errors = out.items
+    return report

@@ -1,0 +1,192 @@
+"""IR -> ordinary `nn.Module`s. With train.py, the only place that imports torch.
+
+Plain chains become `nn.Sequential`. Branching blocks (parallel, residual, dense, and any
+module that lends its children flat names) become small generated classes whose `forward` is
+straight-line code, emitted once per distinct block shape — so the forward pass costs what a
+hand-written module costs, and TorchScript, FX, ONNX and `torch.compile` see plain Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import linecache
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .check import check
+from .errors import Diagnostic, Loc, SpecError
+from .ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from .ops import OPS
+
+DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", 2_000_000_000))
+
+
+class ArchNet(nn.Sequential):
+    """The built network: its stages in order, plus what the spec says about it."""
+
+    def __init__(self, stages: "OrderedDict[str, nn.Module]", name: str, input_shape: tuple[int, ...],
+                 num_classes: int | None):
+        super().__init__(stages)
+        self.spec_name = name
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+
+
+class Block(nn.Module):
+    """Base of the generated branching blocks: children registered in forward order."""
+
+    def __init__(self, children: list[tuple[str, nn.Module]]):
+        super().__init__()
+        for name, module in children:
+            self.add_module(name, module)
+
+
+def build(
+    path: str | Path,
+    variant: str | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    num_classes: int | None = None,
+    *,
+    max_params: int | None = None,
+    device: str | torch.device | None = None,
+    weights: str | Path | None = None,
+) -> nn.Module:
+    """Check the spec, refuse it with every error if it is invalid or too large, then build."""
+    report = check(path, variant, input_shape, num_classes)
+    if not report.ok:
+        raise SpecError(report.errors, report.source_lines)
+    assert report.network is not None and report.params is not None
+    limit = DEFAULT_MAX_PARAMS if max_params is None else max_params
+    if report.params > limit:
+        raise SpecError(
+            [Diagnostic(Loc(str(path)), "E-TOO-BIG",
+                        f"the model has {report.params:,} parameters, over the limit of {limit:,}",
+                        "raise the limit with max_params= or ARCHSPEC_MAX_PARAMS if you mean it")],
+            report.source_lines,
+        )
+    with torch.device(device) if device is not None else _nullcontext():
+        model = compile_network(report.network)
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def compile_network(net: Network) -> ArchNet:
+    stages = OrderedDict((child.name, module_for(child)) for child in net.root.children)
+    return ArchNet(stages, net.name, net.input, net.num_classes)
+
+
+def module_for(node: Node) -> nn.Module:
+    if node.kind == LAYER:
+        return OPS[node.op].build(node.params, node.in_shape)
+    owned = list(_owned(node))
+    children = [(c.name, module_for(c)) for c in owned]
+    if node.kind == SEQ and all(c.kind == LAYER or not c.inline for c in node.children):
+        return nn.Sequential(OrderedDict(children))
+    cls = _block_class(node)
+    return cls(children)
+
+
+def _owned(node: Node):
+    """The module-owning descendants registered directly on `node`'s module."""
+    for child in node.parts():
+        if child.kind != LAYER and child.inline:
+            yield from _owned(child)
+        else:
+            yield child
+
+
+# --------------------------------------------------------------------------- code generation
+
+_CLASSES: dict[str, type] = {}
+_KIND_NAMES = {PARALLEL: "Parallel", RESIDUAL: "Residual", DENSE: "Dense", SEQ: "Chain"}
+
+
+def _block_class(node: Node) -> type:
+    source = _Emitter().forward_source(node)
+    key = f"{node.kind}:{source}"
+    if key not in _CLASSES:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        filename = f"<archspec-generated-{digest}>"
+        # Register the source so inspect.getsource (TorchScript) and tracebacks can read it.
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        namespace: dict[str, Any] = {"torch": torch}
+        exec(compile(source, filename, "exec"), namespace)  # our own generated code, never spec text
+        cls = type(_KIND_NAMES[node.kind], (Block,), {"forward": namespace["forward"]})
+        cls.__module__ = "archspec.compile"
+        _CLASSES[key] = cls
+    return _CLASSES[key]
+
+
+class _Emitter:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.n = 0
+
+    def var(self) -> str:
+        self.n += 1
+        return f"x{self.n}"
+
+    def forward_source(self, node: Node) -> str:
+        out = self.body(node, "x")
+        lines = ["def forward(self, x):", *(f"    {ln}" for ln in self.lines), f"    return {out}", ""]
+        return "\n".join(lines)
+
+    def call(self, node: Node, inp: str) -> str:
+        """A child that owns a module: one call."""
+        v = self.var()
+        ref = f"self.{node.name}" if node.name.isidentifier() and not keyword.iskeyword(node.name) \
+            else f"getattr(self, {node.name!r})"
+        self.lines.append(f"{v} = {ref}({inp})")
+        return v
+
+    def emit(self, node: Node, inp: str) -> str:
+        if node.kind == LAYER or not node.inline:
+            return self.call(node, inp)
+        return self.body(node, inp)
+
+    def body(self, node: Node, inp: str) -> str:
+        if node.kind == SEQ:
+            for child in node.children:
+                inp = self.emit(child, inp)
+            return inp
+        if node.kind == PARALLEL:
+            outs = [self.emit(b, inp) for b in node.children]
+            return self.merge(node.merge, outs)
+        if node.kind == RESIDUAL:
+            main = inp
+            for child in node.children:
+                main = self.emit(child, main)
+            short = self.emit(node.shortcut, inp) if node.shortcut is not None else inp
+            out = self.merge("add", [main, short])
+            return self.emit(node.post, out) if node.post is not None else out
+        if node.kind == DENSE:
+            for child in node.children:
+                new = self.emit(child, inp)
+                inp = self.merge("concat", [inp, new])
+            return inp
+        raise AssertionError(node.kind)
+
+    def merge(self, how: str, outs: list[str]) -> str:
+        if len(outs) == 1:
+            return outs[0]
+        v = self.var()
+        expr = f"torch.cat([{', '.join(outs)}], 1)" if how == "concat" else " + ".join(outs)
+        self.lines.append(f"{v} = {expr}")
+        return v

@@ -1,0 +1,104 @@
+"""Diagnostics: one located error each, rendered rustc-style, and the exception that carries them."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A 1-based position in a spec file."""
+
+    file: str
+    line: int = 1
+    column: int = 1
+    width: int = 1  # how many characters the caret underlines
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    loc: Loc
+    code: str
+    message: str
+    help: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.loc.file,
+            "line": self.loc.line,
+            "column": self.loc.column,
+            "code": self.code,
+            "message": self.message,
+            "help": self.help,
+        }
+
+    def render(self, source_lines: list[str] | None = None) -> str:
+        out = [f"{self.loc}: error[{self.code}]: {self.message}"]
+        if source_lines and 1 <= self.loc.line <= len(source_lines):
+            text = source_lines[self.loc.line - 1].rstrip("\n")
+            if len(text) <= 200:
+                gutter = " " * len(str(self.loc.line))
+                out.append(f"{gutter} |")
+                out.append(f"{self.loc.line} | {text}")
+                caret = "^" * max(1, min(self.loc.width, len(text) - self.loc.column + 1))
+                out.append(f"{gutter} | {' ' * (self.loc.column - 1)}{caret}")
+        if self.help:
+            out.append(f"help: {self.help}")
+        return "\n".join(out)
+
+
+class SpecError(Exception):
+    """Raised by `archspec.build` (and friends) when a spec has errors; carries all of them."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], source_lines: list[str] | None = None):
+        self.diagnostics = list(diagnostics)
+        self.source_lines = source_lines
+        super().__init__(self.render())
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return self.diagnostics
+
+    def render(self) -> str:
+        return "\n".join(d.render(self.source_lines) for d in self.diagnostics)
+
+
+class Problem(Exception):
+    """Raised inside a rule; the caller attaches the location and turns it into a Diagnostic."""
+
+    def __init__(self, code: str, message: str, help: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.help = help
+
+
+@dataclass
+class Collector:
+    """Gathers every diagnostic of one check, so all errors of a file are reported at once."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+    limit: int = 200
+
+    def add(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
+        if len(self.items) < self.limit:
+            self.items.append(Diagnostic(loc, code, message, help))
+
+    def problem(self, loc: Loc, p: Problem) -> None:
+        self.add(loc, p.code, p.message, p.help)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A `help:` line suggesting the closest known name, or listing the known names."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    if choices and len(choices) <= 30:
+        return "expected one of: " + ", ".join(choices)
+    return None

@@ -1,0 +1,197 @@
+"""Expressions in specs: `$c * 4`, `$in.c // 2`, `max($c // 8, 1)`.
+
+Parsed with Python's `ast` in "eval" mode and walked by a tiny interpreter that knows only a
+whitelisted grammar — arithmetic, comparisons, a conditional, a few pure functions, and
+`$name` / `$in.c` lookups. Nothing is ever handed to `eval`, and every result is bounded.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from typing import Any, Mapping
+
+from .errors import Problem, did_you_mean
+
+MAX_LEN = 300
+MAX_MAGNITUDE = 10**15
+
+_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_BIN = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_CMP = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
+_FUNCS = {
+    "min": min,
+    "max": max,
+    "int": int,
+    "round": round,
+    "abs": abs,
+    "ceil": math.ceil,
+    "floor": math.floor,
+}
+
+
+class Shape:
+    """`$in` inside expressions: `.c`, `.h`, `.w` for images, `.f` for flat features."""
+
+    def __init__(self, dims: tuple[int, ...]):
+        self.dims = dims
+
+    def attr(self, name: str) -> int:
+        table = {"c": 0, "h": 1, "w": 2} if len(self.dims) == 3 else {"f": 0, "c": 0}
+        if name not in table:
+            raise Problem(
+                "E-EXPR-NAME",
+                f"`$in.{name}` does not exist for an input of shape {list(self.dims)}",
+                did_you_mean(name, table),
+            )
+        return self.dims[table[name]]
+
+
+def is_expression(value: Any) -> bool:
+    return isinstance(value, str) and "$" in value
+
+
+def evaluate(text: str, env: Mapping[str, Any]) -> Any:
+    """Evaluate one expression string. Raises Problem with an E-EXPR-* code."""
+    if len(text) > MAX_LEN:
+        raise Problem("E-EXPR-SYNTAX", f"expression longer than {MAX_LEN} characters", None)
+    stripped = text.strip()
+    whole = _VAR.fullmatch(stripped)
+    if whole:  # `$c` alone may name any value, lists included
+        return _lookup(whole.group(1), env)
+    py = _VAR.sub(lambda m: "__v_" + m.group(1), stripped)
+    if "$" in py:
+        raise Problem(
+            "E-EXPR-SYNTAX", f"`$` must be followed by a name in `{text}`", "write `$name`"
+        )
+    try:
+        tree = ast.parse(py, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise Problem("E-EXPR-SYNTAX", f"cannot parse expression `{text}`", None) from None
+    return _Eval(env, text).run(tree.body)
+
+
+def _lookup(name: str, env: Mapping[str, Any]) -> Any:
+    if name not in env:
+        raise Problem(
+            "E-EXPR-NAME",
+            f"unknown name `${name}`",
+            did_you_mean(name, [k for k in env if not k.startswith("_")]),
+        )
+    return env[name]
+
+
+class _Eval:
+    def __init__(self, env: Mapping[str, Any], text: str):
+        self.env = env
+        self.text = text
+        self.steps = 0
+
+    def fail(self, message: str, help: str | None = None) -> Problem:
+        return Problem("E-EXPR-SYNTAX", f"{message} in `{self.text}`", help)
+
+    def run(self, node: ast.AST) -> Any:
+        self.steps += 1
+        if self.steps > 500:
+            raise self.fail("expression too complex")
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, (bool, int, float)) and not isinstance(node.value, complex):
+                return self.bounded(node.value)
+            if isinstance(node.value, str):
+                return node.value
+            raise self.fail(f"constant `{node.value!r}` is not allowed")
+        if isinstance(node, ast.Name):
+            if node.id.startswith("__v_"):
+                return _lookup(node.id[4:], self.env)
+            raise self.fail(
+                f"bare name `{node.id}` is not allowed",
+                f"parameters are written with a dollar sign: `${node.id}`",
+            )
+        if isinstance(node, ast.Attribute):
+            base = self.run(node.value)
+            if isinstance(base, Shape):
+                return base.attr(node.attr)
+            raise self.fail(f"attribute `.{node.attr}` is not allowed", "only `$in.c/h/w/f`")
+        if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
+            left, right = self.number(node.left), self.number(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 10**6):
+                raise self.fail("exponent too large")
+            try:
+                return self.bounded(_BIN[type(node.op)](left, right))
+            except ZeroDivisionError:
+                raise Problem("E-EXPR-DIV0", f"division by zero in `{self.text}`", None) from None
+            except (OverflowError, ValueError) as e:
+                raise self.fail(f"arithmetic error ({e})") from None
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Not)):
+            v = self.run(node.operand)
+            if isinstance(node.op, ast.Not):
+                return not v
+            v = self.number(node.operand) if not isinstance(v, (int, float)) else v
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMP:
+            return _CMP[type(node.ops[0])](self.run(node.left), self.run(node.comparators[0]))
+        if isinstance(node, ast.BoolOp):
+            vals = [self.run(v) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.IfExp):
+            return self.run(node.body) if self.run(node.test) else self.run(node.orelse)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            if len(node.elts) > 16:
+                raise self.fail("list too long")
+            return [self.run(e) for e in node.elts]
+        if isinstance(node, ast.Subscript):
+            seq = self.run(node.value)
+            idx = self.run(node.slice)
+            if isinstance(seq, list) and isinstance(idx, int) and -len(seq) <= idx < len(seq):
+                return seq[idx]
+            raise self.fail("bad index")
+        if isinstance(node, ast.Call):
+            if (
+                isinstance(node.func, ast.Name)
+                and node.func.id in _FUNCS
+                and not node.keywords
+                and 1 <= len(node.args) <= 8
+            ):
+                args = [self.number(a) for a in node.args]
+                try:
+                    return self.bounded(_FUNCS[node.func.id](*args))
+                except (TypeError, ValueError, OverflowError) as e:
+                    raise self.fail(f"bad call ({e})") from None
+            name = node.func.id if isinstance(node.func, ast.Name) else "this"
+            raise self.fail(
+                f"call to `{name}` is not allowed", "functions: " + ", ".join(sorted(_FUNCS))
+            )
+        raise self.fail(f"`{type(node).__name__}` is not allowed")
+
+    def number(self, node: ast.AST) -> int | float:
+        v = self.run(node)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise Problem(
+                "E-EXPR-TYPE", f"expected a number in `{self.text}`, got {type(v).__name__}", None
+            )
+        return v
+
+    def bounded(self, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise self.fail("result is not finite")
+            if abs(v) > MAX_MAGNITUDE:
+                raise self.fail(f"result exceeds {MAX_MAGNITUDE:.0e}")
+        return v

@@ -1,0 +1,62 @@
+"""The lowered network: a tree of nodes with every template, repeat, variant and expression
+resolved and every shape inferred. `check` reports it; `compile` turns it into modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .errors import Loc
+from .ops import Inferred, Shape
+
+# Composite kinds. A composite either owns a module (`inline=False`) or lends its children to
+# the module of its nearest owning ancestor (`inline=True`), which is how a spec reproduces
+# flat layouts such as torchvision's `layer1.0.conv1` or Inception's `Mixed_5b.branch5x5_1`.
+SEQ, PARALLEL, RESIDUAL, DENSE, LAYER = "seq", "parallel", "residual", "dense", "layer"
+
+
+@dataclass
+class Node:
+    kind: str
+    name: str
+    path: str  # module path in the built model ("" for the root)
+    loc: Loc
+    in_shape: Shape | None
+    out_shape: Shape | None = None
+    inline: bool = False
+    # layers
+    op: str = ""
+    params: Any = None
+    inferred: Inferred | None = None
+    rf: tuple[int, int] | None = None  # receptive field (h, w) at this layer's output
+    # composites
+    children: list["Node"] = field(default_factory=list)  # seq items / branches / dense layers / main
+    merge: str = "concat"  # parallel
+    shortcut: "Node | None" = None  # residual (None: identity)
+    post: "Node | None" = None  # residual
+
+    def parts(self) -> list["Node"]:
+        """Every child node in forward order."""
+        extra = [n for n in (self.shortcut, self.post) if n is not None]
+        return [*self.children, *extra]
+
+    def leaves(self) -> Iterator["Node"]:
+        if self.kind == LAYER:
+            yield self
+            return
+        for child in self.parts():
+            yield from child.leaves()
+
+
+@dataclass
+class Network:
+    name: str
+    variant: str | None
+    input: Shape
+    num_classes: int | None
+    root: Node
+    resolved: Any  # the variant-resolved spec as plain data
+
+    @property
+    def layers(self) -> list[Node]:
+        return list(self.root.leaves())

@@ -1,0 +1,310 @@
+"""YAML text -> located tree.
+
+The file is *composed* (parsed to YAML nodes) by ruamel.yaml and never *constructed*, so no tag
+can run code; we turn the nodes into plain dicts, lists and scalars that remember where they
+came from. Bounds on size, nesting and alias expansion keep hostile files cheap to refuse.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Loc, Problem
+
+MAX_BYTES = 4 * 1024 * 1024  # a real spec is a few KB
+MAX_DEPTH = 64  # nesting of mappings/sequences
+MAX_NODES = 200_000  # after alias expansion: stops "billion laughs"
+MAX_SCALAR = 10_000  # characters in one scalar
+
+_STD = "tag:yaml.org,2002:"
+_ALLOWED_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
+class LMap(dict):
+    """A mapping that remembers where it, each key and each value stand in the file."""
+
+    loc: Loc
+    key_locs: dict
+    val_locs: dict
+
+
+class LSeq(list):
+    """A sequence that remembers where it and each item stand in the file."""
+
+    loc: Loc
+    item_locs: list
+
+
+@dataclass
+class Source:
+    path: str
+    text: str
+    root: Any = None
+    lines: list[str] = field(default_factory=list)
+
+
+class SourceError(Exception):
+    def __init__(self, loc: Loc, problem: Problem):
+        super().__init__(problem.message)
+        self.loc = loc
+        self.problem = problem
+
+
+def read_source(path: str | Path) -> Source:
+    """Read and parse a spec file. Raises SourceError (located) or OSError (missing file)."""
+    p = Path(path)
+    name = str(path)
+    size = p.stat().st_size
+    if size > MAX_BYTES:
+        raise SourceError(
+            Loc(name),
+            Problem(
+                "E-YAML-SIZE",
+                f"file is {size:,} bytes; a spec may be at most {MAX_BYTES:,}",
+                "a network spec is a few kilobytes: is this the right file?",
+            ),
+        )
+    data = p.read_bytes()
+    return parse_text(decode(data, name), name)
+
+
+def decode(data: bytes, name: str) -> str:
+    if b"\x00" in data:
+        raise SourceError(
+            Loc(name), Problem("E-YAML-BINARY", "file is binary, not YAML text", None)
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SourceError(
+            Loc(name, line, col),
+            Problem("E-YAML-ENCODING", "file is not valid UTF-8 text", "save the spec as UTF-8"),
+        ) from None
+
+
+def parse_text(text: str, name: str) -> Source:
+    src = Source(name, text, lines=text.splitlines())
+    if not text.strip() or all(
+        not ln.strip() or ln.lstrip().startswith("#") for ln in src.lines
+    ):
+        raise SourceError(
+            Loc(name),
+            Problem(
+                "E-YAML-EMPTY",
+                "spec file is empty",
+                "a spec needs at least `name`, `input` and `stages`",
+            ),
+        )
+    _check_flow_depth(text, name)
+    node = _compose(text, name)
+    src.root = _Converter(name).convert(node, 0)
+    return src
+
+
+def _compose(text: str, name: str) -> Any:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    yaml = YAML(typ="rt", pure=True)
+    try:
+        return yaml.compose(io.StringIO(text))
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        loc = Loc(name, mark.line + 1, mark.column + 1) if mark else Loc(name)
+        msg = (e.problem or e.context or "invalid YAML").strip()
+        hint = None
+        if "\t" in text and "tab" in msg.lower() or "found character '\\t'" in msg:
+            hint = "YAML indentation must use spaces, not tabs"
+        raise SourceError(loc, Problem("E-YAML-SYNTAX", f"invalid YAML: {msg}", hint)) from None
+    except RecursionError:
+        raise SourceError(
+            Loc(name), Problem("E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels", None)
+        ) from None
+    except (YAMLError, ValueError) as e:  # composer errors without a mark, e.g. many documents
+        raise SourceError(Loc(name), Problem("E-YAML-SYNTAX", f"invalid YAML: {e}", None)) from None
+
+
+def _check_flow_depth(text: str, name: str) -> None:
+    """Refuse `[[[[...` and deep block nesting before the recursive YAML composer sees them."""
+    depth, line, col, quote = 0, 1, 0, ""
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+            if quote == "'" or quote == '"':
+                pass
+            continue
+        if quote:
+            if ch == quote:
+                quote = ""
+            continue
+        if ch in "'\"" and depth:
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SourceError(
+                    Loc(name, line, col),
+                    Problem("E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels", None),
+                )
+        elif ch in "]}" and depth:
+            depth -= 1
+    for i, ln in enumerate(text.splitlines(), 1):
+        indent = len(ln) - len(ln.lstrip(" -"))
+        if indent > 4 * MAX_DEPTH and ln.strip():
+            raise SourceError(
+                Loc(name, i, indent + 1),
+                Problem("E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels", None),
+            )
+
+
+class _Converter:
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+
+    def loc(self, node: Any, width: int | None = None) -> Loc:
+        m = node.start_mark
+        if width is None:
+            end = node.end_mark
+            width = end.column - m.column if end.line == m.line else 1
+        return Loc(self.name, m.line + 1, m.column + 1, max(1, width))
+
+    def fail(self, node: Any, code: str, message: str, help: str | None = None) -> SourceError:
+        return SourceError(self.loc(node), Problem(code, message, help))
+
+    def convert(self, node: Any, depth: int) -> Any:
+        from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self.fail(
+                node,
+                "E-YAML-BOMB",
+                f"the file expands to more than {MAX_NODES:,} nodes (aliases?)",
+                "write the structure out instead of nesting anchors and aliases",
+            )
+        if depth > MAX_DEPTH:
+            raise self.fail(node, "E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels")
+        tag = node.tag if isinstance(node.tag, str) else getattr(node.tag, "value", None)
+        if tag is not None and tag not in _ALLOWED_TAGS:
+            raise self.fail(
+                node,
+                "E-YAML-TAG",
+                f"tag `{tag.replace(_STD, '!!')}` is not allowed",
+                "specs are plain data: only mappings, lists, strings, numbers, booleans and null",
+            )
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, tag)
+        if isinstance(node, SequenceNode):
+            seq = LSeq()
+            seq.loc = self.loc(node, 1)
+            seq.item_locs = []
+            for item in node.value:
+                seq.append(self.convert(item, depth + 1))
+                seq.item_locs.append(self.loc(item))
+            return seq
+        if isinstance(node, MappingNode):
+            m = LMap()
+            m.loc = self.loc(node, 1)
+            m.key_locs, m.val_locs = {}, {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, ScalarNode):
+                    raise self.fail(knode, "E-YAML-KEY", "mapping keys must be plain scalars")
+                if knode.tag == _STD + "merge" or knode.value == "<<" and knode.tag.endswith(
+                    "merge"
+                ):
+                    raise self.fail(knode, "E-YAML-TAG", "YAML merge keys (`<<`) are not supported")
+                key = self.scalar(knode, knode.tag if isinstance(knode.tag, str) else None)
+                if isinstance(key, float) and math.isnan(key):
+                    raise self.fail(knode, "E-YAML-KEY", "NaN is not a valid key")
+                if key in m:
+                    raise self.fail(
+                        knode,
+                        "E-YAML-DUPKEY",
+                        f"duplicate key `{key}`",
+                        f"`{key}` is already defined at line {m.key_locs[key].line}",
+                    )
+                m[key] = self.convert(vnode, depth + 1)
+                m.key_locs[key] = self.loc(knode)
+                m.val_locs[key] = self.loc(vnode)
+            return m
+        raise self.fail(node, "E-YAML-SYNTAX", "unsupported YAML node")
+
+    def scalar(self, node: Any, tag: str | None) -> Any:
+        v = node.value
+        if len(v) > MAX_SCALAR:
+            raise self.fail(node, "E-YAML-SIZE", f"a scalar of {len(v):,} characters is too long")
+        kind = (tag or "").replace(_STD, "")
+        if kind == "null":
+            return None
+        if kind == "bool":
+            return v.lower() in ("true", "yes", "on", "y")
+        if kind == "int":
+            s = v.replace("_", "")
+            try:
+                if s.lstrip("+-").isdigit():
+                    return int(s, 10)
+                return int(s, 0)
+            except ValueError:
+                raise self.fail(node, "E-YAML-NUMBER", f"`{v[:40]}` is not a usable integer") from None
+        if kind == "float":
+            s = v.replace("_", "").lower()
+            if s.lstrip("+-") in (".inf", "inf"):
+                return -math.inf if s.startswith("-") else math.inf
+            if s in (".nan", "nan"):
+                return math.nan
+            try:
+                return float(s)
+            except ValueError:
+                raise self.fail(node, "E-YAML-NUMBER", f"`{v[:40]}` is not a usable number") from None
+        return v
+
+
+def to_plain(value: Any) -> Any:
+    """Strip locations: LMap/LSeq -> dict/list, recursively."""
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def loc_of(container: Any, key: Any, default: Loc, *, key_loc: bool = False) -> Loc:
+    """Where `container[key]` (or the key itself) stands, falling back to `default`."""
+    if isinstance(container, LMap):
+        table = container.key_locs if key_loc else container.val_locs
+        if key in table:
+            return table[key]
+        return getattr(container, "loc", default)
+    if isinstance(container, LSeq) and isinstance(key, int) and 0 <= key < len(container.item_locs):
+        return container.item_locs[key]
+    return getattr(container, "loc", default)
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """Deep-merge a variant overlay onto a base: mappings merge, everything else replaces.
+
+    A `null` value in the overlay deletes the key. Locations follow whichever side won."""
+    if not (isinstance(base, dict) and isinstance(overlay, dict)):
+        return overlay
+    out = LMap()
+    out.loc = getattr(base, "loc", None)
+    out.key_locs = dict(getattr(base, "key_locs", {}))
+    out.val_locs = dict(getattr(base, "val_locs", {}))
+    out.update(base)
+    for k, v in overlay.items():
+        if v is None:
+            out.pop(k, None)
+            continue
+        out[k] = merge(base[k], v) if k in base else v
+        if isinstance(overlay, LMap):
+            out.key_locs[k] = overlay.key_locs.get(k, out.key_locs.get(k))
+            out.val_locs[k] = overlay.val_locs.get(k, out.val_locs.get(k))
+    return out
