@@ -27,6 +27,15 @@ REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start"
 MAX_REPEAT = 1024
 MAX_LAYERS = 100_000
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+# Names a child module may not take: they would shadow nn.Module's own attributes.
+RESERVED = {
+    "forward", "training", "train", "eval", "cuda", "cpu", "to", "float", "double", "half",
+    "bfloat16", "apply", "parameters", "named_parameters", "buffers", "named_buffers", "modules",
+    "named_modules", "children", "named_children", "state_dict", "load_state_dict", "type",
+    "zero_grad", "register_buffer", "register_parameter", "add_module", "extra_repr", "requires_grad_",
+    "get_submodule", "get_parameter", "get_buffer", "share_memory", "compile", "dump_patches",
+    "call_super_init", "spec_name", "input_shape", "num_classes", "append", "extend", "insert", "pop",
+}
 TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "any": object}
 
 
@@ -78,8 +87,11 @@ class Lowerer:
     def error(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
         self.out.add(loc, code, message, help)
 
-    def claim(self, scope: Scope, name: str, loc: Loc) -> str:
-        if not NAME_RE.match(name):
+    def claim(self, scope: Scope, name: str | None, loc: Loc) -> str:
+        """Register a module name on `scope`; `None` means "the next position", like a list."""
+        if name is None:
+            name = str(len(scope.names))
+        if not NAME_RE.match(name) or name in RESERVED:
             self.error(loc, "E-NAME", f"`{name}` is not a valid layer name", "use letters, digits and _")
         elif name in scope.names:
             where = scope.path or "the model"
@@ -107,15 +119,17 @@ class Lowerer:
 
     # ------------------------------------------------------------------ items
 
-    def item(self, item: Any, loc: Loc, state: State, env: dict, scope: Scope, name: str) -> Node:
-        """Lower one item of a layer list (or a stage, or a template body)."""
+    def item(self, item: Any, loc: Loc, state: State, env: dict, scope: Scope, name: str | None,
+             splice: bool = False) -> Node:
+        """Lower one item of a layer list (or a stage, or a template body). With `splice`, a
+        list's layers are registered on the enclosing module instead of a nested Sequential."""
         self.count += 1
         if self.count > MAX_LAYERS:
             raise _TooBig(loc)
         if isinstance(item, str):
             return self.named_thing(item, None, loc, loc, state, env, scope, name)
         if isinstance(item, list):
-            return self.seq(item, loc, state, env, scope, name, inline=False)
+            return self.seq(item, loc, state, env, scope, name, inline=splice)
         if not isinstance(item, dict) or not item:
             self.error(loc, "E-ITEM", f"expected a layer, got {_kind(item)}",
                        "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list")
@@ -164,7 +178,8 @@ class Lowerer:
         self.error(key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known))
         return self.dead(key_loc, state, scope, name)
 
-    def dead(self, loc: Loc, state: State, scope: Scope, name: str) -> Node:
+    def dead(self, loc: Loc, state: State, scope: Scope, name: str | None) -> Node:
+        name = name or "?"
         return Node(LAYER, name, join(scope.path, name), loc, state.shape, None, op="?")
 
     # ------------------------------------------------------------------ layers
@@ -180,7 +195,7 @@ class Lowerer:
         body = body or {}
         if "name" in body:
             name = self.item_name(body, body_loc, env, name)
-        self.claim(scope, name, key_loc)
+        name = self.claim(scope, name, key_loc)
         node = Node(LAYER, name, join(scope.path, name), key_loc, state.shape, op=opname)
         node.loc = replace(key_loc, width=len(opname))
         values: dict = {}
@@ -229,18 +244,17 @@ class Lowerer:
     def seq(self, items: Any, loc: Loc, state: State, env: dict, scope: Scope, name: str,
             inline: bool, prefix: str | None = None) -> Node:
         if not inline:
-            self.claim(scope, name, loc)
+            name = self.claim(scope, name, loc)
+        name = name or ""
         node = Node(SEQ, name, join(scope.path, name), loc, state.shape, inline=inline)
         inner = scope if inline else Scope(node.path)
-        if prefix is None:
-            prefix = f"{name}_" if inline else ""
         if not isinstance(items, list):
             items = LSeq([items])
             items.item_locs = [loc]
         if not items:
             self.error(loc, "E-ITEM", "empty layer list", "remove it or add layers")
         for i, it in enumerate(items):
-            child = self.item(it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}")
+            child = self.item(it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}" if prefix else None)
             node.children.append(child)
             state = _after(child)
         return _finish(node, state)
@@ -277,7 +291,8 @@ class Lowerer:
             self.error(loc_of(body, "merge", body_loc), "E-TYPE", f"merge must be `concat` or `add`, got `{merge_kind}`", None)
             merge_kind = "concat"
         if not inline:
-            self.claim(scope, name, key_loc)
+            name = self.claim(scope, name, key_loc)
+        name = name or ""
         node = Node(PARALLEL, name, join(scope.path, name), key_loc, state.shape, inline=inline, merge=merge_kind)
         inner = scope if inline else Scope(node.path)
         branches = body.get("branches")
@@ -292,7 +307,7 @@ class Lowerer:
             return node
         if len(pairs) < 1:
             self.error(bloc, "E-ITEM", "`parallel` needs at least one branch", None)
-        bname_prefix = f"{name}_" if inline else ""
+        bname_prefix = f"{name}_" if inline and name else ""
         for bname, branch, loc in pairs:
             full = bname_prefix + bname
             if flat and isinstance(branch, list):
@@ -331,15 +346,16 @@ class Lowerer:
         self.options(body, body_loc, ("main", "shortcut", "projection", "post", "name", "inline"), "residual")
         name = self.item_name(body, body_loc, env, name)
         if not inline:
-            self.claim(scope, name, key_loc)
+            name = self.claim(scope, name, key_loc)
+        name = name or ""
         node = Node(RESIDUAL, name, join(scope.path, name), key_loc, state.shape, inline=inline, merge="add")
         inner = scope if inline else Scope(node.path)
-        prefix = f"{name}_" if inline else ""
+        prefix = f"{name}_" if inline and name else ""
         if "main" not in body:
             self.error(key_loc, "E-MISSING-KEY", "`residual` needs `main`: the layers of the main path", None)
             return node
         mloc = loc_of(body, "main", body_loc)
-        main = self.seq(body["main"], mloc, state, env, inner, f"{prefix}main", inline=True, prefix=prefix)
+        main = self.seq(body["main"], mloc, state, env, inner, f"{prefix}main", inline=True, prefix=prefix or None)
         node.children = main.children
         mstate = _after(main)
         sc = body.get("shortcut", "auto")
@@ -458,7 +474,7 @@ class Lowerer:
                             call.update(v)
             local = dict(env, i=i if i is not None else 0)
             if uses is not None:
-                return self.instantiate(uses, _relocate(call, args, item), uloc, loc_of(item, "with", loc), st, local, sc, nm)
+                return self.instantiate(uses, _relocate(call, args, item), uloc, loc_of(item, "with", loc), st, local, sc, nm, splice=inline)
             scope_env = dict(local)
             try:
                 scope_env.update(self.resolve(call, loc_of(item, "with", loc), env, st))
@@ -466,20 +482,22 @@ class Lowerer:
                 self.out.problem(e.loc, e.problem)
             except _Unknown:
                 pass
-            return self.item(body, uloc, st, scope_env, sc, nm)
+            return self.item(body, uloc, st, scope_env, sc, nm, splice=inline)
 
         if times is None and not dense:
             return one(None, state, scope, name)
         if not inline:
-            self.claim(scope, name, head_loc or loc)
+            name = self.claim(scope, name, head_loc or loc)
+        name = name or ""
         node = Node(DENSE if dense else SEQ, name, join(scope.path, name), head_loc or loc, state.shape, inline=inline)
         inner = scope if inline else Scope(node.path)
-        prefix = str(item.get("prefix", f"{name}_" if inline else ""))
+        prefix = item.get("prefix")
         start = item.get("start", 0)
         start = start if isinstance(start, int) else 0
         cur = state
         for i in range(times):
-            child = one(i, cur, inner, f"{prefix}{start + i}")
+            auto = None if inline else str(start + i)
+            child = one(i, cur, inner, f"{prefix}{start + i}" if prefix is not None else auto)
             node.children.append(child)
             out = _after(child)
             if dense:
@@ -501,7 +519,7 @@ class Lowerer:
         return State(shape, rf, before.jump)  # type: ignore[arg-type]
 
     def instantiate(self, tname: str, args: Any, key_loc: Loc, args_loc: Loc, state: State,
-                    env: dict, scope: Scope, name: str) -> Node:
+                    env: dict, scope: Scope, name: str | None, splice: bool = False) -> Node:
         template = self.templates[tname]
         tloc = loc_of(self.templates, tname, key_loc)
         if tname in self.stack:
@@ -569,7 +587,7 @@ class Lowerer:
             state = UNKNOWN
         self.stack.append(tname)
         try:
-            return self.item(body, bloc, state, local, scope, name)
+            return self.item(body, bloc, state, local, scope, name, splice=splice)
         finally:
             self.stack.pop()
 
