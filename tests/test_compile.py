@@ -1,0 +1,97 @@
+"""The built module is ordinary PyTorch: scriptable, traceable, FX-able, compilable, stable names."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import archspec
+
+BRANCHY = ["specs/googlenet.yaml", "specs/resnet18.yaml", "specs/densenet.yaml", "specs/inception_mnist.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def small(path):
+    model = archspec.build(path, input_shape=(1, 64, 64) if "mnist" not in path else None).eval()
+    x = torch.randn(2, *model.input_shape)
+    return model, x
+
+
+@pytest.mark.parametrize("path", BRANCHY)
+def test_torchscript_script_and_trace_match_eager(path):
+    model, x = small(path)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), ref)
+        torch.testing.assert_close(torch.jit.trace(model, x)(x), ref)
+
+
+@pytest.mark.parametrize("path", BRANCHY)
+def test_fx_symbolic_trace_matches_eager(path):
+    model, x = small(path)
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+
+
+def test_torch_compile_matches_eager():
+    model = archspec.build("specs/lenet.yaml").eval()
+    x = torch.randn(4, 1, 28, 28)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_generated_forward_is_straight_line_code():
+    import inspect
+
+    model = archspec.build("specs/resnet18.yaml")
+    source = inspect.getsource(type(model.b3[0]).forward)
+    assert "for " not in source and "getattr(self" not in source
+    assert "self.conv3(x)" in source  # the projection shortcut reads the block input
+
+
+def test_state_dict_keys_follow_the_spec_names():
+    keys = set(archspec.build("specs/resnet18.yaml").state_dict())
+    assert {"b1.0.weight", "b2.0.conv1.weight", "b3.0.conv3.weight", "b3.0.bn1.running_mean", "head.2.bias"} <= keys
+    assert not any(k.startswith("b2.0.conv3") for k in keys)  # identity shortcut: no projection
+    keys = set(archspec.build("specs/googlenet.yaml").state_dict())
+    assert "b3.0.p2_2.weight" in keys
+
+
+def test_repr_is_readable():
+    text = repr(archspec.build("specs/resnet18.yaml"))
+    assert text.startswith("ArchNet(")
+    assert "(b3): Sequential(" in text and "(0): Residual(" in text
+    assert "(conv3): Conv2d(64, 128, kernel_size=(1, 1), stride=(2, 2))" in text
+
+
+def test_build_on_meta_device_allocates_nothing():
+    model = archspec.build("specs/vgg.yaml", variant="vgg19", device="meta")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_invalid_spec_raises_specerror_with_all_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ninput: [1, 8, 8]\nstages:\n  a: [conv: {out: 4, k: 9}, relu: {inplcae: true}]\n")
+    with pytest.raises(archspec.SpecError) as e:
+        archspec.build(bad)
+    assert [d.code for d in e.value.diagnostics] == ["E-SHAPE-COLLAPSE", "E-UNKNOWN-KEY"]
+    assert "4:7: error[E-SHAPE-COLLAPSE]" in str(e.value)
+
+
+def test_parameter_limit_refuses_before_allocating(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\ninput: [50000]\nstages:\n  fc: {linear: {out: 50000}}\n")
+    with pytest.raises(archspec.SpecError) as e:
+        archspec.build(big, max_params=10**6)
+    assert e.value.diagnostics[0].code == "E-TOO-BIG"
