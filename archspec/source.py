@@ -168,6 +168,10 @@ class _Converter:
     def __init__(self, name: str):
         self.name = name
         self.count = 0
+        # An alias is the same node object again: convert it once and charge its expanded size
+        # on every reuse, so a "billion laughs" file is refused in microseconds, not seconds.
+        self.done: dict[int, tuple[Any, int, int]] = {}  # id(node) -> (value, nodes, height)
+        self.deepest = 0
 
     def loc(self, node: Any, width: int | None = None) -> Loc:
         m = node.start_mark
@@ -180,6 +184,32 @@ class _Converter:
         return SourceError(self.loc(node), Problem(code, message, help))
 
     def convert(self, node: Any, depth: int) -> Any:
+        from ruamel.yaml.nodes import ScalarNode
+
+        seen = self.done.get(id(node))
+        if seen is not None:
+            value, size, height = seen
+            self.count += size
+            if self.count > MAX_NODES:
+                raise self.fail(
+                    node,
+                    "E-YAML-BOMB",
+                    f"the file expands to more than {MAX_NODES:,} nodes (aliases?)",
+                    "write the structure out instead of nesting anchors and aliases",
+                )
+            if depth + height > MAX_DEPTH:
+                raise self.fail(node, "E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels")
+            self.deepest = max(self.deepest, depth + height)
+            return value
+        if isinstance(node, ScalarNode):
+            return self.convert_new(node, depth)
+        before, outer, self.deepest = self.count, self.deepest, depth
+        value = self.convert_new(node, depth)
+        self.done[id(node)] = (value, self.count - before, self.deepest - depth)
+        self.deepest = max(outer, self.deepest)
+        return value
+
+    def convert_new(self, node: Any, depth: int) -> Any:
         from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
         self.count += 1
