@@ -495,9 +495,15 @@ class Lowerer:
         start = item.get("start", 0)
         start = start if isinstance(start, int) else 0
         cur = state
+        least = None  # fewest items a repetition after the first expanded to
         for i in range(times):
             auto = None if inline else str(start + i)
+            before = self.count
             child = one(i, cur, inner, f"{prefix}{start + i}" if prefix is not None else auto)
+            if i >= 1:  # refuse a nested-repeat bomb after two repetitions, not 100,000 layers
+                least = min(least or self.count - before, self.count - before)
+                if self.count + least * (times - 1 - i) > MAX_LAYERS:
+                    raise _TooBig(head_loc or loc)
             node.children.append(child)
             out = _after(child)
             if dense:
