@@ -27,6 +27,8 @@ REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start"
 MAX_REPEAT = 1024
 MAX_LAYERS = 100_000
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+DOLLAR_NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+UNSET = object()  # a template parameter an earlier error left without a value: reading it is silent
 # Names a child module may not take: they would shadow nn.Module's own attributes.
 RESERVED = {
     "forward", "training", "train", "eval", "cuda", "cpu", "to", "float", "double", "half",
@@ -111,6 +113,8 @@ class Lowerer:
                 scope["in"] = ExprShape(state.shape)
             elif "$in" in value:
                 raise _Unknown()
+            if any(scope.get(n) is UNSET for n in DOLLAR_NAME.findall(value)):
+                raise _Unknown()  # an earlier error left this parameter without a value
             try:
                 return evaluate(value, scope)
             except Problem as p:
@@ -554,10 +558,10 @@ class Lowerer:
                     value = self.resolve(args[p], aloc, env, state)
                 except _Located as e:
                     self.out.problem(e.loc, e.problem)
-                    ok = False
+                    ok, local[p] = False, UNSET
                     continue
                 except _Unknown:
-                    ok = False
+                    ok, local[p] = False, UNSET
                     continue
                 want = TYPES[spec] if required else (TYPES["float"] if isinstance(spec, float) else type(spec))
                 if not _isinstance(value, want):
@@ -569,7 +573,7 @@ class Lowerer:
             elif required:
                 self.error(key_loc, "E-TEMPLATE-ARG-MISSING", f"template `{tname}` needs parameter `{p}` ({spec})",
                            f"pass it with `with: {{{p}: ...}}`")
-                ok = False
+                ok, local[p] = False, UNSET
             else:
                 try:
                     local[p] = self.resolve(spec, ploc, local, state)
