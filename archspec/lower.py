@@ -407,7 +407,10 @@ class Lowerer:
             self.error(loc, "E-SHAPE-RANK", "`shortcut: auto` needs image tensors on both paths", None)
             return self.dead(loc, UNKNOWN, scope, f"{prefix}shortcut")
         stride = tuple(max(1, mstate.jump[i] // max(1, state.jump[i])) for i in (0, 1))
-        conv = LMap({"out": mstate.shape[0], "k": 1, "stride": list(stride), "bias": bool(opts.get("bias", False))})
+        # Every geometry field is explicit: `defaults: {conv: {pad: 1}}` is for the user's convs,
+        # and would otherwise turn the 1x1 projection into one that pads (or groups).
+        conv = LMap({"out": mstate.shape[0], "k": 1, "stride": list(stride), "pad": 0, "dilation": 1,
+                     "groups": 1, "bias": bool(opts.get("bias", False))})
         conv.loc, conv.key_locs, conv.val_locs = ploc, {}, {}
         use_bn = bool(opts.get("bn", True))
         name = str(opts.get("name", f"{prefix}shortcut"))
