@@ -86,6 +86,9 @@ class Collector:
     limit: int = 200
 
     def add(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
+        # A repeat or template lowers the same text once per repetition: say each error once.
+        if any(d.loc == loc and d.code == code and d.message == message for d in self.items):
+            return
         if len(self.items) < self.limit:
             self.items.append(Diagnostic(loc, code, message, help))
 
