@@ -482,13 +482,18 @@ class Lowerer:
             local = dict(env, i=i if i is not None else 0)
             if uses is not None:
                 return self.instantiate(uses, _relocate(call, args, item), uloc, loc_of(item, "with", loc), st, local, sc, nm, splice=inline)
+            # `with` values see the repetition index `$i`, like a template's arguments do; a
+            # value that fails reads as unknown in the body instead of as an unknown name.
             scope_env = dict(local)
-            try:
-                scope_env.update(self.resolve(call, loc_of(item, "with", loc), env, st))
-            except _Located as e:
-                self.out.problem(e.loc, e.problem)
-            except _Unknown:
-                pass
+            located = _relocate(call, args, item)
+            for k, v in call.items():
+                try:
+                    scope_env[k] = self.resolve(v, located.val_locs.get(k) or loc_of(item, "with", loc), local, st)
+                except _Located as e:
+                    self.out.problem(e.loc, e.problem)
+                    scope_env[k] = UNSET
+                except _Unknown:
+                    scope_env[k] = UNSET
             return self.item(body, uloc, st, scope_env, sc, nm, splice=inline)
 
         if times is None and not dense:
