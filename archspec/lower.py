@@ -585,8 +585,11 @@ class Lowerer:
             else:
                 try:
                     local[p] = self.resolve(spec, ploc, local, state)
-                except (_Located, _Unknown):
-                    local[p] = spec
+                except _Located as e:  # was swallowed: `$d` then read as the text "$c + 1"
+                    self.out.problem(e.loc, e.problem)
+                    local[p] = UNSET
+                except _Unknown:
+                    local[p] = UNSET
         body_key = "body" if "body" in template else next((k for k in template if k != "params"), None)
         extra = [k for k in template if k not in ("params", body_key)]
         for k in extra:
