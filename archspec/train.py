@@ -1,0 +1,652 @@
+"""The training runner: recipe, loop, metrics, checkpoints, signals.
+
+The loop is built for throughput: the data set sits on the device as uint8 when it fits,
+batches are index ops, bf16 autocast and channels_last on CUDA, and nothing in the hot loop
+waits for the device — running loss and accuracy are summed on the device and read only
+about once a second for the progress bar and at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .data import Adapter, Data, Feed, channel_stats, decode, epoch_order, materialise
+
+# Defaults chosen so every seed spec trains: AdamW is insensitive to the sigmoid LeNet's
+# vanishing gradients that stall plain SGD, and one-cycle warm-up keeps the deeper ReLU
+# nets without BatchNorm (AlexNet, VGG) from diverging at this learning rate.
+DEFAULT_LR = {"adamw": 5e-3, "sgd": 0.05}
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
+OPTIMIZERS = tuple(DEFAULT_LR)
+SCHEDULES = ("onecycle", "cosine", "none")
+CHECKPOINT_EVERY_S = 600.0  # mid-epoch checkpoints for long epochs
+
+
+class TrainError(RuntimeError):
+    """A run that cannot go on (non-finite loss, checkpoint from another spec, ...)."""
+
+
+@dataclass
+class Recipe:
+    """Everything that decides the numbers a run produces; a resumed run must match it."""
+
+    data: str = "mnist-mini"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    optimizer: str = "adamw"
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]
+    schedule: str = "onecycle"
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many steps; the schedule spans them
+
+    def resolved(self) -> Recipe:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: {', '.join(SCHEDULES)}")
+        return dataclasses.replace(
+            self,
+            lr=DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
+            weight_decay=(
+                DEFAULT_WEIGHT_DECAY[self.optimizer]
+                if self.weight_decay is None
+                else self.weight_decay
+            ),
+        )
+
+
+@dataclass
+class Result:
+    out: Path
+    history: list[dict[str, float]]
+    signal: int | None = None  # set when a signal stopped the run
+    done: bool = True
+
+
+@dataclass
+class _Progress:
+    """Sums of the current epoch, kept on the device until read."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    seconds: float = 0.0  # training time spent in this epoch by earlier processes
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _Progress:
+        return cls(
+            torch.zeros((), device=device), torch.zeros((), dtype=torch.int64, device=device)
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "loss": float(self.loss),
+            "correct": int(self.correct),
+            "seen": self.seen,
+            "seconds": self.seconds,
+        }
+
+
+# ---------------------------------------------------------------- recipe
+
+
+def init_weights(model: nn.Module) -> None:
+    """Glorot for sigmoid/tanh nets, He (fan-out) for nets with ReLU-family activations;
+    zero biases, BatchNorm at identity."""
+    relu = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
+    he = any(isinstance(m, relu) for m in model.modules())
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            if he and isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif he:
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and kernels only, not on biases or norm scales."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    assert recipe.lr is not None
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, fused=device.type == "cuda")
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
+
+
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total`` (a pure function, so
+    the schedule's whole state is the step count)."""
+    if schedule == "none" or total <= 1:
+        return 1.0
+    if schedule == "cosine":
+        warm = max(1, total // 50)
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    # one-cycle as torch's OneCycleLR: cosine from lr/25 up to lr over 25%, down to lr/1e4
+    warm = max(1, int(0.25 * total))
+    if step < warm:
+        return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / warm))
+    t = (step - warm) / max(1, total - warm - 1)
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# ---------------------------------------------------------------- signals
+
+
+class _Stop:
+    """SIGINT / SIGTERM set ``signum``; the loop saves and stops at the next step boundary.
+    A second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _Stop:  # noqa: PYI034
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _budget(device: torch.device) -> int:
+    """Bytes of uint8 images we are willing to keep resident on ``device``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.4)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 << 30
+    return int(avail * 0.25)
+
+
+def _workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _finite(model: nn.Module) -> bool:
+    flags = [p.detach().isfinite().all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError, IndexError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_data(
+    data: Data,
+    target: tuple[int, int, int],
+    device: torch.device,
+    channels_last: bool,
+    norm: tuple[list[float], list[float]] | None = None,
+) -> tuple[Feed, Feed, Adapter]:
+    """Feeds for both splits and the adapter from stored images to the model's input."""
+    budget = _budget(device)
+    materialise(data, budget, workers=0)
+    train = Feed(data.train, data.shape, device, budget, _workers())
+    test = Feed(
+        data.test,
+        data.shape,
+        device,
+        budget - train.x.numel() if train.resident else budget,
+        _workers(),
+    )
+    if norm is None:
+        sample = data.train.x
+        if sample is None:  # streamed folder: statistics of a few hundred decoded files
+            files = data.train.files or []
+            sample = decode(files[:: max(1, len(files) // 512)], data.shape)
+        norm = channel_stats(sample, target[0])
+    return train, test, Adapter(data.shape, target, *norm, channels_last=channels_last)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, feed: Feed, adapter: Adapter, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over a whole split, in order."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for x, y in feed.batches(torch.arange(len(feed)), batch_size):
+        with _autocast(device):
+            logits = model(adapter(x))
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = max(1, len(feed))
+    return {"loss": float(loss) / n, "accuracy": int(correct) / n, "examples": len(feed)}
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+    """model.safetensors with the run's input normalisation etc. as string metadata."""
+    from safetensors.torch import save_model
+
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    checkpoint.write_atomic(path, lambda tmp: save_model(model, str(tmp), metadata=meta))
+
+
+def write_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss and accuracy against epoch (matplotlib, Agg: no display needed)."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(ep, [h["test_loss"] for h in history], "o-", label="test")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(ep, [h["test_acc"] for h in history], "o-", label="test")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    checkpoint.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _write_text(path: Path, text: str) -> None:
+    checkpoint.write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+class _Log:
+    """Progress: a tqdm bar per epoch on a terminal, one plain line per epoch otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def bar(self, desc: str, total: int, initial: int) -> Iterator[Any]:
+        if not self.tty:
+            yield None
+            return
+        from tqdm import tqdm
+
+        with tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="img",
+            unit_scale=True,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            leave=True,
+        ) as b:
+            yield b
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(
+    model: nn.Module,
+    data: Data,
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    input_shape: tuple[int, int, int],
+    spec_hash: str,
+    device: str | torch.device = "cpu",
+    compile: bool = False,
+    resume: bool = False,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> Result:
+    """Train ``model`` (already built and seeded) on ``data`` and write the run to ``out``.
+
+    ``on_step(global_step)`` is called after every step (tests use it to interrupt)."""
+    recipe = recipe.resolved()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    log = _Log(progress)
+    ckpt_path = out / "checkpoint.pt"
+
+    state = _load_resume(ckpt_path, spec_hash, recipe) if resume else None
+    if state is None:
+        torch.manual_seed(recipe.seed)
+        init_weights(model)
+    model.to(device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe, device)
+    norm = (state["norm"]["mean"], state["norm"]["std"]) if state else None
+    train_feed, test_feed, adapter = prepare_data(data, input_shape, device, cuda, norm)
+    norm = (adapter.mean, adapter.std)
+    _check_outputs(model, train_feed, adapter, data)
+
+    bs = recipe.batch_size
+    n = len(train_feed)
+    if n == 0:
+        raise TrainError(f"the data {data.name} has no training images")
+    spe = n // bs if n >= bs else 1  # the last partial batch is dropped (BatchNorm, timing)
+    total = recipe.max_steps if recipe.max_steps else recipe.epochs * spe
+    epochs = math.ceil(total / spe)
+
+    history: list[dict[str, float]] = []
+    epoch, k, step = 0, 0, 0
+    prog = _Progress.zeros(device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        history = list(state["history"])
+        epoch, k, step = state["epoch"], state["step_in_epoch"], state["scheduler"]["step"]
+        p = state["partial"]
+        prog = _Progress(
+            torch.tensor(p["loss"], device=device),
+            torch.tensor(p["correct"], device=device),
+            p["seen"],
+            p["seconds"],
+        )
+
+    net = torch.compile(model) if compile else model
+    weights_meta = {
+        "spec_hash": spec_hash,
+        "input": list(input_shape),
+        "num_classes": data.num_classes,
+        "mean": norm[0],
+        "std": norm[1],
+    }
+    config = {
+        **(meta or {}),
+        "recipe": dataclasses.asdict(recipe),
+        "data": {
+            "name": data.name,
+            "train": len(train_feed),
+            "test": len(test_feed),
+            "stored_shape": list(data.shape),
+            "num_classes": data.num_classes,
+            "resident": train_feed.resident,
+            "mean": norm[0],
+            "std": norm[1],
+        },
+        "input": list(input_shape),
+        "spec_hash": spec_hash,
+        "device": str(device),
+        "compile": compile,
+        "steps_per_epoch": spe,
+        "total_steps": total,
+        "torch": torch.__version__,
+    }
+    _write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+
+    def save(e: int, k_: int, p: _Progress) -> None:
+        checkpoint.save(
+            {
+                "spec_hash": spec_hash,
+                "recipe": dataclasses.asdict(recipe),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {"name": recipe.schedule, "step": step, "total": total},
+                "rng": _rng_state(),
+                "epoch": e,
+                "step_in_epoch": k_,
+                "partial": p.state(),
+                "history": history,
+                "norm": {"mean": norm[0], "std": norm[1]},
+            },
+            ckpt_path,
+        )
+
+    def finish() -> None:
+        save_weights(model, out / "model.safetensors", weights_meta)
+        write_curves(history, out / "curves.png", meta.get("title", "") if meta else "")
+
+    def diverged(where: str) -> TrainError:
+        # Nothing is saved: the metrics and checkpoint on disk are from the last good epoch.
+        last = (
+            f"the last good checkpoint (epoch {history[-1]['epoch'] if history else 0}) "
+            f"is {ckpt_path}"
+            if ckpt_path.exists()
+            else "no checkpoint was written"
+        )
+        return TrainError(
+            f"the loss became NaN or infinite {where}; stopped, {last}. "
+            f"Try a lower --lr (now {recipe.lr:g})."
+        )
+
+    if step >= total:
+        log.line(f"{out}: the run is already complete ({len(history)} epochs)")
+        finish()
+        return Result(out, history)
+    log.line(
+        f"training {meta.get('title', 'model') if meta else 'model'} on {device}: "
+        f"{data.name} {n} train / {len(test_feed)} test images, {epochs} epochs x {spe} steps, "
+        f"batch {bs}, {recipe.optimizer} lr {recipe.lr:g} wd {recipe.weight_decay:g} "
+        f"{recipe.schedule}"
+        + (f", resuming at epoch {epoch + 1} step {k}" if state else "")
+        + f" -> {out}"
+    )
+
+    net.train()
+    with _Stop() as stop:
+        while epoch < epochs:
+            steps_here = min(spe, total - epoch * spe)
+            t0 = time.perf_counter()
+            last_check = last_save = time.monotonic()
+            order = epoch_order(n, recipe.seed, epoch)
+            desc = f"epoch {epoch + 1}/{epochs}"
+            with log.bar(desc, steps_here * min(bs, n), k * min(bs, n)) as bar:
+                for x, y in train_feed.batches(order, bs, start=k, stop=steps_here):
+                    lr = recipe.lr * lr_factor(step, total, recipe.schedule)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    with _autocast(device):
+                        logits = net(adapter(x))
+                        loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        prog.loss += loss.detach().float() * len(y)
+                        prog.correct += (logits.argmax(1) == y).sum()
+                    prog.seen += len(y)
+                    step += 1
+                    k += 1
+                    if bar is not None:
+                        bar.update(len(y))
+                    if on_step is not None:
+                        on_step(step)
+                    now = time.monotonic()
+                    if now - last_check > 1.0:  # the only host syncs inside an epoch
+                        last_check = now
+                        loss_sum = float(prog.loss)
+                        if not math.isfinite(loss_sum):
+                            raise diverged(f"in epoch {epoch + 1} (by step {step})")
+                        if bar is not None:
+                            bar.set_postfix(
+                                loss=f"{loss_sum / prog.seen:.4f}",
+                                acc=f"{int(prog.correct) / prog.seen:.4f}",
+                            )
+                        if now - last_save > CHECKPOINT_EVERY_S and _finite(model):
+                            last_save = now
+                            save(
+                                epoch,
+                                k,
+                                dataclasses.replace(
+                                    prog, seconds=prog.seconds + time.perf_counter() - t0
+                                ),
+                            )
+                    if stop.signum is not None:
+                        break
+                if cuda:
+                    torch.cuda.synchronize(device)
+                train_seconds = prog.seconds + time.perf_counter() - t0
+                loss_sum = float(prog.loss)
+                if not math.isfinite(loss_sum) or not _finite(model):
+                    raise diverged(f"in epoch {epoch + 1}")
+                if k < steps_here:  # stopped by a signal inside the epoch
+                    save(epoch, k, dataclasses.replace(prog, seconds=train_seconds))
+                    break
+                t_eval = time.perf_counter()
+                test = evaluate(net, test_feed, adapter, 2 * bs, device)
+                eval_seconds = time.perf_counter() - t_eval
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": round(loss_sum / max(1, prog.seen), 6),
+                    "train_acc": round(int(prog.correct) / max(1, prog.seen), 6),
+                    "test_loss": round(test["loss"], 6),
+                    "test_acc": round(test["accuracy"], 6),
+                    "examples_per_sec": round(prog.seen / max(train_seconds, 1e-9), 1),
+                    "seconds": round(train_seconds + eval_seconds, 3),
+                }
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{row['train_loss']:.4f}",
+                        acc=f"{row['train_acc']:.4f}",
+                        test=f"{row['test_acc']:.4f}",
+                    )
+            history.append(row)
+            if not log.tty:
+                log.line(
+                    f"{desc}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+                    f"test {row['test_acc']:.4f}  {row['examples_per_sec']:.0f} img/s  "
+                    f"{row['seconds']:.1f}s"
+                )
+            _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            epoch, k = epoch + 1, 0
+            prog = _Progress.zeros(device)
+            save(epoch, 0, prog)
+            if stop.signum is not None:
+                break
+    finish()
+    if stop.signum is not None:
+        where = f"epoch {epoch + 1} step {k}" if k else f"the end of epoch {epoch}"
+        log.line(
+            f"stopped by {signal.Signals(stop.signum).name} at {where}; "
+            f"checkpoint saved to {ckpt_path}"
+        )
+        return Result(out, history, signal=stop.signum, done=False)
+    return Result(out, history)
+
+
+@torch.no_grad()
+def _check_outputs(model: nn.Module, feed: Feed, adapter: Adapter, data: Data) -> None:
+    """Refuse a spec whose class count disagrees with the data before any training (one
+    forward pass in eval mode on two images: no RNG draws, no BatchNorm updates)."""
+    x, _ = next(feed.batches(torch.arange(min(2, len(feed))), 2))
+    was_training = model.training
+    model.eval()
+    with _autocast(x.device):
+        out = model(adapter(x))
+    model.train(was_training)
+    if out.ndim != 2:
+        raise TrainError(
+            f"the model's output has shape {tuple(out.shape[1:])} per image; "
+            "a classifier must end in N class scores (add flatten/linear)"
+        )
+    if data.num_classes and out.shape[1] != data.num_classes:
+        raise TrainError(
+            f"the spec outputs {out.shape[1]} classes but {data.name} has "
+            f"{data.num_classes}; use --num-classes {data.num_classes} or a "
+            "spec made for this data"
+        )
+
+
+def _load_resume(path: Path, spec_hash: str, recipe: Recipe) -> dict[str, Any] | None:
+    state = checkpoint.load(path)
+    if state.get("spec_hash") != spec_hash:
+        raise TrainError(
+            f"{path} was written for a different spec (hash {state.get('spec_hash')}, this spec "
+            f"is {spec_hash}); use a new --out or the spec it was trained with"
+        )
+    saved = state.get("recipe", {})
+    diff = [
+        f"--{k.replace('_', '-')} {saved.get(k)} (now {v})"
+        for k, v in dataclasses.asdict(recipe).items()
+        if saved.get(k) != v
+    ]
+    if diff:
+        raise TrainError(
+            f"{path} was trained with {', '.join(diff)}; resume with the same "
+            "settings or start a new run"
+        )
+    return state
+
+
+def saved_recipe(out: str | Path) -> Recipe | None:
+    """The recipe of the run in ``out`` (for ``--resume``), or None if it has no checkpoint."""
+    path = Path(out) / "checkpoint.pt"
+    if not path.exists():
+        return None
+    saved = checkpoint.load(path).get("recipe", {})
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    return Recipe(**{k: v for k, v in saved.items() if k in names})

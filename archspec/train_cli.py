@@ -1,0 +1,415 @@
+"""`archspec train` and `archspec eval`.
+
+Importing this module must stay cheap and torch-free (`archspec check` imports the CLI), so
+torch and the runner are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+DATA_HELP = (
+    "mnist-mini (embedded, default), mnist, fashion-mnist, cifar10, "
+    "a Keras-style .npz, or an image folder with train/ and val/"
+)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "none")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _check_spec(
+    spec: str, variant: str | None, input_shape: str | None, num_classes: int | None
+) -> Any:
+    """The spec's report; errors are printed as the compiler renders them."""
+    import archspec
+    from archspec.cli import USAGE_CODES, parse_shape
+
+    report = archspec.check(
+        spec, variant=variant, input_shape=parse_shape(input_shape), num_classes=num_classes
+    )
+    if not report.ok:
+        click.echo(report.render_errors(), err=True)
+        sys.exit(2 if any(d.code in USAGE_CODES for d in report.errors) else 1)
+    if report.input is None or len(report.input) != 3:
+        _fail(f"{spec}: training needs an image input C,H,W (got {report.input})")
+    return report
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+def _latest_run(name: str) -> Path | None:
+    runs = sorted(Path("runs").glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+
+
+def _data(source: str, root: str | None, download: bool, report: Any) -> Any:
+    from archspec.data import DataError, load
+
+    try:
+        data = load(source, root, download, input_shape=tuple(report.input))
+    except DataError as e:
+        _fail(str(e))
+    if report.num_classes is not None and data.num_classes != report.num_classes:
+        _fail(
+            f"the spec {report.name} has num_classes {report.num_classes} but the data "
+            f"{data.name} has {data.num_classes} classes; pass --num-classes "
+            f"{data.num_classes} or use a spec made for this data"
+        )
+    return data
+
+
+def _build(spec: str, report: Any, num_classes: int) -> Any:
+    import archspec
+
+    try:
+        return archspec.build(
+            spec, report.variant, input_shape=tuple(report.input), num_classes=num_classes
+        )
+    except archspec.SpecError as e:
+        click.echo(str(e), err=True)
+        sys.exit(1)
+
+
+def _dump_spec(report: Any, spec: str, path: Path) -> None:
+    from ruamel.yaml import YAML
+
+    from archspec.checkpoint import write_atomic
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(
+                f"# resolved from {spec}"
+                f"{' --variant ' + report.variant if report.variant else ''}"
+                f" (spec hash {report.spec_hash})\n"
+            )
+            yaml.dump(report.resolved, f)
+
+    write_atomic(path, write)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from archspec.checkpoint import CheckpointError
+    from archspec.data import DataError
+    from archspec.train import TrainError
+
+    return (CheckpointError, DataError, TrainError)
+
+
+def _oom(e: BaseException, batch_size: int, device: Any) -> NoReturn:
+    smaller = max(1, batch_size // 2)
+    _fail(
+        f"out of memory on {device} at batch size {batch_size}; "
+        f"try --batch-size {smaller} ({str(e).splitlines()[0][:120]})"
+    )
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
+
+
+class _BatchSize(click.ParamType):
+    """A positive integer, or `auto`."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"expected a positive integer or 'auto', got {value!r}", param, ctx)
+        return n
+
+
+def _plan_batch(report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool) -> Any:
+    """`--batch-size auto` from the static memory estimate (docs/memory.md), or a warning before
+    the first step when the given batch size is estimated not to fit."""
+    import dataclasses
+
+    from archspec.memory import DEFAULT_MARGIN, auto_batch_size, available_bytes, estimate
+    from archspec.table import human_bytes
+    from archspec.train import _budget
+
+    # the runner's step: bf16 autocast on CUDA, float32 on CPU; its SGD has momentum
+    dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    optimizer = "adamw" if recipe.optimizer == "adamw" else "momentum"
+    free = available_bytes(str(dev))
+    # the runner keeps the data set resident on the device when it fits its budget
+    data = sum(s.x.nbytes for s in (loaded.train, loaded.test) if getattr(s, "x", None) is not None)
+    free = max(0, free - min(data, _budget(dev)))
+    where = f"{human_bytes(free)} free on {dev}"
+    if auto:
+        bs = auto_batch_size(
+            report.network, free, dtype, optimizer, device=dev.type, limit=max(1, len(loaded.train))
+        )  # no bigger than the data set
+        if bs == 0:
+            _fail(f"--batch-size auto: not even batch size 1 is estimated to fit in {where}")
+        peak = estimate(report.network, bs, dtype, optimizer, dev.type).peak_bytes
+        click.echo(
+            f"--batch-size auto: {bs} (estimated peak {human_bytes(peak)} of {where})", err=True
+        )
+        return dataclasses.replace(recipe, batch_size=bs)
+    peak = estimate(report.network, recipe.batch_size, dtype, optimizer, dev.type).peak_bytes
+    if peak > DEFAULT_MARGIN * free:
+        click.echo(
+            f"warning: batch size {recipe.batch_size} is estimated to need {human_bytes(peak)} "
+            f"per training step, more than {DEFAULT_MARGIN:.0%} of the {where}; it may run out "
+            "of memory (try --batch-size auto)",
+            err=True,
+        )
+    return recipe
+
+
+def _data_options(f: Any) -> Any:
+    for opt in reversed(
+        [
+            click.option("--data", default=None, metavar="NAME|PATH", help=f"{DATA_HELP}."),
+            click.option(
+                "--data-root",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="where torchvision data sets live "
+                "[default: $ARCHSPEC_DATA_ROOT or ~/.cache/archspec/data]",
+            ),
+            click.option("--download", is_flag=True, help="fetch a torchvision data set if absent"),
+            click.option(
+                "--device",
+                type=click.Choice(["auto", "cpu", "cuda"]),
+                default="auto",
+                show_default=True,
+            ),
+            click.option("--variant", help="named variant of the spec"),
+            click.option(
+                "--input", "input_shape", metavar="C,H,W", help="override the input shape"
+            ),
+            click.option(
+                "--num-classes", type=click.IntRange(1, 1 << 20), help="override num_classes"
+            ),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+@click.command("train")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@_data_options
+@click.option("--epochs", type=click.IntRange(1), help="[default: 20]")
+@click.option(
+    "--batch-size",
+    type=_BatchSize(),
+    help="images per step, or `auto`: the largest power of two whose estimated "
+    "training memory fits the device [default: 64]",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    help="peak learning rate [default: 5e-3 adamw, 0.05 sgd]",
+)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adamw]")
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(0),
+    help="[default: 0.05 adamw, 5e-4 sgd; never on biases and norms]",
+)
+@click.option("--schedule", type=click.Choice(SCHEDULES), help="[default: onecycle]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(1),
+    help="train this many steps in all (the schedule spans them)",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="run directory [default: runs/<spec>-<variant>-<time>]",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="continue the run in --out (default: the latest run of this spec)",
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+def train(
+    spec: str,
+    data: str | None,
+    data_root: str | None,
+    download: bool,
+    device: str,
+    variant: str | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    out: str | None,
+    resume: bool,
+    compile_: bool,
+    quiet: bool,
+    **recipe_options: Any,
+) -> None:
+    """Train SPEC (on CUDA when there is one) and write the run to --out.
+
+    Writes metrics.jsonl, curves.png, model.safetensors, checkpoint.pt, spec.yaml and
+    config.json. SIGINT / SIGTERM save a checkpoint and stop; --resume continues exactly."""
+    report = _check_spec(spec, variant, input_shape, num_classes)
+    run_name = f"{report.name}-{report.variant or 'base'}"
+    dev = _device(device)
+
+    import torch
+
+    from archspec.train import Recipe, fit, saved_recipe
+
+    errors = _runtime_errors()
+    given = {k: v for k, v in {**recipe_options, "data": data}.items() if v is not None}
+    if resume:
+        run = Path(out) if out else _latest_run(run_name)
+        if run is None or not (run / "checkpoint.pt").exists():
+            raise click.UsageError(f"--resume: no checkpoint in {run or f'runs/{run_name}-*'}")
+        try:
+            saved = saved_recipe(run)
+        except errors as e:
+            _fail(str(e))
+        base = saved or Recipe()
+    else:
+        run = Path(out) if out else Path("runs") / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run / "checkpoint.pt").exists():
+            raise click.UsageError(
+                f"{run} already holds a run: pass --resume to continue it or choose another --out"
+            )
+        base = Recipe()
+    auto_batch = given.get("batch_size") == "auto"
+    if auto_batch:  # sized below, once the device and the data set are known
+        del given["batch_size"]
+    recipe = Recipe(**{**base.__dict__, **given})
+
+    loaded = _data(recipe.data, data_root, download, report)
+    torch.manual_seed(recipe.seed)
+    model = _build(spec, report, report.num_classes or loaded.num_classes)
+    recipe = _plan_batch(report, recipe, dev, loaded, auto=auto_batch and not resume)
+    run.mkdir(parents=True, exist_ok=True)
+    _dump_spec(report, spec, run / "spec.yaml")
+    title = f"{report.name}" + (f" ({report.variant})" if report.variant else "")
+    meta = {
+        "spec": spec,
+        "name": report.name,
+        "variant": report.variant,
+        "title": title,
+        "params": report.params,
+    }
+    try:
+        result = fit(
+            model,
+            loaded,
+            recipe,
+            run,
+            input_shape=tuple(report.input),
+            spec_hash=report.spec_hash,
+            device=dev,
+            compile=compile_,
+            resume=resume,
+            meta=meta,
+            progress=not quiet,
+        )
+    except errors as e:
+        _fail(str(e))
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or _is_oom(e):
+            _oom(e, recipe.batch_size, dev)
+        raise
+    if result.signal is not None:
+        click.echo(
+            f"resume with: archspec train {spec}"
+            f"{' --variant ' + report.variant if report.variant else ''}"
+            f" --resume --out {run}",
+            err=True,
+        )
+        sys.exit(128 + result.signal)
+    if result.history:
+        last = result.history[-1]
+        total = sum(h["seconds"] for h in result.history)
+        click.echo(
+            f"{title}: test accuracy {last['test_acc']:.4f} after {last['epoch']} epochs "
+            f"({total:.1f} s training) -> {run}"
+        )
+
+
+@click.command("eval")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--weights",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="model.safetensors or checkpoint.pt of a run",
+)
+@_data_options
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+def eval_cmd(
+    spec: str,
+    weights: str,
+    data: str | None,
+    data_root: str | None,
+    download: bool,
+    device: str,
+    variant: str | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    split: str,
+    batch_size: int,
+) -> None:
+    """Evaluate SPEC with trained --weights; print one JSON object (loss, accuracy, examples)."""
+    report = _check_spec(spec, variant, input_shape, num_classes)
+    dev = _device(device)
+    from archspec.checkpoint import load_weights
+    from archspec.train import evaluate, prepare_data
+
+    errors = _runtime_errors()
+    loaded = _data(data or "mnist-mini", data_root, download, report)
+    model = _build(spec, report, report.num_classes or loaded.num_classes)
+    try:
+        meta = load_weights(model, weights)
+        if meta.get("spec_hash") not in (None, report.spec_hash):
+            click.echo(
+                f"warning: {weights} was trained from a different spec or variant "
+                f"(hash {meta['spec_hash']}, this is {report.spec_hash})",
+                err=True,
+            )
+        norm = (meta["mean"], meta["std"]) if "mean" in meta and "std" in meta else None
+        model.to(dev)
+        train_feed, test_feed, adapter = prepare_data(loaded, tuple(report.input), dev, False, norm)
+        feed = test_feed if split == "test" else train_feed
+        result = evaluate(model, feed, adapter, batch_size, dev)
+    except errors as e:
+        _fail(str(e))
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or _is_oom(e):
+            _oom(e, batch_size, dev)
+        raise
+    click.echo(json.dumps({k: result[k] for k in ("loss", "accuracy", "examples")}))
