@@ -102,7 +102,8 @@ def _register_optional() -> None:
     """Commands whose modules are written separately (and import torch only when run)."""
     import importlib
 
-    for module, names in (("archspec.train_cli", ("train", "eval_cmd")),):
+    for module, names in (("archspec.train_cli", ("train", "eval_cmd")),
+                          ("archspec.tools_cli", ("schema_cmd", "graph_cmd", "export_cmd", "list_cmd", "diff_cmd"))):
         try:
             mod = importlib.import_module(module)
         except ImportError:

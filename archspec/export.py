@@ -1,0 +1,257 @@
+"""Export a built network to ONNX or TorchScript, and prove the file computes what the model does.
+
+ONNX goes through `torch.onnx.export` with a dynamic batch axis (the torch.export-based exporter,
+torch's default since 2.9, which needs `onnxscript`; `exporter="legacy"` picks the older
+TorchScript-based one) and is then run in onnxruntime on a batch of a *different* size than
+the one it was traced with, against the PyTorch output. TorchScript is `torch.jit.script`
+(falling back to `torch.jit.trace`), saved, loaded back and compared the same way.
+This module imports torch; the CLI imports it only inside the `export` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMATS = ("onnx", "torchscript")
+EXPORTERS = ("dynamo", "legacy")
+TRACE_BATCH, CHECK_BATCH = 2, 3  # checked at another batch size than traced: the axis is dynamic
+DEFAULT_TOLERANCE = 1e-4
+
+
+class ExportError(Exception):
+    """A clear, user-facing reason the export could not be done or did not verify."""
+
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.message, self.help = message, help
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: str
+    method: str  # dynamo / legacy (onnx), script / trace (torchscript)
+    max_diff: float | None  # max |file output - PyTorch output|; None when not verified
+    seconds: float
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a `.safetensors` file or a torch-saved state_dict (`weights_only=True`, so a
+    file cannot run code). A checkpoint dict with the weights under `model`/`state_dict` works."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"no such weights file: {path}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: say which and why
+        raise ExportError(
+            f"cannot read weights from {path}: {type(e).__name__}: {str(e)[:200]}",
+            "give a .safetensors file or a .pt/.pth state_dict saved with torch.save",
+        ) from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load weights strictly, naming the keys and shapes that disagree with the spec."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs spec {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            problems.append(f"{what}: {', '.join(keys[:3])}{more}")
+    if problems:
+        raise ExportError(
+            f"weights in {path} do not fit this spec: " + "; ".join(problems),
+            "check the spec, --variant and --input the weights were trained with",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch's exporters print progress and deprecation notes the user cannot act on."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def sample(model: nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
+    shape = getattr(model, "input_shape", None)
+    if not shape:
+        raise ExportError("the model does not record its input shape; build it with archspec.build")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *shape, generator=gen)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    exporter: str = "dynamo",
+    opset: int | None = None,
+    verify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportResult:
+    """Write `model` as ONNX with a dynamic batch axis; verify it in onnxruntime."""
+    if exporter not in EXPORTERS:
+        raise ExportError(
+            f"unknown ONNX exporter `{exporter}`", f"use one of {', '.join(EXPORTERS)}"
+        )
+    _require("onnx", "onnx")
+    if exporter == "dynamo":
+        _require("onnxscript", "onnxscript", "or use the legacy exporter (--onnx-exporter legacy)")
+    model = model.eval()
+    x = sample(model, TRACE_BATCH)
+    start = time.perf_counter()
+    names: dict[str, Any] = {
+        "input_names": ["input"],
+        "output_names": ["output"],
+        "opset_version": opset,
+    }
+    try:
+        with _quiet(), torch.no_grad():
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=1 << 16)
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    str(path),
+                    dynamo=True,
+                    external_data=False,
+                    dynamic_shapes=({0: batch},),
+                    **names,
+                )
+            else:
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    str(path),
+                    dynamo=False,
+                    dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                    **names,
+                )
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"ONNX export failed: {type(e).__name__}: {_first_line(e)}") from None
+    seconds = time.perf_counter() - start
+    diff = verify_onnx(model, path, tolerance) if verify else None
+    return ExportResult("onnx", str(path), exporter, diff, seconds, Path(path).stat().st_size)
+
+
+def verify_onnx(model: nn.Module, path: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> float:
+    """Run the ONNX file in onnxruntime on a fresh batch; raise ExportError over `tolerance`."""
+    _require("onnxruntime", "onnxruntime")
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    x = sample(model, CHECK_BATCH, seed=1)
+    with torch.no_grad():
+        want = model.eval()(x).numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    return _compare("onnxruntime", got, want, tolerance)
+
+
+def export_torchscript(
+    model: nn.Module, path: str | Path, *, verify: bool = True, tolerance: float = DEFAULT_TOLERANCE
+) -> ExportResult:
+    """`torch.jit.script` (or `trace` where scripting fails), saved, reloaded and compared."""
+    model = model.eval()
+    start = time.perf_counter()
+    method = "script"
+    with _quiet():
+        try:
+            compiled = torch.jit.script(model)
+        except Exception:  # a module scripting cannot read: tracing records the same ops
+            method = "trace"
+            try:
+                compiled = torch.jit.trace(model, sample(model, TRACE_BATCH), check_trace=False)
+            except Exception as e:
+                raise ExportError(
+                    f"TorchScript export failed: {type(e).__name__}: {_first_line(e)}"
+                ) from None
+        torch.jit.save(compiled, str(path))
+    seconds = time.perf_counter() - start
+    diff = None
+    if verify:
+        with _quiet():
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        x = sample(model, CHECK_BATCH, seed=1)
+        with torch.no_grad():
+            diff = _compare(
+                "the reloaded TorchScript module", loaded(x).numpy(), model(x).numpy(), tolerance
+            )
+    return ExportResult("torchscript", str(path), method, diff, seconds, Path(path).stat().st_size)
+
+
+def export(model: nn.Module, path: str | Path, fmt: str, **options: Any) -> ExportResult:
+    if fmt == "onnx":
+        return export_onnx(model, path, **options)
+    if fmt == "torchscript":
+        options.pop("exporter", None)
+        options.pop("opset", None)
+        return export_torchscript(model, path, **options)
+    raise ExportError(f"unknown export format `{fmt}`", f"use one of {', '.join(FORMATS)}")
+
+
+def _compare(what: str, got: Any, want: Any, tolerance: float) -> float:
+    if tuple(got.shape) != tuple(want.shape):
+        raise ExportError(
+            f"{what} gives shape {tuple(got.shape)}, PyTorch gives {tuple(want.shape)}"
+        )
+    diff = float(abs(got - want).max()) if want.size else 0.0
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportError(
+            f"{what} output differs from PyTorch by {diff:.3g} (tolerance {tolerance:g})",
+            "the exported file does not compute what the model computes; please report it",
+        )
+    return diff
+
+
+def _require(module: str, package: str, alt: str = "") -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise ExportError(
+            f"this export needs the `{module}` package, which is not installed",
+            f"pip install {package}" + (f", {alt}" if alt else ""),
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""

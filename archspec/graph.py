@@ -1,0 +1,275 @@
+"""The network as a picture: Graphviz DOT written from the IR (no torch, no graphviz package).
+
+Stages are clusters, and so is every composite that owns a module. Each parallel branch hangs
+from a small label node; the labels share one rank, chained left to right in spec order, so
+`dot` lays the branches side by side and they meet at a merge node (concat / add). Each layer
+is labelled with its op (`conv 3x3/2`) and output shape; its module path is the tooltip.
+SVG/PNG/PDF go through Graphviz's `dot` program when it is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from .ops import OPS, fmt
+
+RENDERED = ("svg", "png", "pdf")
+AUX = "aux"  # ir.AUX: an auxiliary head, whose output leaves the main path
+INSTALL_HINT = (
+    "install Graphviz (`apt-get install graphviz`, `brew install graphviz` or "
+    "`conda install graphviz`), or write DOT text with `-o FILE.dot`"
+)
+# Fill colours by op family: the eye finds convolutions, pools and dense layers at a glance.
+COLORS = {
+    "conv": "#cfe2f3",
+    "linear": "#f9cb9c",
+    "maxpool": "#d9ead3",
+    "avgpool": "#d9ead3",
+    "adaptive_avgpool": "#d9ead3",
+    "adaptive_maxpool": "#d9ead3",
+    "gap": "#d9ead3",
+    "gmp": "#d9ead3",
+    "bn": "#fff2cc",
+    "lrn": "#fff2cc",
+    "dropout": "#eeeeee",
+    "flatten": "#eeeeee",
+}
+
+
+class GraphvizMissing(RuntimeError):
+    """`dot` is not installed, so only DOT text can be written."""
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        # Edges go after every cluster: an edge written inside a subgraph would pull both of
+        # its ends into that cluster.
+        self.edge_lines: list[str] = []
+        self.fans: set[str] = set()  # the branch-label nodes of parallel blocks
+        self.count = 0
+        self.depth = 1
+
+    def emit(self, line: str) -> None:
+        self.lines.append("  " * self.depth + line)
+
+    def node(self, label: str, **attrs: str) -> str:
+        nid = f"n{self.count}"
+        self.count += 1
+        extra = "".join(f", {k}={_q(v)}" for k, v in attrs.items())
+        self.emit(f"{nid} [label={_q(label)}{extra}];")
+        return nid
+
+    def edges(self, sources: list[str], target: str, **attrs: str) -> None:
+        for s in sources:
+            # A heavy edge under a branch label keeps short branches at the top, not the bottom.
+            a = {**attrs, "weight": "8"} if s in self.fans else attrs
+            extra = ", ".join(f"{k}={_q(v)}" for k, v in a.items())
+            self.edge_lines.append(f"  {s} -> {target}" + (f" [{extra}]" if extra else "") + ";")
+
+    def open_cluster(self, key: str, label: str, style: str = "rounded") -> None:
+        self.emit(f"subgraph {_q('cluster_' + key)} {{")
+        self.depth += 1
+        self.emit(f'label={_q(label)}; style={_q(style)}; color="#888888"; fontsize=11;')
+
+    def close_cluster(self) -> None:
+        self.depth -= 1
+        self.emit("}")
+
+    # ------------------------------------------------------------------ the walk
+
+    def walk(self, node: Node, preds: list[str], key: str, stage: bool = False) -> list[str]:
+        """Draw `node` fed by `preds`; return the ids its output leaves from."""
+        if node.kind == LAYER:
+            return [self.layer(node, preds)]
+        boxed = not node.inline  # a composite that owns a module is a box labelled with its path
+        if boxed:
+            label = node.path if node.kind == SEQ else f"{node.path} ({_kind_label(node)})"
+            style = (
+                "rounded,dashed"
+                if node.kind == AUX or (node.kind == SEQ and not stage)
+                else "rounded"
+            )
+            self.open_cluster(key, label, style)
+        if node.kind == PARALLEL:
+            out = self.parallel(node, preds, key)
+        elif node.kind == RESIDUAL:
+            out = self.residual(node, preds, key)
+        elif node.kind == DENSE:
+            out = self.dense(node, preds, key)
+        else:  # seq, aux, and any newer kind: its parts in order
+            out = preds
+            for i, child in enumerate(node.parts()):
+                out = self.walk(child, out, f"{key}_{i}")
+            if node.kind == AUX:  # a side output: the main path goes on from the head's input
+                out = preds
+        if boxed:
+            self.close_cluster()
+        return out
+
+    def layer(self, node: Node, preds: list[str]) -> str:
+        op = OPS.get(node.op)
+        desc = op.describe(node.params) if op is not None and node.params is not None else node.op
+        shape = fmt(node.out_shape) if node.out_shape else "?"
+        light = node.op not in COLORS
+        nid = self.node(
+            f"{desc}\n{shape}",
+            tooltip=node.path,
+            fillcolor=COLORS.get(node.op, "#ffffff"),
+            **({"fontsize": "10"} if light else {}),
+        )
+        self.edges(preds, nid)
+        return nid
+
+    def merge_node(self, what: str, shape: tuple[int, ...] | None) -> str:
+        return self.node(
+            f"{what}\n{fmt(shape) if shape else '?'}",
+            shape="oval",
+            fillcolor="#f4cccc",
+            fontsize="10",
+        )
+
+    def parallel(self, node: Node, preds: list[str], key: str) -> list[str]:
+        # One small label node per branch, on one rank and chained left to right in spec order:
+        # the branches hang from them side by side. The labels sit in this cluster, not in a
+        # branch's own, which keeps `rank=same` valid whatever clusters the branches open.
+        fans = [
+            self.node(
+                b.name, shape="plaintext", style="", fontsize="9", fontcolor="#666666", height="0.1"
+            )
+            for b in node.children
+        ]
+        self.fans.update(fans)
+        if len(fans) > 1:
+            self.emit("{rank=same; " + " -> ".join(fans) + " [style=invis];}")
+        exits: list[str] = []
+        for i, (branch, fan) in enumerate(zip(node.children, fans, strict=True)):
+            self.edges(preds, fan, arrowhead="none")
+            exits += self.walk(_unboxed(branch), [fan], f"{key}_b{i}")
+        merged = self.merge_node(node.merge, node.out_shape)
+        self.edges(exits, merged)
+        return [merged]
+
+    def residual(self, node: Node, preds: list[str], key: str) -> list[str]:
+        out = preds
+        for i, child in enumerate(node.children):
+            out = self.walk(child, out, f"{key}_{i}")
+        if node.shortcut is not None:
+            short = self.walk(node.shortcut, preds, f"{key}_s")
+            style = {"style": "dashed"}
+        else:
+            short, style = preds, {"style": "dashed", "label": "identity"}
+        add_shape = node.children[-1].out_shape if node.children else node.in_shape
+        add = self.merge_node("add", add_shape)
+        self.edges(out, add)
+        self.edges(short, add, **style)
+        if node.post is not None:
+            return self.walk(node.post, [add], f"{key}_p")
+        return [add]
+
+    def dense(self, node: Node, preds: list[str], key: str) -> list[str]:
+        cur = preds
+        shape = node.in_shape
+        for i, child in enumerate(node.children):
+            out = self.walk(child, cur, f"{key}_{i}")
+            if shape is not None and child.out_shape is not None:
+                shape = (shape[0] + child.out_shape[0], *shape[1:])
+            cat = self.merge_node("concat", shape)
+            self.edges(cur, cat, style="dashed")
+            self.edges(out, cat)
+            cur = [cat]
+        return cur
+
+
+def _kind_label(node: Node) -> str:
+    return {
+        PARALLEL: f"parallel, {node.merge}",
+        RESIDUAL: "residual",
+        DENSE: "dense",
+        AUX: "auxiliary head, training only",
+    }.get(node.kind, node.kind)
+
+
+def _unboxed(node: Node) -> Node:
+    """A branch is named by its label node: don't box its own Sequential as well."""
+    if node.kind == SEQ and not node.inline:
+        from dataclasses import replace
+
+        return replace(node, inline=True)
+    return node
+
+
+def to_dot(network: Network, title: str | None = None) -> str:
+    """DOT text of a lowered network (every layer must have been inferred)."""
+    w = _Writer()
+    # No `newrank`: with it, dot 2.43 lays sibling clusters out in reverse order.
+    w.emit("rankdir=TB; nodesep=0.25; ranksep=0.3;")
+    w.emit(
+        'node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11, height=0.3];'
+    )
+    w.emit('edge [arrowsize=0.6, color="#555555", fontname="Helvetica", fontsize=9];')
+    w.emit('graph [fontname="Helvetica"];')
+    label = title or network.name + (f" ({network.variant})" if network.variant else "")
+    w.emit(f"label={_q(label)}; labelloc=t; fontsize=14;")
+    entry = w.node(f"input\n{fmt(network.input)}", shape="box", fillcolor="#ffffff", style="filled")
+    preds = [entry]
+    for i, stage in enumerate(network.root.children):
+        # A stage that owns a module is boxed by `walk`; a one-layer or inline stage is boxed here.
+        own_box = stage.kind == LAYER or stage.inline
+        if own_box:
+            w.open_cluster(f"s{i}", stage.name)
+        preds = w.walk(stage, preds, f"s{i}", stage=True)
+        if own_box:
+            w.close_cluster()
+    out = w.node(
+        f"output\n{fmt(network.root.out_shape) if network.root.out_shape else '?'}",
+        shape="box",
+        fillcolor="#ffffff",
+        style="filled",
+    )
+    w.edges(preds, out)
+    return "digraph archspec {\n" + "\n".join(w.lines + w.edge_lines) + "\n}\n"
+
+
+def output_format(path: str | Path) -> str:
+    """`dot`, or a format the `dot` program renders; ValueError for anything else."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in ("dot", "gv"):
+        return "dot"
+    if suffix in RENDERED:
+        return suffix
+    raise ValueError(
+        f"cannot tell the picture format from `{path}`: use .dot, .gv, .svg, .png or .pdf"
+    )
+
+
+def write(dot: str, path: str | Path, timeout: float = 120.0) -> str:
+    """Write DOT text to `path`, rendering it with Graphviz when the suffix asks for a picture.
+    Returns the format written; raises GraphvizMissing or RuntimeError (dot failed)."""
+    kind = output_format(path)
+    if kind == "dot":
+        Path(path).write_text(dot, encoding="utf-8")
+        return kind
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphvizMissing(
+            f"writing {Path(path).name} needs the Graphviz `dot` program, which is not installed"
+        )
+    proc = subprocess.run(
+        [exe, f"-T{kind}", "-o", str(path)],
+        input=dot.encode(),
+        capture_output=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`dot -T{kind}` failed: {proc.stderr.decode(errors='replace').strip()[:500]}"
+        )
+    return kind

@@ -1,0 +1,532 @@
+"""JSON Schema of the spec format, for editors (YAML language server) and `jsonschema`.
+
+The top level comes from `SpecModel`; the recursive layer grammar, which `lower.py` validates
+by hand, is written here from the same registries: one definition per op (its pydantic
+`Params` schema), the combinators, the repeat form and template calls. Template names are the
+user's own, so any single-key mapping whose key is not an op, a combinator or a repeat key is
+a template call; an op key keeps its strict parameter schema, so `conv: {ot: 3}` still fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .lower import COMBINATORS, MAX_REPEAT, REPEAT_KEYS, TYPES
+from .ops import OPS
+from .spec import SpecModel
+
+DRAFT = "http://json-schema.org/draft-07/schema#"
+REF_ITEM = {"$ref": "#/$defs/item"}
+EXPR = {"$ref": "#/$defs/expr"}
+
+# Examples shown by editors: one whole layer per op (a mapping body), and one per parameter
+# where a default alone says little.
+OP_EXAMPLES: dict[str, dict[str, Any]] = {
+    "conv": {"out": 64, "k": 3, "stride": 1, "pad": 1},
+    "maxpool": {"k": 3, "stride": 2, "pad": 1},
+    "avgpool": {"k": 2, "stride": 2},
+    "adaptive_avgpool": {"out": 6},
+    "adaptive_maxpool": {"out": [7, 7]},
+    "linear": {"out": "$num_classes"},
+    "bn": {"eps": 0.001},
+    "lrn": {"size": 5, "alpha": 0.0001, "beta": 0.75, "k": 2.0},
+    "dropout": {"p": 0.5},
+    "relu": {"inplace": True},
+    "leaky_relu": {"slope": 0.2},
+}
+PARAM_EXAMPLES: dict[str, list[Any]] = {
+    "out": [64, "$c * 4", "$in.c // 2"],
+    "k": [3, [1, 7]],
+    "stride": [2, [2, 1]],
+    "pad": [1, [0, 3], "same"],
+    "dilation": [2],
+    "groups": [32],
+    "size": [5],
+    "p": [0.5],
+}
+TOP_EXAMPLES: dict[str, list[Any]] = {
+    "name": ["resnet18"],
+    "description": ["ResNet-18 for 96x96 Fashion-MNIST"],
+    "input": [[3, 224, 224], [1, 28, 28], [784]],
+    "num_classes": [10, 1000],
+    "width": [0.25, 1.0],
+    "defaults": [{"bn": {"eps": 0.001}, "conv": {"bias": False}}],
+    "params": [{"layers": [2, 2, 2, 2], "block": "basic"}],
+    "templates": [
+        {
+            "basic": {
+                "params": {"c": "int", "stride": 1},
+                "body": [
+                    {"conv": {"out": "$c", "k": 3, "stride": "$stride", "pad": 1}},
+                    "bn",
+                    "relu",
+                ],
+            }
+        }
+    ],
+    "stages": [
+        {
+            "stem": [{"conv": {"out": 64, "k": 7, "stride": 2, "pad": 3}}, "bn", "relu"],
+            "head": ["gap", "flatten", {"linear": {"out": "$num_classes"}}],
+        }
+    ],
+    "variants": [{"resnet34": {"stages": {"b2": {"repeat": 3}}}}],
+}
+
+
+def _d(description: str, schema: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A schema with its description (and examples) — every field of the format has one."""
+    out = dict(schema or {})
+    out["description"] = description
+    out.update(extra)
+    return out
+
+
+def _with_expr(schema: dict[str, Any]) -> dict[str, Any]:
+    """Let a numeric/boolean/list value also be an expression string such as `$c * 4`."""
+    s = copy.deepcopy(schema)
+    if "anyOf" in s:
+        s["anyOf"] = [_with_expr(a) for a in s["anyOf"]]
+        if EXPR not in s["anyOf"]:
+            s["anyOf"].append(EXPR)
+        return s
+    kind = s.get("type")
+    if kind == "array" and isinstance(s.get("items"), dict):
+        s["items"] = _with_expr(s["items"])
+    if kind in ("integer", "number", "boolean", "array"):
+        keep: dict[str, Any] = {
+            k: s.pop(k) for k in ("description", "default", "title", "examples") if k in s
+        }
+        return {**keep, "anyOf": [s, EXPR]}
+    return s
+
+
+def _op_def(name: str) -> dict[str, Any]:
+    op = OPS[name]
+    params = op.Params.model_json_schema()
+    props = {}
+    for field, sub in params.get("properties", {}).items():
+        sub = _with_expr(sub)
+        sub.pop("title", None)
+        examples = PARAM_EXAMPLES.get(field)
+        if examples is None and "default" in sub:
+            examples = [sub["default"]]
+        if examples is not None:
+            sub["examples"] = examples
+        props[field] = sub
+    props["name"] = _d(
+        "module name of this layer in the built model (default: its position)",
+        {"type": ["string", "integer"]},
+        examples=["conv1", "downsample"],
+    )
+    out: dict[str, Any] = {
+        "type": "object",
+        "description": f"`{name}`: {op.doc}",
+        "properties": props,
+        "additionalProperties": False,
+    }
+    if params.get("required"):
+        out["required"] = params["required"]
+    if name in OP_EXAMPLES:
+        out["examples"] = [OP_EXAMPLES[name]]
+    return out
+
+
+def _defaults_of(name: str, op_def: dict[str, Any]) -> dict[str, Any]:
+    """`defaults: {conv: {...}}`: some of the op's parameters (none required, no `name`)."""
+    fields = [f for f in op_def["properties"] if f != "name"]
+    return _d(
+        f"default parameters of every `{name}`",
+        {
+            "type": "object",
+            "properties": {f: {"$ref": f"#/$defs/op.{name}/properties/{f}"} for f in fields},
+            "additionalProperties": False,
+        },
+    )
+
+
+def _op_value(name: str) -> dict[str, Any]:
+    """The value under an op key: its parameters, or nothing (`- bn:` is `- bn`)."""
+    return _d(OPS[name].doc, {"anyOf": [{"$ref": f"#/$defs/op.{name}"}, {"type": "null"}]})
+
+
+def _single(key: str, value: dict[str, Any], description: str) -> dict[str, Any]:
+    """A one-key layer mapping `{key: value}` (plus the optional `name` and `inline`)."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": [key],
+        "properties": {
+            key: value,
+            "name": {"$ref": "#/$defs/name"},
+            "inline": {"$ref": "#/$defs/inline"},
+        },
+        "additionalProperties": False,
+    }
+
+
+def _repeat_props() -> dict[str, Any]:
+    props = {
+        "repeat": _d(
+            "how many times: a whole number or an expression",
+            {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_REPEAT}, EXPR]},
+            examples=[2, "$n"],
+        ),
+        "use": _d(
+            "the template each repetition instantiates (a name, or an expression such as `$block`)",
+            {"type": "string"},
+            examples=["basic", "$block"],
+        ),
+        "body": _d("the layers each repetition runs (instead of `use`)", REF_ITEM),
+        "with": _d(
+            "template arguments (or `$names` for `body`) for every repetition",
+            {"$ref": "#/$defs/args"},
+            examples=[{"c": 64}],
+        ),
+        "first": _d(
+            "arguments overriding `with` in the first repetition",
+            {"$ref": "#/$defs/args"},
+            examples=[{"stride": 2}],
+        ),
+        "at": _d(
+            "arguments overriding `with` in the repetitions with these indices "
+            "(negative ones count from the end)",
+            {
+                "type": "object",
+                "propertyNames": {"pattern": "^-?[0-9]+$"},
+                "additionalProperties": {"$ref": "#/$defs/args"},
+            },
+            examples=[{"1": {"stride": 2}}],
+        ),
+        "prefix": _d(
+            "module-name prefix of the repetitions (`block` gives block0, block1, ...)",
+            {"type": "string"},
+            examples=["denselayer"],
+        ),
+        "start": _d(
+            "index of the first repetition in module names",
+            {"type": "integer", "minimum": 0},
+            examples=[1],
+        ),
+        "name": {"$ref": "#/$defs/name"},
+        "inline": {"$ref": "#/$defs/inline"},
+    }
+    for key in REPEAT_KEYS - set(props):  # added to lower.py, not described here yet
+        props[key] = _d("see the language docs")
+    return props
+
+
+def _combinators() -> dict[str, dict[str, Any]]:
+    name, inline = {"$ref": "#/$defs/name"}, {"$ref": "#/$defs/inline"}
+    parallel = {
+        "type": "object",
+        "description": "branches that all read the same input, merged by concat or add",
+        "required": ["branches"],
+        "properties": {
+            "branches": _d(
+                "the branches: a list, or a mapping from branch name to layers",
+                {
+                    "anyOf": [
+                        {"type": "array", "items": REF_ITEM, "minItems": 1},
+                        {"type": "object", "additionalProperties": REF_ITEM, "minProperties": 1},
+                    ]
+                },
+            ),
+            "merge": _d(
+                "how branch outputs are joined", {"enum": ["concat", "add"], "default": "concat"}
+            ),
+            "flat": _d(
+                "register the branch layers directly on this module (Inception naming)",
+                {"type": "boolean", "default": False},
+            ),
+            "name": name,
+            "inline": inline,
+        },
+        "additionalProperties": False,
+        "examples": [
+            {
+                "flat": True,
+                "branches": {
+                    "p1": [{"conv": {"out": 64, "k": 1}}, "relu"],
+                    "p2": [{"maxpool": {"k": 3, "stride": 1, "pad": 1}}],
+                },
+            }
+        ],
+    }
+    residual = {
+        "type": "object",
+        "description": "main path plus shortcut, summed",
+        "required": ["main"],
+        "properties": {
+            "main": _d("the layers of the main path", REF_ITEM),
+            "shortcut": _d(
+                "`auto` (identity, or a 1x1 projection when the shape changes), `identity`, "
+                "or layers",
+                {"anyOf": [{"enum": ["auto", "identity"]}, REF_ITEM], "default": "auto"},
+            ),
+            "projection": _d(
+                "options of the `auto` projection",
+                {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "bn": _d(
+                            "follow the 1x1 conv with BatchNorm",
+                            {"type": "boolean", "default": True},
+                        ),
+                        "bias": _d(
+                            "give the 1x1 conv a bias", {"type": "boolean", "default": False}
+                        ),
+                        "name": _d(
+                            "module name of the projection",
+                            {"type": "string"},
+                            examples=["downsample"],
+                        ),
+                    },
+                    "additionalProperties": False,
+                },
+                examples=[{"bn": True, "bias": False, "name": "downsample"}],
+            ),
+            "post": _d(
+                "layers applied after the sum",
+                {"anyOf": [REF_ITEM, {"type": "null"}]},
+                examples=["relu"],
+            ),
+            "name": name,
+            "inline": inline,
+        },
+        "additionalProperties": False,
+        "examples": [
+            {
+                "main": [{"conv": {"out": "$c", "k": 3, "pad": 1}}, "bn", "relu"],
+                "shortcut": "auto",
+                "post": "relu",
+            }
+        ],
+    }
+    dense = {
+        "type": "object",
+        "description": "dense block: each layer's output is concatenated to its input",
+        "required": ["repeat"],
+        "properties": _repeat_props(),
+        "additionalProperties": False,
+        "examples": [{"repeat": 4, "use": "conv_block", "with": {"growth": 32}}],
+    }
+    seq = _d(
+        "a nested sequence of layers",
+        {
+            "anyOf": [
+                {"$ref": "#/$defs/layerList"},
+                {
+                    "type": "object",
+                    "required": ["layers"],
+                    "properties": {
+                        "layers": _d("the layers, in order", {"$ref": "#/$defs/layerList"}),
+                        "name": name,
+                        "inline": inline,
+                    },
+                    "additionalProperties": False,
+                },
+            ]
+        },
+    )
+    aux = _d(
+        "an auxiliary head (training only): a stage whose layers read the tensor but whose "
+        "output leaves the main path; the next stage gets this stage's input",
+        {
+            "anyOf": [
+                {"$ref": "#/$defs/layerList"},
+                {
+                    "type": "object",
+                    "required": ["layers"],
+                    "properties": {
+                        "layers": _d("the head's layers", {"$ref": "#/$defs/layerList"}),
+                        "name": name,
+                    },
+                    "additionalProperties": False,
+                },
+            ]
+        },
+        examples=[
+            [
+                {"avgpool": {"k": 5, "stride": 3}},
+                {"conv": {"out": 128, "k": 1}},
+                "relu",
+                "flatten",
+                {"linear": {"out": "$num_classes"}},
+            ]
+        ],
+    )
+    known = {"parallel": parallel, "residual": residual, "dense": dense, "seq": seq, "aux": aux}
+    # A combinator added to lower.py before it is described here still validates, loosely
+    # (tests/test_schema.py fails until it is described).
+    loose = _d("a combinator (see the language docs)", {"type": ["object", "array"]})
+    return {n: known.get(n, loose) for n in COMBINATORS}
+
+
+def _reserved() -> list[str]:
+    """Keys that are not template names (`name` and `inline` may sit beside a template call)."""
+    return sorted({*OPS, *COMBINATORS, *REPEAT_KEYS} - {"name", "inline"})
+
+
+def build_schema() -> dict[str, Any]:
+    """The whole schema as a JSON-ready dict (deterministic: same registries, same output)."""
+    defs: dict[str, Any] = {
+        "expr": _d(
+            "an expression over template parameters and the incoming shape, e.g. `$c * 4`, "
+            '`$in.c // 2`, `"$c2[0]"`',
+            {"type": "string", "pattern": "\\$"},
+        ),
+        "name": _d(
+            "explicit module name (default: the position in the enclosing module)",
+            {"type": ["string", "integer"]},
+            examples=["conv1", "layer1"],
+        ),
+        "inline": _d(
+            "register the children on the enclosing module instead of a module of their own",
+            {"type": "boolean", "default": False},
+        ),
+        "args": _d(
+            "arguments: parameter name to value (a number, list, string or expression)",
+            {"type": ["object", "null"]},
+            examples=[{"c": 64, "stride": 2}],
+        ),
+    }
+    for name in OPS:
+        defs[f"op.{name}"] = _op_def(name)
+    combs = _combinators()
+    for name, body in combs.items():
+        defs[f"comb.{name}"] = body
+    defs["repeat"] = {
+        "type": "object",
+        "description": "repeat a template (`use`) or layers (`body`) N times, "
+        "with per-repetition overrides",
+        "anyOf": [{"required": ["use"]}, {"required": ["body"]}, {"required": ["repeat"]}],
+        "properties": _repeat_props(),
+        "additionalProperties": False,
+        "examples": [{"repeat": 2, "use": "basic", "with": {"c": 128}, "first": {"stride": 2}}],
+    }
+    defs["templateCall"] = {
+        "type": "object",
+        "description": "a call of a template defined under `templates:`, "
+        "e.g. `- inception: {c1: 64}`",
+        "minProperties": 1,
+        "maxProperties": 3,
+        # The key is the template's name: any name that is not an op, combinator or repeat key.
+        "propertyNames": {"not": {"enum": _reserved()}},
+        "not": {"propertyNames": {"enum": ["name", "inline"]}},
+        "properties": {"name": {"$ref": "#/$defs/name"}, "inline": {"$ref": "#/$defs/inline"}},
+        "additionalProperties": {"$ref": "#/$defs/args"},
+    }
+    op_names = list(OPS)
+    defs["item"] = {
+        "description": "one layer: an op or template name (`relu`), a one-key mapping "
+        "(`{conv: {out: 64, k: 3}}`, `{residual: {...}}`, `{mytemplate: {...}}`), "
+        "a repeat mapping, or a nested list",
+        "anyOf": [
+            {
+                "type": "string",
+                "minLength": 1,
+                "description": "an op without parameters, or a template name",
+                "examples": op_names,
+            },
+            {"$ref": "#/$defs/layerList"},
+            *[_single(n, _op_value(n), OPS[n].doc) for n in OPS],
+            *[
+                _single(n, {"$ref": f"#/$defs/comb.{n}"}, combs[n]["description"])
+                for n in COMBINATORS
+            ],
+            {"$ref": "#/$defs/repeat"},
+            {"$ref": "#/$defs/templateCall"},
+        ],
+    }
+    defs["layerList"] = {
+        "type": "array",
+        "description": "layers in forward order",
+        "items": REF_ITEM,
+    }
+    defs["template"] = {
+        "type": "object",
+        "description": "a reusable block: `params` plus one body "
+        "(`body: [...]`, or one op/combinator key)",
+        "minProperties": 1,
+        "maxProperties": 2,
+        "not": {"propertyNames": {"const": "params"}},
+        "properties": {
+            "params": _d(
+                "parameters: `name: type` (required; one of "
+                + ", ".join(TYPES)
+                + "), `name: default`, or `name: {type: T, default: V}`",
+                {
+                    "type": ["object", "null"],
+                    "additionalProperties": {
+                        "anyOf": [
+                            {"enum": list(TYPES)},
+                            {
+                                "type": "object",
+                                "required": ["type"],
+                                "properties": {
+                                    "type": _d("the parameter's type", {"enum": list(TYPES)}),
+                                    "default": _d("its value when a call does not give one"),
+                                },
+                                "additionalProperties": False,
+                            },
+                            {},  # any other value is the parameter's default
+                        ]
+                    },
+                },
+                examples=[{"c": "int", "stride": 1, "k": {"type": "any", "default": 3}}],
+            ),
+            "body": _d("the template's layers", REF_ITEM),
+            **{n: _op_value(n) for n in OPS},
+            **{n: {"$ref": f"#/$defs/comb.{n}"} for n in COMBINATORS},
+        },
+        "additionalProperties": {"$ref": "#/$defs/args"},
+    }
+    top = SpecModel.model_json_schema()
+    props = top["properties"]
+    for key, sub in props.items():
+        sub.pop("title", None)
+        if key in TOP_EXAMPLES:
+            sub["examples"] = TOP_EXAMPLES[key]
+    props["stages"].update({"additionalProperties": REF_ITEM})
+    props["templates"].update({"additionalProperties": {"$ref": "#/$defs/template"}})
+    props["defaults"] = _d(
+        props["defaults"]["description"],
+        {
+            "type": "object",
+            "properties": {n: _defaults_of(n, defs[f"op.{n}"]) for n in OPS},
+            "additionalProperties": False,
+        },
+        examples=TOP_EXAMPLES["defaults"],
+    )
+    overlay = {
+        "type": "object",
+        "description": "a variant: top-level keys deep-merged onto the spec "
+        "(lists replace, null deletes)",
+        "properties": {k: _d(v["description"]) for k, v in props.items() if k != "variants"},
+        "additionalProperties": False,
+    }
+    defs["variant"] = overlay
+    props["variants"].update({"additionalProperties": {"$ref": "#/$defs/variant"}})
+    return {
+        "$schema": DRAFT,
+        "title": "archspec network spec",
+        "description": "A neural network as an archspec YAML spec "
+        "(`archspec check SPEC` checks it).",
+        "type": "object",
+        "required": top["required"],
+        "properties": props,
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(build_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def write_schema(path: str | Path) -> None:
+    Path(path).write_text(schema_text(), encoding="utf-8")
