@@ -65,7 +65,11 @@ class Report:
 
     @property
     def macs(self) -> int | None:
-        return sum(n.inferred.macs for n in self.layers) if self.ok else None  # type: ignore[union-attr]
+        """Inference MACs: auxiliary heads (training only) are listed per layer but not counted."""
+        if not self.ok or self.network is None:
+            return None
+        aux = {id(n) for n in self.network.aux_layers}
+        return sum(n.inferred.macs for n in self.layers if id(n) not in aux)  # type: ignore[union-attr]
 
     def layer_rows(self) -> list[dict]:
         rows = []

@@ -21,14 +21,18 @@ from torch import nn
 
 from .check import check
 from .errors import Diagnostic, Loc, SpecError
-from .ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
 from .ops import OPS
 
 DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", 2_000_000_000))
 
 
 class ArchNet(nn.Sequential):
-    """The built network: its stages in order, plus what the spec says about it."""
+    """The built network: its stages in order, plus what the spec says about it.
+
+    A spec with `aux` stages (auxiliary heads) gets a generated subclass whose forward returns
+    the main output in eval mode and under TorchScript, and `(main, *aux_outputs)` in training
+    mode, the heads in stage order (see `_Emitter.network_source`, docs/language-aux.md)."""
 
     def __init__(self, stages: "OrderedDict[str, nn.Module]", name: str, input_shape: tuple[int, ...],
                  num_classes: int | None):
@@ -36,6 +40,7 @@ class ArchNet(nn.Sequential):
         self.spec_name = name
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
+        self.aux_heads: tuple[str, ...] = ()  # names of the auxiliary-head stages, in order
 
 
 class Block(nn.Module):
@@ -89,7 +94,12 @@ class _nullcontext:
 
 def compile_network(net: Network) -> ArchNet:
     stages = OrderedDict((child.name, module_for(child)) for child in net.root.children)
-    return ArchNet(stages, net.name, net.input, net.num_classes)
+    heads = tuple(child.name for child in net.root.children if child.kind == AUX)
+    if not heads:
+        return ArchNet(stages, net.name, net.input, net.num_classes)
+    model = _net_class(net.root)(stages, net.name, net.input, net.num_classes)
+    model.aux_heads = heads
+    return model
 
 
 def module_for(node: Node) -> nn.Module:
@@ -97,7 +107,7 @@ def module_for(node: Node) -> nn.Module:
         return OPS[node.op].build(node.params, node.in_shape)
     owned = list(_owned(node))
     children = [(c.name, module_for(c)) for c in owned]
-    if node.kind == SEQ and all(c.kind == LAYER or not c.inline for c in node.children):
+    if node.kind in (SEQ, AUX) and all(c.kind == LAYER or not c.inline for c in node.children):
         return nn.Sequential(OrderedDict(children))
     cls = _block_class(node)
     return cls(children)
@@ -115,12 +125,19 @@ def _owned(node: Node):
 # --------------------------------------------------------------------------- code generation
 
 _CLASSES: dict[str, type] = {}
-_KIND_NAMES = {PARALLEL: "Parallel", RESIDUAL: "Residual", DENSE: "Dense", SEQ: "Chain"}
+_KIND_NAMES = {PARALLEL: "Parallel", RESIDUAL: "Residual", DENSE: "Dense", SEQ: "Chain", AUX: "Aux"}
 
 
 def _block_class(node: Node) -> type:
-    source = _Emitter().forward_source(node)
-    key = f"{node.kind}:{source}"
+    return _generated(node.kind, _Emitter().forward_source(node), _KIND_NAMES[node.kind], Block)
+
+
+def _net_class(root: Node) -> type:
+    return _generated("net", _Emitter().network_source(root), "ArchNet", ArchNet)
+
+
+def _generated(kind: str, source: str, cls_name: str, base: type) -> type:
+    key = f"{kind}:{source}"
     if key not in _CLASSES:
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         filename = f"<archspec-generated-{digest}>"
@@ -128,7 +145,7 @@ def _block_class(node: Node) -> type:
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         namespace: dict[str, Any] = {"torch": torch}
         exec(compile(source, filename, "exec"), namespace)  # our own generated code, never spec text
-        cls = type(_KIND_NAMES[node.kind], (Block,), {"forward": namespace["forward"]})
+        cls = type(cls_name, (base,), {"forward": namespace["forward"]})
         cls.__module__ = "archspec.compile"
         _CLASSES[key] = cls
     return _CLASSES[key]
@@ -148,6 +165,23 @@ class _Emitter:
         lines = ["def forward(self, x):", *(f"    {ln}" for ln in self.lines), f"    return {out}", ""]
         return "\n".join(lines)
 
+    def network_source(self, root: Node) -> str:
+        """The top-level forward of a network with auxiliary heads. Heads run after the main
+        path, on the tensors their stages saw (every intermediate is still a local), and only in
+        eager training: eval mode and TorchScript return the main output alone, so a scripted or
+        exported model is the inference model and one return type serves each mode."""
+        inp, taps = "x", []
+        for stage in root.children:
+            if stage.kind == AUX:
+                taps.append((stage, inp))
+            else:
+                inp = self.call(stage, inp)
+        main = inp
+        self.lines += ["if torch.jit.is_scripting() or not self.training:", f"    return {main}"]
+        outs = [self.call(stage, tap) for stage, tap in taps]
+        self.lines.append(f"return ({', '.join([main, *outs])})")
+        return "\n".join(["def forward(self, x):", *(f"    {ln}" for ln in self.lines), ""])
+
     def call(self, node: Node, inp: str) -> str:
         """A child that owns a module: one call."""
         v = self.var()
@@ -162,7 +196,7 @@ class _Emitter:
         return self.body(node, inp)
 
     def body(self, node: Node, inp: str) -> str:
-        if node.kind == SEQ:
+        if node.kind in (SEQ, AUX):
             for child in node.children:
                 inp = self.emit(child, inp)
             return inp

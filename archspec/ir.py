@@ -13,6 +13,8 @@ from .ops import Inferred, Shape
 # the module of its nearest owning ancestor (`inline=True`), which is how a spec reproduces
 # flat layouts such as torchvision's `layer1.0.conv1` or Inception's `Mixed_5b.branch5x5_1`.
 SEQ, PARALLEL, RESIDUAL, DENSE, LAYER = "seq", "parallel", "residual", "dense", "layer"
+# An auxiliary head: a stage that reads the tensor but does not pass its output on (training only).
+AUX = "aux"
 
 
 @dataclass
@@ -60,3 +62,8 @@ class Network:
     @property
     def layers(self) -> list[Node]:
         return list(self.root.leaves())
+
+    @property
+    def aux_layers(self) -> list[Node]:
+        """Layers of auxiliary heads: they run in training only, so inference cost leaves them out."""
+        return [leaf for stage in self.root.children if stage.kind == AUX for leaf in stage.leaves()]

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from .errors import Collector, Loc, Problem, did_you_mean
 from .expr import Shape as ExprShape
 from .expr import evaluate, is_expression
-from .ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
 from .ops import OPS, Inferred, Shape, Window, fmt
 from .source import LMap, LSeq, Source, loc_of, merge, to_plain
 from .spec import SpecModel, pydantic_errors
 
-COMBINATORS = ("parallel", "residual", "dense", "seq")
+COMBINATORS = ("parallel", "residual", "dense", "seq", "aux")
 REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
 MAX_REPEAT = 1024
 MAX_LAYERS = 100_000
@@ -37,6 +37,7 @@ RESERVED = {
     "zero_grad", "register_buffer", "register_parameter", "add_module", "extra_repr", "requires_grad_",
     "get_submodule", "get_parameter", "get_buffer", "share_memory", "compile", "dump_patches",
     "call_super_init", "spec_name", "input_shape", "num_classes", "append", "extend", "insert", "pop",
+    "aux_heads",
 }
 TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "any": object}
 
@@ -166,7 +167,7 @@ class Lowerer:
         if head in OPS:
             return self.layer(head, body, key_loc, body_loc, state, env, scope, name)
         if head in COMBINATORS:
-            if not isinstance(body, dict) and head != "seq":
+            if not isinstance(body, dict) and head not in ("seq", "aux"):
                 self.error(body_loc, "E-ITEM", f"`{head}` takes a mapping of options", None)
                 return self.dead(key_loc, state, scope, name)
             return getattr(self, "comb_" + head)(body, key_loc, body_loc, state, env, scope, name, inline)
@@ -277,6 +278,28 @@ class Lowerer:
             self.error(body_loc, "E-MISSING-KEY", "`seq` needs `layers`", None)
             return self.dead(key_loc, state, scope, name)
         return self.seq(items, body_loc, state, env, scope, name, inline)
+
+    def comb_aux(self, body: Any, key_loc: Loc, body_loc: Loc, state: State, env: dict,
+                 scope: Scope, name: str, inline: bool) -> Node:
+        """An auxiliary head (GoogLeNet's aux1, Inception v3's AuxLogits): a module whose layers
+        read the current tensor, but whose output leaves the main path: the next stage gets this
+        stage's input. It runs in training only (see compile.py); only a stage can be one, so the
+        model's forward can hand its output back next to the main one."""
+        items = body
+        if isinstance(body, dict):
+            self.options(body, body_loc, ("layers", "name"), "aux")
+            name = self.item_name(body, body_loc, env, name)
+            items = body.get("layers")
+            if items is None:
+                self.error(body_loc, "E-MISSING-KEY", "`aux` needs `layers`", None)
+                return self.dead(key_loc, state, scope, name)
+        if scope.path or inline:
+            self.error(key_loc, "E-AUX-PLACE", "an `aux` head must be a stage of its own",
+                       "move it to `stages:`, right after the stage whose output it reads")
+        node = self.seq(items, body_loc, state, env, scope, name, inline=False)
+        node.kind = AUX
+        node._state = state  # type: ignore[attr-defined]  # the main path goes on from its input
+        return node
 
     def options(self, body: dict, body_loc: Loc, allowed: tuple[str, ...], what: str) -> None:
         for k in body:
@@ -418,7 +441,9 @@ class Lowerer:
         try:
             if not use_bn:
                 return self.layer("conv", conv, loc, ploc, state, env, scope, name)
-            return self.seq(LSeq([{"conv": conv}, "bn"]), loc, state, env, scope, name, inline=False)
+            items = LSeq([{"conv": conv}, "bn"])
+            items.loc, items.item_locs = ploc, [ploc, ploc]
+            return self.seq(items, loc, state, env, scope, name, inline=False)
         finally:
             self.spec = saved
 
@@ -458,6 +483,14 @@ class Lowerer:
                 self.error(rloc, "E-RANGE", f"`repeat` must be a whole number from 1 to {MAX_REPEAT}, got {times!r}", None)
                 times = 1
         uloc = loc_of(item, "use" if uses is not None else "body", loc)
+        if is_expression(uses):  # `use: $block`: the template is a parameter (ResNet's basic/bottleneck)
+            try:
+                uses = self.resolve(uses, uloc, env, state)
+            except _Located as e:
+                self.out.problem(e.loc, e.problem)
+                return self.dead(loc, state, scope, name)
+            except _Unknown:
+                return self.dead(loc, state, scope, name)
         if uses is not None and (not isinstance(uses, str) or uses not in self.templates):
             self.error(uloc, "E-UNKNOWN-TEMPLATE", f"unknown template `{uses}`", did_you_mean(str(uses), self.templates))
             return self.dead(loc, state, scope, name)
@@ -557,9 +590,14 @@ class Lowerer:
                 self.error(loc_of(args, k, args_loc, key_loc=True), "E-TEMPLATE-ARG",
                            f"template `{tname}` has no parameter `{k}`", did_you_mean(str(k), declared))
                 ok = False
-        for p, spec in declared.items():
+        for p, decl in declared.items():
             ploc = loc_of(declared, p, tloc)
-            required = isinstance(spec, str) and spec in TYPES
+            tdecl, spec = _declaration(decl)
+            if tdecl is not None and tdecl not in TYPES:
+                self.error(ploc, "E-TEMPLATE", f"parameter `{p}` of `{tname}` has unknown type `{tdecl}`",
+                           did_you_mean(str(tdecl), TYPES) or "types: " + ", ".join(TYPES))
+                tdecl = "any"
+            required = spec is _REQUIRED
             if p in args:
                 aloc = loc_of(args, p, args_loc)
                 try:
@@ -571,15 +609,15 @@ class Lowerer:
                 except _Unknown:
                     ok, local[p] = False, UNSET
                     continue
-                want = TYPES[spec] if required else (TYPES["float"] if isinstance(spec, float) else type(spec))
+                want = TYPES[tdecl] if tdecl else (TYPES["float"] if isinstance(spec, float) else type(spec))
                 if not _isinstance(value, want):
-                    tn = spec if required else type(spec).__name__
+                    tn = tdecl or type(spec).__name__
                     self.error(aloc, "E-TYPE", f"parameter `{p}` of `{tname}` must be {tn}, got {_kind(value)}",
                                f"declared at line {ploc.line}")
                     ok = False
                 local[p] = value
             elif required:
-                self.error(key_loc, "E-TEMPLATE-ARG-MISSING", f"template `{tname}` needs parameter `{p}` ({spec})",
+                self.error(key_loc, "E-TEMPLATE-ARG-MISSING", f"template `{tname}` needs parameter `{p}` ({tdecl})",
                            f"pass it with `with: {{{p}: ...}}`")
                 ok, local[p] = False, UNSET
             else:
@@ -651,6 +689,20 @@ def _kind(v: Any) -> str:
     return "a mapping"
 
 
+_REQUIRED = object()
+
+
+def _declaration(decl: Any) -> tuple[str | None, Any]:
+    """A template parameter's declared type (None: its default's type) and default (_REQUIRED if
+    none): `c: int` is required, `stride: 1` defaults to the int 1, and `k: {type: any, default: 1}`
+    defaults to 1 but also takes other types (a kernel as n or [h, w])."""
+    if isinstance(decl, str) and decl in TYPES:
+        return decl, _REQUIRED
+    if isinstance(decl, dict) and "type" in decl and set(decl) <= {"type", "default"}:
+        return str(decl["type"]), decl.get("default", _REQUIRED)
+    return None, decl
+
+
 def _isinstance(value: Any, want: Any) -> bool:
     if isinstance(value, bool) and want in (int, (int, float)):
         return False
@@ -690,6 +742,26 @@ def _relocate(call: dict, args: Any, item: dict) -> LMap:
                     out.key_locs[k] = src.key_locs.get(k)
                     out.val_locs[k] = src.val_locs.get(k)
     return out
+
+
+def spec_params(lw: Lowerer, doc: Any, fallback: Loc) -> None:
+    """Top-level `params`: the spec's own named values (`$layers`, `$block`), visible in every
+    expression and template, so a family is one body plus a table of per-variant values. A value
+    may be an expression over the parameters before it and `$num_classes`."""
+    given = doc.get("params") or LMap()
+    for pname, value in given.items():
+        kloc = loc_of(given, pname, fallback, key_loc=True)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(pname)) or pname in ("in", "i", "num_classes", "width"):
+            lw.error(kloc, "E-NAME", f"`{pname}` cannot name a spec parameter",
+                     "use letters, digits and _; `in`, `i`, `num_classes` and `width` are taken")
+            continue
+        try:
+            lw.globals[str(pname)] = lw.resolve(to_plain(value), loc_of(given, pname, fallback), lw.globals, UNKNOWN)
+        except _Located as e:
+            lw.out.problem(e.loc, e.problem)
+        except _Unknown:
+            lw.error(loc_of(given, pname, fallback), "E-EXPR-NAME", f"spec parameter `{pname}` cannot read `$in`",
+                     "`$in` exists inside layers only")
 
 
 def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
@@ -733,6 +805,7 @@ def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
             out.add(loc_of(doc.get("defaults", {}), op, root.loc, key_loc=True), "E-UNKNOWN-OP",
                     f"`defaults` names unknown op `{op}`", did_you_mean(op, OPS))
     lw = Lowerer(src, doc, spec, out)
+    spec_params(lw, doc, root.loc)
     shape = tuple(spec.input)
     top = Scope("")
     rootnode = Node(SEQ, "", "", root.loc, shape)

@@ -41,6 +41,10 @@ class SpecModel(BaseModel):
     defaults: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="default parameters per op, e.g. {bn: {eps: 0.001}}"
     )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the spec's own named values, `$name` everywhere; variants override them",
+    )
     templates: dict[str, Any] = Field(
         default_factory=dict, description="reusable blocks: {params: {...}, body: ...}"
     )
