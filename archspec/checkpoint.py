@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,8 +69,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes); the write was interrupted")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise CheckpointError(f"{path}: not a checkpoint (not a torch zip archive)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only" in str(e):
             raise CheckpointError(
@@ -88,7 +94,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    return text[0].split(". ")[0] if text else type(e).__name__
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:

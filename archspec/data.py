@@ -209,19 +209,20 @@ def _folder(path: Path, shape: tuple[int, int, int]) -> Data:
 def decode(files: list[Path], shape: tuple[int, int, int]) -> torch.Tensor:
     """Decode image files to uint8 N,C,H,W at ``shape``. Files differ in size, so this is the
     one place that works per image (in DataLoader workers when streaming)."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    from PIL import Image, UnidentifiedImageError
 
-    mode = ImageReadMode.GRAY if shape[0] == 1 else ImageReadMode.RGB
+    mode = "L" if shape[0] == 1 else "RGB"
     out = torch.empty((len(files), *shape), dtype=torch.uint8)
     for i, f in enumerate(files):
         try:
-            img = decode_image(str(f), mode=mode)
-        except (RuntimeError, OSError) as e:
+            with Image.open(f) as im:
+                img = im.convert(mode)
+                if img.size != (shape[2], shape[1]):
+                    img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
+        except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f}: cannot decode image ({e})") from None
-        if img.shape[1:] != shape[1:]:
-            img = resize(img, list(shape[1:]), antialias=True)
-        out[i] = img
+        a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        out[i] = a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)
     return out
 
 
@@ -316,8 +317,12 @@ class Feed:
             pin_memory=pin,
             persistent_workers=False,
         )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+        try:
+            for x, y in loader:
+                yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+        except DataError as e:  # from a worker, the message carries the worker's traceback
+            last = str(e).strip().splitlines()[-1]
+            raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 # ---------------------------------------------------------------- adapting
