@@ -157,6 +157,7 @@ def _single(key: str, value: dict[str, Any], description: str) -> dict[str, Any]
     """A one-key layer mapping `{key: value}` (plus the optional `name` and `inline`)."""
     return {
         "type": "object",
+        "title": f"{key} layer" if key in OPS else f"{key} block",
         "description": description,
         "required": [key],
         "properties": {
@@ -433,13 +434,38 @@ def build_schema() -> dict[str, Any]:
                 "examples": op_names,
             },
             {"$ref": "#/$defs/layerList"},
-            *[_single(n, _op_value(n), OPS[n].doc) for n in OPS],
+            {"$ref": "#/$defs/layerMapping"},
+        ],
+    }
+    # A mapping is dispatched on its keys with if/then, not matched against a union, so an
+    # editor reports the real mistake (`wiht` is not allowed) instead of guessing which
+    # alternative was meant. `properties` only serves completion; the `then`s validate.
+    is_repeat = {"anyOf": [{"required": ["use"]}, {"required": ["body"]}, {"required": ["repeat"]}]}
+    defs["layerMapping"] = {
+        "type": "object",
+        "title": "layer mapping",
+        "description": "one layer as a mapping: `{op: {params}}`, `{combinator: {...}}`, "
+        "`{template: {args}}` or a repeat `{repeat: N, use: template}`",
+        "minProperties": 1,
+        "properties": {
+            **{n: _op_value(n) for n in OPS},
+            **{n: _d(combs[n]["description"], {"$ref": f"#/$defs/comb.{n}"}) for n in COMBINATORS},
+            **_repeat_props(),
+        },
+        "allOf": [
+            *[{"if": {"required": [n]}, "then": _single(n, _op_value(n), OPS[n].doc)} for n in OPS],
             *[
-                _single(n, {"$ref": f"#/$defs/comb.{n}"}, combs[n]["description"])
+                {
+                    "if": {"required": [n]},
+                    "then": _single(n, {"$ref": f"#/$defs/comb.{n}"}, combs[n]["description"]),
+                }
                 for n in COMBINATORS
             ],
-            {"$ref": "#/$defs/repeat"},
-            {"$ref": "#/$defs/templateCall"},
+            {"if": is_repeat, "then": {"$ref": "#/$defs/repeat"}},
+            {
+                "if": {"propertyNames": {"not": {"enum": _reserved()}}},
+                "then": {"$ref": "#/$defs/templateCall"},
+            },
         ],
     }
     defs["layerList"] = {
