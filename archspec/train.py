@@ -510,8 +510,7 @@ def fit(
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     with _autocast(device):
-                        logits = net(adapter(x))
-                        loss = F.cross_entropy(logits, y)
+                        logits, loss = _loss(net(adapter(x)), y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -596,6 +595,18 @@ def fit(
         )
         return Result(out, history, signal=stop.signum, done=False)
     return Result(out, history)
+
+
+AUX_WEIGHT = 0.3  # weight of each auxiliary head's loss (GoogLeNet, Szegedy et al. 2014)
+
+
+def _loss(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Main logits and the training loss. A spec with `aux` heads returns (main, *aux) in
+    training mode (docs/language-aux.md): each head adds AUX_WEIGHT times its own loss."""
+    if isinstance(out, tuple):
+        main, aux = out[0], out[1:]
+        return main, F.cross_entropy(main, y) + AUX_WEIGHT * sum(F.cross_entropy(a, y) for a in aux)
+    return out, F.cross_entropy(out, y)
 
 
 @torch.no_grad()

@@ -88,6 +88,18 @@ def _build(spec: str, report: Any, num_classes: int) -> Any:
         sys.exit(1)
 
 
+def _load_init(model: Any, path: str) -> None:
+    """`--init`: a state_dict (torchvision's .pth files included) loaded strictly."""
+    import archspec
+    from archspec.weights import load_weights
+
+    try:
+        load_weights(model, path)
+    except archspec.SpecError as e:
+        click.echo(str(e), err=True)
+        sys.exit(1)
+
+
 def _dump_spec(report: Any, spec: str, path: Path) -> None:
     from ruamel.yaml import YAML
 
@@ -257,6 +269,11 @@ def _data_options(f: Any) -> Any:
     is_flag=True,
     help="continue the run in --out (default: the latest run of this spec)",
 )
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False),
+    help="start from the weights in a state_dict file (a torchvision .pth), loaded strictly",
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 def train(
@@ -270,6 +287,7 @@ def train(
     num_classes: int | None,
     out: str | None,
     resume: bool,
+    init: str | None,
     compile_: bool,
     quiet: bool,
     **recipe_options: Any,
@@ -279,6 +297,8 @@ def train(
     Writes metrics.jsonl, curves.png, model.safetensors, checkpoint.pt, spec.yaml and
     config.json. SIGINT / SIGTERM save a checkpoint and stop; --resume continues exactly."""
     report = _check_spec(spec, variant, input_shape, num_classes)
+    if init is not None and resume:
+        raise click.UsageError("--init starts a new run from weights, --resume continues one: pass one")
     run_name = f"{report.name}-{report.variant or 'base'}"
     dev = _device(device)
 
@@ -312,6 +332,8 @@ def train(
     loaded = _data(recipe.data, data_root, download, report)
     torch.manual_seed(recipe.seed)
     model = _build(spec, report, report.num_classes or loaded.num_classes)
+    if init is not None:
+        _load_init(model, init)
     recipe = _plan_batch(report, recipe, dev, loaded, auto=auto_batch and not resume)
     run.mkdir(parents=True, exist_ok=True)
     _dump_spec(report, spec, run / "spec.yaml")
