@@ -40,6 +40,43 @@ class Inferred:
     window: Window | None = None  # None: pointwise (activation, bn, ...)
 
 
+@dataclass(frozen=True)
+class Extra:
+    """A tensor a layer's backward keeps that no other layer shares: indices, a mask, statistics."""
+
+    what: str
+    elems: int  # elements per sample, or in all when `per_sample` is False
+    # "act": the activation's dtype; "int64"/"float32": fixed; "mask": the activation's dtype on
+    # CPU, bool on CUDA (fused dropout); "wide": float32 under autocast, else the activation's
+    dtype: str = "act"
+    per_sample: bool = True
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a layer's autograd node keeps alive in training mode until its backward runs.
+
+    `input`/`output` name tensors other layers may keep too (counted once, by storage);
+    `extra` are new tensors only this layer holds. docs/memory.md gives the reasoning per op.
+    """
+
+    input: bool = False
+    output: bool = False
+    extra: tuple[Extra, ...] = ()
+    alias: bool = False  # the output is the input's storage (in-place ops, views)
+    weight: int = 0  # under autocast: weight elements kept as a 16-bit copy
+
+
+NOTHING = Saved()
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -87,9 +124,17 @@ class Op:
     doc: ClassVar[str]
     Params: ClassVar[type[Params]] = NoParams
     scales_with_width: ClassVar[bool] = False
+    # Output dtype under autocast: "keep" the input's, "lower" (runs in the 16-bit dtype, like
+    # conv and linear) or "float32" (an op autocast widens).
+    autocast: ClassVar[str] = "keep"
 
     def infer(self, p: Any, shape: Shape) -> Inferred:
         return Inferred(shape)
+
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        """Tensors kept for backward; `grad`: the input requires grad (a layer without
+        parameters whose input does not records nothing at all — the walker applies that)."""
+        return NOTHING
 
     def build(self, p: Any, shape: Shape) -> Any:
         raise NotImplementedError
@@ -128,6 +173,7 @@ class Conv(Op):
     doc = "2-D convolution (torch.nn.Conv2d)"
     Params = ConvParams
     scales_with_width = True
+    autocast = "lower"
 
     def geometry(self, p: ConvParams) -> tuple[tuple[int, int], ...]:
         k = check_pair("k", p.k, 1, MAX_KERNEL)
@@ -165,6 +211,11 @@ class Conv(Op):
         params = p.out * per_out + (p.out if p.bias else 0)
         macs = p.out * hw[0] * hw[1] * per_out
         return Inferred((p.out, hw[0], hw[1]), params, macs, Window(k, s, d))
+
+    def saved(self, p: ConvParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # ConvolutionBackward keeps input and weight (for grad_weight even if the input needs none)
+        k = pair(p.k)
+        return Saved(input=True, weight=p.out * (shape[0] // p.groups) * k[0] * k[1])
 
     def build(self, p: ConvParams, shape: Shape) -> Any:
         from torch import nn
@@ -239,6 +290,10 @@ class MaxPool(_Pool):
     doc = "2-D max pooling (torch.nn.MaxPool2d)"
     Params = MaxPoolParams
 
+    def saved(self, p: MaxPoolParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # max_pool2d_with_indices: the input and int64 argmax indices, one per output element
+        return Saved(input=True, extra=(Extra("indices", numel(out), "int64"),))
+
     def build(self, p: MaxPoolParams, shape: Shape) -> Any:
         from torch import nn
 
@@ -251,6 +306,9 @@ class AvgPool(_Pool):
     name = "avgpool"
     doc = "2-D average pooling (torch.nn.AvgPool2d)"
     Params = AvgPoolParams
+
+    def saved(self, p: AvgPoolParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        return Saved(input=True)  # avg_pool2d_backward reads the input
 
     def build(self, p: AvgPoolParams, shape: Shape) -> Any:
         from torch import nn
@@ -291,12 +349,19 @@ class AdaptiveAvgPool(_Adaptive):
     doc = "adaptive average pooling to a fixed size (torch.nn.AdaptiveAvgPool2d)"
     module = "AdaptiveAvgPool2d"
 
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # to 1x1 ATen takes `mean`, which keeps only sizes; otherwise the input
+        return NOTHING if out[1:] == (1, 1) else Saved(input=True)
+
 
 @register
 class AdaptiveMaxPool(_Adaptive):
     name = "adaptive_maxpool"
     doc = "adaptive max pooling to a fixed size (torch.nn.AdaptiveMaxPool2d)"
     module = "AdaptiveMaxPool2d"
+
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        return Saved(input=True, extra=(Extra("indices", numel(out), "int64"),))
 
 
 class _Global(_Adaptive):
@@ -314,6 +379,7 @@ class GlobalAvgPool(_Global):
     name = "gap"
     doc = "global average pooling to 1x1 (torch.nn.AdaptiveAvgPool2d(1))"
     module = "AdaptiveAvgPool2d"
+    saved = AdaptiveAvgPool.saved  # `mean`: nothing kept
 
 
 @register
@@ -321,6 +387,7 @@ class GlobalMaxPool(_Global):
     name = "gmp"
     doc = "global max pooling to 1x1 (torch.nn.AdaptiveMaxPool2d(1))"
     module = "AdaptiveMaxPool2d"
+    saved = AdaptiveMaxPool.saved  # the input and int64 indices
 
 
 # --------------------------------------------------------------------------- dense layers
@@ -338,6 +405,9 @@ class Flatten(Op):
         window = Window((shape[1], shape[2]), (shape[1], shape[2])) if len(shape) == 3 else None
         return Inferred((n,), window=window)
 
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        return Saved(alias=True)  # a view of a contiguous input: same storage, nothing kept
+
     def build(self, p: Any, shape: Shape) -> Any:
         from torch import nn
 
@@ -354,6 +424,7 @@ class Linear(Op):
     name = "linear"
     doc = "fully connected layer (torch.nn.Linear)"
     Params = LinearParams
+    autocast = "lower"
 
     def infer(self, p: LinearParams, shape: Shape) -> Inferred:
         if len(shape) != 1:
@@ -363,6 +434,10 @@ class Linear(Op):
                 "insert `flatten` (or `gap`, `flatten`) before `linear`",
             )
         return Inferred((p.out,), shape[0] * p.out + (p.out if p.bias else 0), shape[0] * p.out)
+
+    def saved(self, p: LinearParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # addmm/mm keep the input (for grad_weight) and weight.t() only when the input needs grad
+        return Saved(input=True, weight=shape[0] * p.out if grad else 0)
 
     def build(self, p: LinearParams, shape: Shape) -> Any:
         from torch import nn
@@ -391,6 +466,10 @@ class BatchNorm(Op):
     def infer(self, p: BatchNormParams, shape: Shape) -> Inferred:
         return Inferred(shape, 2 * shape[0] if p.affine else 0)
 
+    def saved(self, p: BatchNormParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # native/cudnn batch_norm keep the input and the batch mean and inverse std (float32)
+        return Saved(input=True, extra=(Extra("stats", 2 * shape[0], "float32", per_sample=False),))
+
     def build(self, p: BatchNormParams, shape: Shape) -> Any:
         from torch import nn
 
@@ -410,10 +489,21 @@ class LocalResponseNorm(Op):
     name = "lrn"
     doc = "local response normalisation across channels (torch.nn.LocalResponseNorm)"
     Params = LrnParams
+    autocast = "float32"  # its pow runs in float32 under autocast, and so does what follows
 
     def infer(self, p: LrnParams, shape: Shape) -> Inferred:
         need_image("lrn", shape)
         return Inferred(shape)
+
+    def saved(self, p: LrnParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # F.local_response_norm is composite: x*x keeps x; avg_pool3d keeps the channel-padded
+        # square (C + size - 1 channels); pow keeps its base and result; x / div keeps x and div.
+        c, h, w = shape
+        return Saved(input=True, extra=(
+            Extra("padded square", (c + p.size - 1) * h * w, "wide"),
+            Extra("pow base", c * h * w, "wide"),
+            Extra("pow result", c * h * w, "wide"),
+        ))
 
     def build(self, p: LrnParams, shape: Shape) -> Any:
         from torch import nn
@@ -431,6 +521,14 @@ class Dropout(Op):
     name = "dropout"
     doc = "dropout (torch.nn.Dropout)"
     Params = DropoutParams
+
+    def saved(self, p: DropoutParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        if p.p == 0:
+            return Saved(alias=True)  # returns its input untouched
+        if p.p == 1:
+            return Saved(extra=(Extra("zero", 1, per_sample=False),), alias=p.inplace)  # x * 0
+        # CPU: x * (bernoulli mask / (1 - p)) keeps the scaled mask; CUDA's fused kernel a bool mask
+        return Saved(extra=(Extra("mask", numel(shape), "mask"),), alias=p.inplace)
 
     def build(self, p: DropoutParams, shape: Shape) -> Any:
         from torch import nn
@@ -452,6 +550,20 @@ class LeakyParams(Params):
 
 class _Activation(Op):
     module: ClassVar[str]
+    keeps: ClassVar[str]  # what backward reads: "input", "output" or "nothing"
+    # In place, an op whose backward reads its input must first copy it (relu6, silu, hardswish);
+    # one that reads its output, or leaky_relu (whose sign survives), keeps the shared storage.
+    inplace_keeps: ClassVar[str]
+
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        inplace = bool(getattr(p, "inplace", False))
+        if self.keeps == "nothing":
+            return Saved(alias=True)
+        if not inplace:
+            return Saved(input=self.keeps == "input", output=self.keeps == "output")
+        if self.inplace_keeps == "copy":
+            return Saved(extra=(Extra("input copy", numel(shape)),), alias=True)
+        return Saved(output=True, alias=True)
 
     def build(self, p: Any, shape: Shape) -> Any:
         from torch import nn
@@ -462,21 +574,23 @@ class _Activation(Op):
         return cls(inplace=p.inplace) if isinstance(p, InplaceParams) else cls()
 
 
-def _activation(name: str, module: str, params: type[Params] = NoParams) -> None:
+def _activation(name: str, module: str, params: type[Params] = NoParams, keeps: str = "input",
+                inplace_keeps: str = "output") -> None:
     cls = type(
         module,
         (_Activation,),
-        {"name": name, "module": module, "Params": params, "doc": f"torch.nn.{module}"},
+        {"name": name, "module": module, "Params": params, "doc": f"torch.nn.{module}",
+         "keeps": keeps, "inplace_keeps": inplace_keeps},
     )
     register(cls)
 
 
-_activation("relu", "ReLU", InplaceParams)
-_activation("relu6", "ReLU6", InplaceParams)
+_activation("relu", "ReLU", InplaceParams, keeps="output")
+_activation("relu6", "ReLU6", InplaceParams, inplace_keeps="copy")
 _activation("leaky_relu", "LeakyReLU", LeakyParams)
-_activation("silu", "SiLU", InplaceParams)
-_activation("hardswish", "Hardswish", InplaceParams)
-_activation("sigmoid", "Sigmoid")
-_activation("tanh", "Tanh")
+_activation("silu", "SiLU", InplaceParams, inplace_keeps="copy")
+_activation("hardswish", "Hardswish", InplaceParams, inplace_keeps="copy")
+_activation("sigmoid", "Sigmoid", keeps="output")
+_activation("tanh", "Tanh", keeps="output")
 _activation("gelu", "GELU")
-_activation("identity", "Identity")
+_activation("identity", "Identity", keeps="nothing")
