@@ -49,54 +49,17 @@ class ExportResult:
         return dict(self.__dict__)
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a `.safetensors` file or a torch-saved state_dict (`weights_only=True`, so a
-    file cannot run code). A checkpoint dict with the weights under `model`/`state_dict` works."""
-    p = Path(path)
-    if not p.is_file():
-        raise ExportError(f"no such weights file: {path}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: say which and why
-        raise ExportError(
-            f"cannot read weights from {path}: {type(e).__name__}: {str(e)[:200]}",
-            "give a .safetensors file or a .pt/.pth state_dict saved with torch.save",
-        ) from None
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExportError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
-    return state
-
-
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load weights strictly, naming the keys and shapes that disagree with the spec."""
-    state = load_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs spec {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    problems = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            problems.append(f"{what}: {', '.join(keys[:3])}{more}")
-    if problems:
-        raise ExportError(
-            f"weights in {path} do not fit this spec: " + "; ".join(problems),
-            "check the spec, --variant and --input the weights were trained with",
-        )
-    model.load_state_dict(state, strict=True)
+    """Load weights strictly (weights.py): a `.safetensors` file such as the `model.safetensors`
+    of `archspec train`, or a torch-saved state_dict or checkpoint (`weights_only=True`)."""
+    from .errors import SpecError
+    from .weights import load_weights as load
+
+    try:
+        load(model, path)
+    except SpecError as e:
+        d = e.diagnostics[0]
+        raise ExportError(d.message, d.help) from None
 
 
 @contextlib.contextmanager

@@ -25,8 +25,11 @@ SHOWN = 5  # keys listed per kind of mismatch
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors in a `.pth`/`.pt` file: a raw state_dict, or one under `state_dict`/`model`."""
+    """The tensors in a `.pth`/`.pt` file: a raw state_dict, or one under `state_dict`/`model`;
+    or in a `.safetensors` file (`archspec train` writes `model.safetensors`)."""
     name = str(path)
+    if name.endswith(".safetensors"):
+        return _read_safetensors(name)
     try:
         obj = torch.load(name, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -45,6 +48,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise _error(name, f"{name} holds no state_dict (a mapping of names to tensors)",
                      "expected a raw state_dict, or a dict with one under `state_dict` or `model`")
     return obj
+
+
+def _read_safetensors(name: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(name)
+    except FileNotFoundError:
+        raise _error(name, f"no such weights file: {name}", None) from None
+    except (SafetensorError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _error(name, f"cannot read weights from {name}: {first[:200]}",
+                     "pass a file written by safetensors, e.g. the model.safetensors of a run") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:

@@ -162,10 +162,11 @@ def test_weights_that_do_not_fit_are_refused_clearly(trained_lenet, tmp_path):
         ],
     )
     assert result.exit_code == 1 and "missing" in result.output and "Traceback" not in result.output
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a torch file")
-    with pytest.raises(ExportError, match="cannot read weights"):
-        load_weights(model, garbage)
+    for name in ("garbage.pt", "garbage.safetensors"):
+        garbage = tmp_path / name
+        garbage.write_bytes(b"not a weights file")
+        with pytest.raises(ExportError, match="cannot read weights"):
+            load_weights(model, garbage)
 
 
 def test_cli_torchscript_from_suffix_and_json(tmp_path):
