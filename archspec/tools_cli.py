@@ -314,8 +314,9 @@ def diff_cmd(
 ) -> None:
     """Layer-by-layer differences: `diff SPEC --variant A --variant B` or `diff A.yaml B.yaml`.
 
-    Layers are matched by module path; shows added, removed and changed layers (op, output
-    shape, params) and the change in total params and MACs. Exits 0 whatever differs."""
+    Layers are matched by module path and op kind; shows added, removed and changed layers
+    (op, output shape, params) and the change in total params and MACs. Exits 0 whatever
+    differs."""
     from .compare import diff_json, diff_layers, layers_of, render
 
     if len(specs) > 2:
