@@ -15,11 +15,11 @@ fence, invisible in the rendered site):
   a spec with that input;
 - `<!-- expect: E-CODE[, E-CODE...] -->`: the spec must fail with exactly these error codes;
 - `<!-- fragment: why -->`: a piece of a spec shown on its own, not checked;
-- `bash`/`console` blocks are run from a scratch directory that sees `specs/` and `docs/`;
-  a `console` block's output must match what the command prints (a line `...` matches any
-  number of lines); `<!-- exit: N -->` is the exit status of the block's last command (the
-  others, and every command without it, must exit 0);
-  `<!-- no-run: why -->` skips a block;
+- `bash`/`console` blocks are run from a scratch directory that sees `specs/`, `docs/` and
+  `benchmarks/`; a `console` block's output must match what the command prints (a line `...`
+  matches any number of lines); `<!-- exit: N -->` is the exit status of the block's last
+  command (the others, and every command without it, must exit 0); `<!-- no-run: why -->`
+  skips a block;
 - `pycon` blocks are doctests.
 """
 

@@ -255,8 +255,8 @@ def run_command(command: str, scratch: Path) -> tuple[int, str]:
 
 @pytest.fixture
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A directory that sees the repository's specs/ and docs/, for commands that write files."""
-    for name in ("specs", "docs"):
+    """A scratch directory that sees the repository's specs/, docs/ and benchmarks/."""
+    for name in ("specs", "docs", "benchmarks"):
         (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     return tmp_path
