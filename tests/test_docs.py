@@ -106,6 +106,14 @@ def test_every_documented_error_code_has_an_example_that_produces_it() -> None:
         assert marked or shown, f"docs/errors.md: {code} has no example that is checked"
 
 
+def test_language_reference_names_every_combinator_repeat_key_and_type() -> None:
+    from archspec.lower import COMBINATORS, REPEAT_KEYS, TYPES
+
+    text = (ref.DOCS / "language.md").read_text(encoding="utf-8")
+    for word in (*COMBINATORS, *REPEAT_KEYS, *TYPES):
+        assert f"`{word}`" in text, f"docs/language.md never mentions `{word}`"
+
+
 def test_getting_started_has_the_readme_commands() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     index = (ref.DOCS / "index.md").read_text(encoding="utf-8")
