@@ -364,10 +364,12 @@ def fit(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    initialise: bool = True,
 ) -> Result:
     """Train ``model`` (already built and seeded) on ``data`` and write the run to ``out``.
 
-    ``on_step(global_step)`` is called after every step (tests use it to interrupt)."""
+    ``on_step(global_step)`` is called after every step (tests use it to interrupt).
+    ``initialise=False`` keeps the model's weights (``archspec train --init FILE``)."""
     recipe = recipe.resolved()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -379,7 +381,8 @@ def fit(
     state = _load_resume(ckpt_path, spec_hash, recipe) if resume else None
     if state is None:
         torch.manual_seed(recipe.seed)
-        init_weights(model)
+        if initialise:
+            init_weights(model)
     model.to(device)
     if cuda:
         torch.backends.cudnn.benchmark = True

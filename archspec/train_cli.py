@@ -358,6 +358,7 @@ def train(
             resume=resume,
             meta=meta,
             progress=not quiet,
+            initialise=init is None,
         )
     except errors as e:
         _fail(str(e))
