@@ -27,7 +27,7 @@ SHOWN = 5  # keys listed per kind of mismatch
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors in a `.pth`/`.pt` file: a raw state_dict, or one under `state_dict`/`model`;
     or in a `.safetensors` file (`archspec train` writes `model.safetensors`)."""
-    name = str(path)
+    name = str(Path(path).expanduser())
     if name.endswith(".safetensors"):
         return _read_safetensors(name)
     try:
