@@ -56,6 +56,10 @@ def render_table(report: "Report") -> str:
     out.append(f"{report.name}{variant}: input {shape} -> output {'x'.join(map(str, report.output or ()))}")
     out.append(f"params: {report.params:,} ({human_number(report.params or 0)})")
     out.append(f"MACs:   {report.macs:,} ({human_number(report.macs or 0)}) per sample")
+    aux = report.network.aux_layers if report.network is not None else []
+    if aux:  # listed above, but not in the inference total
+        macs = sum(n.inferred.macs for n in aux if n.inferred is not None)
+        out.append(f"        + {macs:,} ({human_number(macs)}) in auxiliary heads, training only")
     if memory is not None:
         out.append("")
         out.extend(memory.render_lines())
