@@ -69,7 +69,7 @@ class Report:
         if not self.ok or self.network is None:
             return None
         aux = {id(n) for n in self.network.aux_layers}
-        return sum(n.inferred.macs for n in self.layers if id(n) not in aux)  # type: ignore[union-attr]
+        return sum(n.inferred.macs for n in self.layers if n.inferred is not None and id(n) not in aux)
 
     def layer_rows(self) -> list[dict]:
         rows = []

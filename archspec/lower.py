@@ -83,7 +83,7 @@ class Lowerer:
         self.defaults = spec.defaults
         self.stack: list[str] = []
         self.count = 0
-        self.globals = {"num_classes": spec.num_classes, "width": spec.width}
+        self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
 
     # ------------------------------------------------------------------ helpers
 
