@@ -38,7 +38,7 @@ class Diagnostic:
         }
 
     def render(self, source_lines: list[str] | None = None) -> str:
-        out = [f"{self.loc}: error[{self.code}]: {self.message}"]
+        out = [f"{self.loc}: error[{self.code}]: {_printable(self.message)}"]
         if source_lines and 1 <= self.loc.line <= len(source_lines):
             text = source_lines[self.loc.line - 1].rstrip("\n")
             if len(text) <= 200:
@@ -48,8 +48,16 @@ class Diagnostic:
                 caret = "^" * max(1, min(self.loc.width, len(text) - self.loc.column + 1))
                 out.append(f"{gutter} | {' ' * (self.loc.column - 1)}{caret}")
         if self.help:
-            out.append(f"help: {self.help}")
+            out.append(f"help: {_printable(self.help)}")
         return "\n".join(out)
+
+
+def _printable(text: str) -> str:
+    """Escape control characters and lone surrogates a spec smuggled into a name (`"\\e[2J"`),
+    so an error message cannot drive the user's terminal or fail to encode."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1] for c in text)
 
 
 class SpecError(Exception):
