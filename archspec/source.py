@@ -111,6 +111,7 @@ def parse_text(text: str, name: str) -> Source:
 def _compose(text: str, name: str) -> Any:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.reader import ReaderError
 
     yaml = YAML(typ="rt", pure=True)
     yaml.Composer = _bounded_composer()
@@ -136,6 +137,15 @@ def _compose(text: str, name: str) -> Any:
     except RecursionError:
         raise SourceError(
             Loc(name), Problem("E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels", None)
+        ) from None
+    except ReaderError as e:  # a control character: the reader gives an offset, not a mark
+        pos = min(int(e.position), len(text))
+        line, col = text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise SourceError(
+            Loc(name, line, col),
+            Problem("E-YAML-SYNTAX", f"invalid YAML: control character {char} is not allowed",
+                    "a spec is plain text: remove the character"),
         ) from None
     except (YAMLError, ValueError) as e:  # composer errors without a mark, e.g. many documents
         raise SourceError(Loc(name), Problem("E-YAML-SYNTAX", f"invalid YAML: {e}", None)) from None
