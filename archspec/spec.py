@@ -64,8 +64,18 @@ def pydantic_errors(
     known_keys: Iterable[str] = (),
 ) -> None:
     """Turn each pydantic error into a located diagnostic."""
+    # Drop union-member tags (`k.int`, `k.list[int]`): a value failing `int | list[int]` is one
+    # mistake, reported once at its field, by the most specific member (`stride.1`, not `stride`).
+    errors = []
     for err in exc.errors(include_url=False):
-        path = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
+        path = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+        if all(path != p for p, _ in errors):
+            errors.append((path, err))
+    deeper = {p[:n] for p, _ in errors for n in range(len(p))}
+    for path, err in errors:
+        if path in deeper and err["type"] not in ("extra_forbidden", "missing"):
+            continue
+        path = list(path)
         node, loc = tree, getattr(tree, "loc", fallback)
         parent, last = None, None
         for part in path:
@@ -101,6 +111,9 @@ def pydantic_errors(
             code = "E-RANGE" if kind.startswith(("greater", "less", "too_")) else "E-TYPE"
             msg = err["msg"][0].lower() + err["msg"][1:]
             out.add(loc, code, f"`{field}`: {msg}, got {shown[:60]}", _type_hint(kind, value))
+
+
+_UNION_TAGS = {"int", "float", "str", "bool"}
 
 
 def _has(node: Any, part: Any) -> bool:
