@@ -71,6 +71,7 @@ class Scope:
     def __init__(self, path: str):
         self.path = path
         self.names: set[str] = set()
+        self.key_locs: dict[str, Loc] = {}  # the model's scope: where each stage's name is written
 
 
 class Lowerer:
@@ -95,7 +96,7 @@ class Lowerer:
         if name is None:
             name = str(len(scope.names))
         if not NAME_RE.match(name) or name in RESERVED:
-            self.error(loc, "E-NAME", f"`{name}` is not a valid layer name", "use letters, digits and _")
+            self.error(scope.key_locs.get(name, loc), "E-NAME", f"`{name}` is not a valid layer name", "use letters, digits and _")
         elif name in scope.names:
             where = scope.path or "the model"
             self.error(loc, "E-NAME-DUP", f"`{name}` is already a module in {where}", "give one of them another `name`")
@@ -811,6 +812,7 @@ def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
     rootnode = Node(SEQ, "", "", root.loc, shape)
     state = State(shape)
     stages = doc["stages"]
+    top.key_locs = {str(k): loc_of(stages, k, root.loc, key_loc=True) for k in stages}
     try:
         for sname, body in stages.items():
             bloc = loc_of(stages, sname, root.loc)
