@@ -79,11 +79,12 @@ class SpecError(Exception):
 class Problem(Exception):
     """Raised inside a rule; the caller attaches the location and turns it into a Diagnostic."""
 
-    def __init__(self, code: str, message: str, help: str | None = None):
+    def __init__(self, code: str, message: str, help: str | None = None, field: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.help = help
+        self.field = field  # the parameter at fault, so the caller can point at its value
 
 
 @dataclass

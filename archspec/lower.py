@@ -235,8 +235,8 @@ class Lowerer:
             return node
         try:
             inferred = op.infer(params, state.shape)
-        except Problem as p:
-            self.out.problem(node.loc, p)
+        except Problem as p:  # a value out of range is shown at the value, a shape rule at the op
+            self.out.problem(loc_of(body, p.field, node.loc) if p.field in body else node.loc, p)
             return node
         node.inferred = inferred
         node.out_shape = inferred.out

@@ -101,11 +101,11 @@ def need_image(op: str, shape: Shape) -> tuple[int, int, int]:
 
 def check_pair(name: str, v: IntOrPair, low: int, high: int) -> tuple[int, int]:
     if isinstance(v, list) and len(v) != 2:
-        raise Problem("E-TYPE", f"`{name}` must be an integer or a list of two", None)
+        raise Problem("E-TYPE", f"`{name}` must be an integer or a list of two", None, field=name)
     a, b = pair(v)
     for x in (a, b):
         if not low <= x <= high:
-            raise Problem("E-RANGE", f"`{name}` = {x} is out of range [{low}, {high}]", None)
+            raise Problem("E-RANGE", f"`{name}` = {x} is out of range [{low}, {high}]", None, field=name)
     return a, b
 
 
