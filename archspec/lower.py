@@ -201,7 +201,7 @@ class Lowerer:
         body = body or {}
         if "name" in body:
             name = self.item_name(body, body_loc, env, name)
-        name = self.claim(scope, name, key_loc)
+        name = self.claim(scope, name, loc_of(body, "name", key_loc) if "name" in body else key_loc)
         node = Node(LAYER, name, join(scope.path, name), key_loc, state.shape, op=opname)
         node.loc = replace(key_loc, width=len(opname))
         values: dict = {}
