@@ -174,7 +174,7 @@ class _Eval:
                     return self.bounded(_FUNCS[node.func.id](*args))
                 except (TypeError, ValueError, OverflowError) as e:
                     raise self.fail(f"bad call ({e})") from None
-            name = node.func.id if isinstance(node.func, ast.Name) else "this"
+            name = ast.unparse(node.func).replace("__v_", "$")[:60]  # not "this": say what
             raise self.fail(
                 f"call to `{name}` is not allowed", "functions: " + ", ".join(sorted(_FUNCS))
             )
