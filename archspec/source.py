@@ -312,7 +312,10 @@ class _Converter:
                     )
                 m[key] = self.convert(vnode, depth + 1)
                 m.key_locs[key] = self.loc(knode)
-                m.val_locs[key] = self.loc(vnode)
+                # `key:` with nothing after it: the empty null's mark is wherever the next token
+                # starts (often the next line), so point at the key instead.
+                empty = isinstance(vnode, ScalarNode) and vnode.value == "" and not vnode.style
+                m.val_locs[key] = self.loc(knode) if empty else self.loc(vnode)
             return m
         raise self.fail(node, "E-YAML-SYNTAX", "unsupported YAML node")
 
