@@ -50,6 +50,7 @@ class Step:
     saved: list[Storage] = field(default_factory=list)
     param_bytes: int = 0
     passthrough: bool = False  # a view or no-op: its backward hands the gradient on unchanged
+    workspace: int = 0  # bytes its backward allocates for a moment beyond its gradients
 
 
 @dataclass
@@ -178,6 +179,12 @@ class Walk:
         else:
             out = self.new(elems, dtype, records, node.path)
         step = Step(node.path, "layer", [x], out, param_bytes=node.inferred.params * PARAM_BYTES)
+        if node.op == "conv" and self.device == "cpu":
+            # oneDNN's convolution_backward reorders the output gradient into a scratch copy for
+            # each of its two passes (data, weights) and computes the weight gradient into a
+            # buffer of its own (measured with the profiler; cuDNN's workspaces on CUDA depend on
+            # the algorithm chosen and are not modelled)
+            step.workspace = 2 * elems * DTYPE_BYTES[dtype] + step.param_bytes
         step.passthrough = rule.alias and not (rule.input or rule.output or rule.extra)
         if records:
             if rule.input:
@@ -339,7 +346,7 @@ def _peak(walk: Walk, x: Tensor, outputs: list[Tensor], params: int, opt: int, o
                 total_grad = _Grad(prev.nbytes)
                 grad_bytes += total_grad.nbytes - prev.release() - g_in.release()
                 grads[id(t)] = total_grad
-        total = base + acts + grad_bytes + param_grads
+        total = base + acts + grad_bytes + param_grads + rnd(st.workspace)
         if total > best:
             best, where = total, f"backward, at {st.path}"
         grad_bytes -= g_out.release()

@@ -333,3 +333,35 @@ def test_check_with_batch_never_imports_torch():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+def _plan(monkeypatch, free: int, batch_size: int | str):
+    """The runner's batch planning (train_cli._plan_batch) with `free` bytes on the CPU."""
+    from types import SimpleNamespace
+
+    import archspec.memory
+    from archspec.train import Recipe
+    from archspec.train_cli import _plan_batch
+
+    monkeypatch.setattr(archspec.memory, "available_bytes", lambda device="cpu": free)
+    report = archspec.check(ROOT / "specs" / "resnet18.yaml")
+    loaded = SimpleNamespace(train=[0] * 50_000, test=SimpleNamespace())  # 50,000 images, not resident
+    recipe = Recipe(batch_size=64 if batch_size == "auto" else batch_size, optimizer="sgd")
+    return report, _plan_batch(report, recipe, torch.device("cpu"), loaded, auto=batch_size == "auto")
+
+
+def test_train_batch_size_auto_takes_the_largest_power_of_two_that_fits(monkeypatch, capsys):
+    report, recipe = _plan(monkeypatch, 2 << 30, "auto")
+    bs = recipe.batch_size
+    assert bs & (bs - 1) == 0
+    assert fits(report.network, bs, 2 << 30, optimizer="momentum")
+    assert not fits(report.network, 2 * bs, 2 << 30, optimizer="momentum")
+    assert f"--batch-size auto: {bs} (estimated peak" in capsys.readouterr().err
+
+
+def test_train_warns_before_the_first_step_when_the_batch_will_not_fit(monkeypatch, capsys):
+    _, recipe = _plan(monkeypatch, 2 << 30, 4096)
+    assert recipe.batch_size == 4096
+    assert "warning: batch size 4096 is estimated to need" in capsys.readouterr().err
+    _plan(monkeypatch, 2 << 30, 8)
+    assert "warning" not in capsys.readouterr().err
