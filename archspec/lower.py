@@ -615,7 +615,7 @@ class Lowerer:
                     tn = tdecl or type(spec).__name__
                     self.error(aloc, "E-TYPE", f"parameter `{p}` of `{tname}` must be {tn}, got {_kind(value)}",
                                f"declared at line {ploc.line}")
-                    ok = False
+                    ok, value = False, UNSET  # said once here, not again wherever it is read
                 local[p] = value
             elif required:
                 self.error(key_loc, "E-TEMPLATE-ARG-MISSING", f"template `{tname}` needs parameter `{p}` ({tdecl})",
