@@ -231,7 +231,12 @@ class Lowerer:
                             known_keys=op.Params.model_fields)
             return node
         node.params = params
-        if state.shape is None:
+        if state.shape is None:  # still check the rules that need no input shape (pad, ranges)
+            try:
+                if hasattr(op, "geometry"):
+                    op.geometry(params)
+            except Problem as p:
+                self.out.problem(loc_of(body, p.field, node.loc) if p.field in body else node.loc, p)
             return node
         try:
             inferred = op.infer(params, state.shape)
