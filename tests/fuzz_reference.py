@@ -1,0 +1,239 @@
+"""An independent reading of the spec language in plain torch, for the differential fuzzer.
+
+`TorchRef` walks spec *data* (the dict a test wrote to YAML) and runs a real tensor through
+torch modules it creates on the fly, sized from the tensor it receives — no archspec code is
+involved, so where archspec's checker and torch disagree, one of them shows it. It records
+every leaf layer it ran (op, output shape without the batch, parameter count) in forward order,
+the same order as `Report.layer_rows()`.
+
+A torch failure surfaces as the exception torch raised. Where archspec documents a rule
+stricter than torch (docs/checker-rules.md) — torch would broadcast an `add`, apply `linear` to
+the last dimension of an image, or the language has no torch counterpart — it raises `Stricter`
+with the rule's key at exactly the point where archspec stops inferring shapes.
+Expressions are the small subset the fuzzer writes, evaluated here with Python's own rules.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
+
+
+class Stricter(Exception):
+    """Torch would go on here, but a documented archspec rule refuses the spec."""
+
+    def __init__(self, rule: str):
+        super().__init__(rule)
+        self.rule = rule
+
+
+def pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+class TorchRef:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.templates = spec.get("templates") or {}
+        self.defaults = spec.get("defaults") or {}
+        self.width = spec.get("width", 1.0)
+        self.rows: list[tuple[str, tuple[int, ...], int]] = []
+        self.failed_in_layer = False  # torch raised inside a layer (not at a merge)
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self, batch: int = 2) -> torch.Tensor:
+        x = torch.randn(batch, *self.spec["input"])
+        env = {"num_classes": self.spec.get("num_classes"), "width": self.width, "i": 0}
+        jump = (1, 1)
+        with torch.no_grad():
+            for body in self.spec["stages"].values():
+                x, jump = self.item(body, x, jump, env)
+        return x
+
+    # ------------------------------------------------------------------ values
+
+    def value(self, v: Any, env: dict, x: torch.Tensor) -> Any:
+        if isinstance(v, list):
+            return [self.value(e, env, x) for e in v]
+        if not (isinstance(v, str) and "$" in v):
+            return v
+        dims = {"c": x.shape[1], "f": x.shape[1]}
+        if x.dim() == 4:
+            dims.update(h=x.shape[2], w=x.shape[3])
+        for d in re.findall(r"\$in\.([a-z])", v):
+            if d not in dims:
+                raise Stricter("in-dim")
+        text = re.sub(r"\$in\.([a-z])", lambda m: str(dims[m.group(1)]), v)
+        text = re.sub(r"\$([A-Za-z_]\w*)", lambda m: repr(env[m.group(1)]), text)
+        return eval(text, {"__builtins__": {}}, {"max": max, "min": min})  # test-written text
+
+    # ------------------------------------------------------------------ items
+
+    def item(self, it: Any, x: torch.Tensor, jump: tuple, env: dict) -> tuple[torch.Tensor, tuple]:
+        if isinstance(it, str):
+            return self.head(it, None, x, jump, env)
+        if isinstance(it, list):
+            for sub in it:
+                x, jump = self.item(sub, x, jump, env)
+            return x, jump
+        assert isinstance(it, dict), it
+        if {"repeat", "use", "body"} & set(it):
+            return self.repeat(it, x, jump, env, dense=False)
+        (head,) = [k for k in it if k not in ("name", "inline")]
+        return self.head(head, it[head], x, jump, env)
+
+    def head(self, head: str, body: Any, x: torch.Tensor, jump: tuple, env: dict):
+        if head == "parallel":
+            return self.parallel(body, x, jump, env)
+        if head == "residual":
+            return self.residual(body, x, jump, env)
+        if head == "dense":
+            return self.repeat(body, x, jump, env, dense=True)
+        if head == "seq":
+            return self.item(body["layers"] if isinstance(body, dict) else body, x, jump, env)
+        if head in self.templates:
+            return self.template(head, {k: v for k, v in (body or {}).items() if k != "name"}, x, jump, env)
+        params = {k: v for k, v in (body or {}).items() if k != "name"}
+        return self.layer(head, params, x, jump, env)
+
+    def layer(self, op: str, raw: dict, x: torch.Tensor, jump: tuple, env: dict, scale: bool = True):
+        p = dict(self.defaults.get(op, {}))
+        for k, v in raw.items():
+            p[k] = self.value(v, env, x)
+            if op == "conv" and k == "out" and scale and self.width != 1 and not (isinstance(v, str) and "$in" in v):
+                p[k] = max(1, math.floor(p[k] * self.width + 1e-9))
+        if op == "linear" and x.dim() != 2:
+            raise Stricter("linear-rank")
+        if op in ("adaptive_avgpool", "adaptive_maxpool", "gap", "gmp") and x.dim() != 4:
+            raise Stricter("image-rank")
+        try:
+            module, stride = self.module(op, p, x)
+            y = module(x)
+        except TORCH_ERRORS:
+            self.failed_in_layer = True
+            raise
+        params = sum(t.numel() for t in module.parameters())
+        self.rows.append((op, tuple(y.shape[1:]), params))
+        return y, (jump[0] * stride[0], jump[1] * stride[1])
+
+    def module(self, op: str, p: dict, x: torch.Tensor) -> tuple[nn.Module, tuple[int, int]]:
+        one = (1, 1)
+        if op == "conv":
+            pad = p.get("pad", 0)
+            pad = pad if isinstance(pad, str) else pair(pad)
+            s = pair(p.get("stride", 1))
+            return nn.Conv2d(x.shape[1], p["out"], pair(p["k"]), s, pad, pair(p.get("dilation", 1)),
+                             p.get("groups", 1), p.get("bias", True)), s
+        if op in ("maxpool", "avgpool"):
+            k = pair(p["k"])
+            s = pair(p["stride"]) if p.get("stride") is not None else k
+            pad = pair(p.get("pad", 0))
+            if op == "maxpool":
+                return nn.MaxPool2d(k, s, pad, pair(p.get("dilation", 1)), ceil_mode=p.get("ceil_mode", False)), s
+            return nn.AvgPool2d(k, s, pad, p.get("ceil_mode", False), p.get("count_include_pad", True)), s
+        if op in ("adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"):
+            out = pair(p["out"]) if op.startswith("adaptive") else (1, 1)
+            cls = nn.AdaptiveAvgPool2d if "avg" in op or op == "gap" else nn.AdaptiveMaxPool2d
+            s = tuple(max(1, x.shape[2 + i] // out[i]) for i in (0, 1)) if x.dim() == 4 else one
+            return cls(out), s  # type: ignore[return-value]
+        if op == "flatten":
+            return nn.Flatten(), one
+        if op == "linear":
+            return nn.Linear(x.shape[-1], p["out"], p.get("bias", True)), one
+        if op == "bn":
+            cls = nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d
+            return cls(x.shape[1], eps=p.get("eps", 1e-5), affine=p.get("affine", True)).eval(), one
+        if op == "lrn":
+            return nn.LocalResponseNorm(p["size"]), one
+        if op == "dropout":
+            return nn.Dropout(p.get("p", 0.5)).eval(), one
+        simple = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
+                  "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity,
+                  "leaky_relu": nn.LeakyReLU}
+        return simple[op](), one
+
+    # ------------------------------------------------------------------ combinators
+
+    def parallel(self, body: dict, x: torch.Tensor, jump: tuple, env: dict):
+        branches = body["branches"]
+        branches = list(branches.values()) if isinstance(branches, dict) else branches
+        outs, jumps = [], []
+        for b in branches:
+            y, j = self.item(b, x, jump, env)
+            outs.append(y)
+            jumps.append(j)
+        if body.get("merge", "concat") == "concat":
+            merged = torch.cat(outs, 1)
+        else:
+            merged = self.add(outs)
+        return merged, tuple(max(j[i] for j in jumps) for i in (0, 1))
+
+    def residual(self, body: dict, x: torch.Tensor, jump: tuple, env: dict):
+        y, jm = self.item(body["main"], x, jump, env)
+        sc = body.get("shortcut", "auto")
+        s = x
+        if sc == "auto" and y.shape != x.shape:
+            if x.dim() != 4 or y.dim() != 4:
+                raise Stricter("auto-shortcut-rank")
+            opts = body.get("projection") or {}
+            stride = tuple(max(1, jm[i] // max(1, jump[i])) for i in (0, 1))
+            conv = nn.Conv2d(x.shape[1], y.shape[1], 1, stride, bias=opts.get("bias", False))
+            s = conv(x)
+            self.rows.append(("conv", tuple(s.shape[1:]), sum(t.numel() for t in conv.parameters())))
+            if opts.get("bn", True):
+                bn = nn.BatchNorm2d(s.shape[1]).eval()
+                s = bn(s)
+                self.rows.append(("bn", tuple(s.shape[1:]), 2 * s.shape[1]))
+        elif sc not in ("auto", "identity"):
+            s, _ = self.item(sc, x, jump, env)
+        out = self.add([y, s], "residual-add")
+        if body.get("post") is not None:
+            out, _ = self.item(body["post"], out, jm, env)
+        return out, jm
+
+    def repeat(self, it: dict, x: torch.Tensor, jump: tuple, env: dict, dense: bool):
+        n = it.get("repeat")
+        times = 1 if n is None else self.value(n, env, x)
+        for i in range(times):
+            local = dict(env, i=i)
+            call = dict(it.get("with") or {})
+            if i == 0:
+                call.update(it.get("first") or {})
+            for k, v in (it.get("at") or {}).items():
+                if int(k) % times == i:
+                    call.update(v)
+            if "use" in it:
+                args = {k: self.value(v, local, x) for k, v in call.items()}
+                y, j = self.template(it["use"], args, x, jump, local)
+            else:
+                local.update({k: self.value(v, local, x) for k, v in call.items()})
+                y, j = self.item(it["body"], x, jump, local)
+            if dense:
+                x = torch.cat([x, y], 1)
+                if x.dim() != 4:
+                    raise Stricter("dense-rank")
+            else:
+                x, jump = y, j
+        return x, jump
+
+    def add(self, outs: list, rule: str = "add") -> torch.Tensor:
+        out = sum(outs[1:], outs[0])  # torch broadcasts where it can
+        if any(o.shape != outs[0].shape for o in outs):
+            raise Stricter(rule)
+        return out
+
+    def template(self, name: str, args: dict, x: torch.Tensor, jump: tuple, env: dict):
+        t = self.templates[name]
+        local = {"num_classes": self.spec.get("num_classes"), "width": self.width, "i": env.get("i", 0)}
+        for p, decl in (t.get("params") or {}).items():
+            local[p] = self.value(args[p], env, x) if p in args else self.value(decl, local, x)
+        key = "body" if "body" in t else next(k for k in t if k != "params")
+        body = t["body"] if key == "body" else {key: t[key]}
+        return self.item(body, x, jump, local)
