@@ -146,7 +146,15 @@ class _Eval:
             v = self.number(node.operand) if not isinstance(v, (int, float)) else v
             return -v if isinstance(node.op, ast.USub) else v
         if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMP:
-            return _CMP[type(node.ops[0])](self.run(node.left), self.run(node.comparators[0]))
+            left, right = self.run(node.left), self.run(node.comparators[0])
+            try:
+                return _CMP[type(node.ops[0])](left, right)
+            except TypeError:  # `'a' < 1`, `$in < 1`: was an uncaught TypeError (internal error)
+                raise Problem(
+                    "E-EXPR-TYPE",
+                    f"cannot compare {type(left).__name__} with {type(right).__name__} in `{self.text}`",
+                    None,
+                ) from None
         if isinstance(node, ast.BoolOp):
             vals = [self.run(v) for v in node.values]
             return all(vals) if isinstance(node.op, ast.And) else any(vals)
