@@ -1,0 +1,236 @@
+"""Training throughput: archspec's runner against the seeds' recipe, same spec, same data.
+
+Both sides train the same spec on the embedded MNIST split (8,000 train / 2,000 test) for
+the same epochs and batch size with the same optimizer class (torch.optim.SGD):
+
+- seed recipe: a torchvision-style data set that turns each image into a PIL image and runs
+  per-image transforms (``Resize`` when the spec's size differs, ``ToTensor``), a
+  ``DataLoader`` (shuffle, d2l's 4 workers), and d2l's ``train_ch6`` loop (Xavier init,
+  plain SGD at d2l's learning rate, an ``Accumulator`` read with ``float()`` every step,
+  ``evaluate_accuracy_gpu`` per epoch), copied from /work/shared/seeds/000_*.txt;
+- archspec: ``archspec.train.fit`` with ``--optimizer sgd`` at the same learning rate, used
+  as archspec's recipe uses it (the peak of a one-cycle schedule, Nesterov momentum 0.9,
+  weight decay 5e-4 on weights, inputs normalised with the data's mean and std).
+
+Throughput is training images per second of wall time spent in the training loop, data
+loading included, evaluation excluded, on both sides. d2l's own figure (its timer skips the
+time spent waiting for data) is printed too.
+
+    python benchmarks/train_vs_seed_recipe.py [--spec specs/lenet.yaml] [--epochs 10]
+        [--batch-size 256] [--lr 0.9] [--repeats 1] [--seed-threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+import archspec
+from archspec.data import load
+from archspec.train import Recipe, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------ the seeds' recipe (d2l)
+
+
+class MNISTLike(Dataset):
+    """What torchvision.datasets.MNIST does per item: uint8 array → PIL image → transform."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: transforms.Compose) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.x[i], mode="L")
+        return self.transform(img), int(self.y[i])
+
+
+class Accumulator:
+    """d2l.Accumulator: sums n running values as Python floats."""
+
+    def __init__(self, n: int) -> None:
+        self.data = [0.0] * n
+
+    def add(self, *args: float) -> None:
+        self.data = [a + float(b) for a, b in zip(self.data, args)]
+
+    def __getitem__(self, i: int) -> float:
+        return self.data[i]
+
+
+def accuracy(y_hat: torch.Tensor, y: torch.Tensor) -> float:
+    """d2l.accuracy: number of correct predictions."""
+    if len(y_hat.shape) > 1 and y_hat.shape[1] > 1:
+        y_hat = y_hat.argmax(axis=1)
+    cmp = y_hat.type(y.dtype) == y
+    return float(cmp.type(y.dtype).sum())
+
+
+def evaluate_accuracy_gpu(net: nn.Module, data_iter: DataLoader, device=None) -> float:
+    if isinstance(net, nn.Module):
+        net.eval()
+        if not device:
+            device = next(iter(net.parameters())).device
+    metric = Accumulator(2)
+    with torch.no_grad():
+        for X, y in data_iter:
+            X, y = X.to(device), y.to(device)
+            metric.add(accuracy(net(X), y), y.numel())
+    return metric[0] / metric[1]
+
+
+def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
+    """d2l's train_ch6 without the plot; returns (train wall s, d2l timer s, test acc)."""
+
+    def init_weights(m: nn.Module) -> None:
+        if type(m) == nn.Linear or type(m) == nn.Conv2d:
+            nn.init.xavier_uniform_(m.weight)
+
+    net.apply(init_weights)
+    net.to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    loss = nn.CrossEntropyLoss()
+    wall = timer = 0.0
+    test_acc = 0.0
+    for _epoch in range(num_epochs):
+        metric = Accumulator(3)
+        net.train()
+        t_epoch = time.perf_counter()
+        for X, y in train_iter:
+            t = time.perf_counter()  # d2l's timer starts after the batch has been fetched
+            optimizer.zero_grad()
+            X, y = X.to(device), y.to(device)
+            y_hat = net(X)
+            l = loss(y_hat, y)
+            l.backward()
+            optimizer.step()
+            with torch.no_grad():
+                metric.add(l * X.shape[0], accuracy(y_hat, y), X.shape[0])
+            timer += time.perf_counter() - t
+        wall += time.perf_counter() - t_epoch
+        test_acc = evaluate_accuracy_gpu(net, test_iter)
+    return wall, timer, test_acc
+
+
+def seed_run(spec: Path, variant, epochs: int, batch_size: int, lr: float, workers: int):
+    data = load("mnist-mini")
+    report = archspec.check(spec, variant)
+    c, h, w = report.input
+    trans = [transforms.ToTensor()]
+    if (h, w) != (28, 28):
+        trans.insert(0, transforms.Resize((h, w)))
+    if c == 3:
+        trans.insert(0, transforms.Grayscale(3))
+    trans = transforms.Compose(trans)
+
+    def split(s):
+        return MNISTLike(s.x[:, 0].numpy(), s.y.numpy(), trans)
+
+    train_iter = DataLoader(split(data.train), batch_size, shuffle=True, num_workers=workers)
+    test_iter = DataLoader(split(data.test), batch_size, shuffle=False, num_workers=workers)
+    torch.manual_seed(0)
+    net = archspec.build(spec, variant)
+    wall, timer, acc = train_ch6(net, train_iter, test_iter, epochs, lr, torch.device("cpu"))
+    n = len(data.train) * epochs
+    return {"ips": n / wall, "d2l_ips": n / timer, "acc": acc}
+
+
+# ------------------------------------------------------------ archspec
+
+
+def archspec_run(spec: Path, variant, epochs: int, batch_size: int, lr: float):
+    report = archspec.check(spec, variant)
+    torch.manual_seed(0)
+    model = archspec.build(spec, variant)
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr)
+    with tempfile.TemporaryDirectory() as out:
+        result = fit(
+            model,
+            load("mnist-mini"),
+            recipe,
+            out,
+            input_shape=report.input,
+            spec_hash=report.spec_hash,
+            progress=False,
+        )
+    hist = result.history
+    seen = [h["examples_per_sec"] for h in hist]
+    images = (8000 // batch_size) * batch_size
+    train_s = sum(images / eps for eps in seen)
+    return {"ips": images * len(hist) / train_s, "acc": hist[-1]["test_acc"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default=str(ROOT / "specs" / "lenet.yaml"))
+    ap.add_argument("--variant", default=None)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=0.9, help="d2l's lr for LeNet (1.0 with BN)")
+    ap.add_argument("--workers", type=int, default=4, help="d2l's get_dataloader_workers()")
+    ap.add_argument(
+        "--seed-threads",
+        type=int,
+        default=None,
+        help="torch threads for the seed recipe (default: torch's own)",
+    )
+    ap.add_argument("--repeats", type=int, default=1, help="alternate runs, report medians")
+    args = ap.parse_args()
+    spec = Path(args.spec)
+
+    default_threads = torch.get_num_threads()
+    ours, theirs = [], []
+    for _ in range(args.repeats):
+        ours.append(archspec_run(spec, args.variant, args.epochs, args.batch_size, args.lr))
+        torch.set_num_threads(args.seed_threads or default_threads)
+        theirs.append(
+            seed_run(spec, args.variant, args.epochs, args.batch_size, args.lr, args.workers)
+        )
+        torch.set_num_threads(default_threads)
+        print(
+            f"  run: archspec {ours[-1]['ips']:.0f} img/s acc {ours[-1]['acc']:.4f} | "
+            f"seed {theirs[-1]['ips']:.0f} img/s (d2l timer {theirs[-1]['d2l_ips']:.0f}) "
+            f"acc {theirs[-1]['acc']:.4f}",
+            flush=True,
+        )
+
+    def med(runs, key):
+        return statistics.median(r[key] for r in runs)
+
+    ratios = [a["ips"] / b["ips"] for a, b in zip(ours, theirs)]
+    print(
+        f"spec {spec.name}{' --variant ' + args.variant if args.variant else ''}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr:g}, embedded MNIST 8000/2000, "
+        f"seed recipe on {args.seed_threads or default_threads} torch threads and "
+        f"{args.workers} DataLoader workers, "
+        f"{args.repeats} run(s)"
+    )
+    print("| | images/s (training wall time) | test accuracy |")
+    print("| --- | ---: | ---: |")
+    print(f"| archspec | {med(ours, 'ips'):.0f} | {med(ours, 'acc'):.4f} |")
+    print(
+        f"| seed recipe (d2l train_ch6) | {med(theirs, 'ips'):.0f} "
+        f"(d2l's timer: {med(theirs, 'd2l_ips'):.0f}) | {med(theirs, 'acc'):.4f} |"
+    )
+    print(
+        f"ratio (archspec / seed): {statistics.median(ratios):.1f}x "
+        f"(runs: {', '.join(f'{r:.1f}' for r in ratios)})"
+    )
+
+
+if __name__ == "__main__":
+    main()
