@@ -109,7 +109,7 @@ def _embedded() -> Data:
 
 
 def _torchvision(name: str, root: Path, download: bool) -> Data:
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # type: ignore[import-untyped]
 
     cls = getattr(tvd, TORCHVISION[name])
     splits = []
@@ -125,7 +125,7 @@ def _torchvision(name: str, root: Path, download: bool) -> Data:
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
         splits.append(Split(torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64), x))
     train_split, test_split = splits
-    return Data(name, train_split, test_split, 10, tuple(train_split.x.shape[1:]))
+    return Data(name, train_split, test_split, 10, _shape(x))
 
 
 def _images_to_nchw(a: np.ndarray, what: str) -> torch.Tensor:
@@ -173,10 +173,16 @@ def _npz(path: Path) -> Data:
         x = _images_to_nchw(arrays[f"x_{part}"], f"{path}: x_{part}")
         splits.append(Split(_labels(arrays[f"y_{part}"], len(x), f"{path}: y_{part}"), x))
     train, test = splits
+    assert train.x is not None and test.x is not None
     if train.x.shape[1:] != test.x.shape[1:]:
         raise DataError(f"{path}: x_train and x_test images differ in shape")
     classes = int(torch.cat([train.y, test.y]).max()) + 1 if len(train) + len(test) else 0
-    return Data(path.stem, train, test, classes, tuple(train.x.shape[1:]))
+    return Data(path.stem, train, test, classes, _shape(train.x))
+
+
+def _shape(x: torch.Tensor) -> tuple[int, int, int]:
+    c, h, w = x.shape[1:]
+    return (c, h, w)
 
 
 def _folder(path: Path, shape: tuple[int, int, int]) -> Data:
@@ -226,18 +232,11 @@ def decode(files: list[Path], shape: tuple[int, int, int]) -> torch.Tensor:
     return out
 
 
-def materialise(data: Data, budget_bytes: int, workers: int = 0) -> None:
+def materialise(data: Data, budget_bytes: int) -> None:
     """Decode an image folder's files up front when the decoded images fit ``budget_bytes``."""
     for split in (data.train, data.test):
         if split.files is not None and len(split) * math.prod(data.shape) <= budget_bytes:
-            chunks = [split.files[i : i + 256] for i in range(0, len(split.files), 256)]
-            loader = torch.utils.data.DataLoader(
-                chunks,
-                batch_size=None,
-                num_workers=workers,
-                collate_fn=lambda c: decode(c, data.shape),
-            )
-            split.x, split.files = torch.cat(list(loader)), None
+            split.x, split.files = decode(split.files, data.shape), None
 
 
 # ---------------------------------------------------------------- feeding
@@ -385,7 +384,8 @@ def channel_stats(
     if len(x) == 0:
         return [0.5] * target_channels, [0.5] * target_channels
     x = x[:: max(1, len(x) // sample)]
-    ad = Adapter(tuple(x.shape[1:]), (target_channels, *x.shape[2:]), [0.0], [1.0])
+    c, h, w = _shape(x)
+    ad = Adapter((c, h, w), (target_channels, h, w), [0.0], [1.0])
     v = ad.channels(x).double()
     mean = v.mean(dim=(0, 2, 3))
     std = v.std(dim=(0, 2, 3)).clamp_min(1e-3)

@@ -132,7 +132,7 @@ def init_weights(model: nn.Module) -> None:
 def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and kernels only, not on biases or norm scales."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
@@ -251,7 +251,7 @@ def prepare_data(
 ) -> tuple[Feed, Feed, Adapter]:
     """Feeds for both splits and the adapter from stored images to the model's input."""
     budget = _budget(device)
-    materialise(data, budget, workers=0)
+    materialise(data, budget)
     train = Feed(data.train, data.shape, device, budget, _workers())
     test = Feed(
         data.test,
@@ -323,7 +323,10 @@ def write_curves(history: list[dict[str, float]], path: Path, title: str) -> Non
 
 
 def _write_text(path: Path, text: str) -> None:
-    checkpoint.write_atomic(path, lambda tmp: tmp.write_text(text))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    checkpoint.write_atomic(path, write)
 
 
 class _Log:
@@ -342,7 +345,7 @@ class _Log:
         if not self.tty:
             yield None
             return
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         with tqdm(
             total=total,
@@ -432,7 +435,7 @@ def fit(
             p["seconds"],
         )
 
-    net = torch.compile(model) if compile else model
+    net: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
     weights_meta = {
         "spec_hash": spec_hash,
         "input": list(input_shape),
@@ -513,6 +516,7 @@ def fit(
         + f" -> {out}"
     )
 
+    base_lr = float(recipe.lr or 0.0)
     net.train()
     with _Stop() as stop, _num_threads(threads):
         while epoch < epochs:
@@ -523,7 +527,7 @@ def fit(
             desc = f"epoch {epoch + 1}/{epochs}"
             with log.bar(desc, steps_here * min(bs, n), k * min(bs, n)) as bar:
                 for x, y in train_feed.batches(order, bs, start=k, stop=steps_here):
-                    lr = recipe.lr * lr_factor(step, total, recipe.schedule)
+                    lr = base_lr * lr_factor(step, total, recipe.schedule)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     with _autocast(device):
