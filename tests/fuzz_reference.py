@@ -99,15 +99,25 @@ class TorchRef:
         if head == "seq":
             return self.item(body["layers"] if isinstance(body, dict) else body, x, jump, env)
         if head in self.templates:
-            return self.template(head, {k: v for k, v in (body or {}).items() if k != "name"}, x, jump, env)
+            return self.template(
+                head, {k: v for k, v in (body or {}).items() if k != "name"}, x, jump, env
+            )
         params = {k: v for k, v in (body or {}).items() if k != "name"}
         return self.layer(head, params, x, jump, env)
 
-    def layer(self, op: str, raw: dict, x: torch.Tensor, jump: tuple, env: dict, scale: bool = True):
+    def layer(
+        self, op: str, raw: dict, x: torch.Tensor, jump: tuple, env: dict, scale: bool = True
+    ):
         p = dict(self.defaults.get(op, {}))
         for k, v in raw.items():
             p[k] = self.value(v, env, x)
-            if op == "conv" and k == "out" and scale and self.width != 1 and not (isinstance(v, str) and "$in" in v):
+            if (
+                op == "conv"
+                and k == "out"
+                and scale
+                and self.width != 1
+                and not (isinstance(v, str) and "$in" in v)
+            ):
                 p[k] = max(1, math.floor(p[k] * self.width + 1e-9))
         if op == "linear" and x.dim() != 2:
             raise Stricter("linear-rank")
@@ -129,15 +139,27 @@ class TorchRef:
             pad = p.get("pad", 0)
             pad = pad if isinstance(pad, str) else pair(pad)
             s = pair(p.get("stride", 1))
-            return nn.Conv2d(x.shape[1], p["out"], pair(p["k"]), s, pad, pair(p.get("dilation", 1)),
-                             p.get("groups", 1), p.get("bias", True)), s
+            return nn.Conv2d(
+                x.shape[1],
+                p["out"],
+                pair(p["k"]),
+                s,
+                pad,
+                pair(p.get("dilation", 1)),
+                p.get("groups", 1),
+                p.get("bias", True),
+            ), s
         if op in ("maxpool", "avgpool"):
             k = pair(p["k"])
             s = pair(p["stride"]) if p.get("stride") is not None else k
             pad = pair(p.get("pad", 0))
             if op == "maxpool":
-                return nn.MaxPool2d(k, s, pad, pair(p.get("dilation", 1)), ceil_mode=p.get("ceil_mode", False)), s
-            return nn.AvgPool2d(k, s, pad, p.get("ceil_mode", False), p.get("count_include_pad", True)), s
+                return nn.MaxPool2d(
+                    k, s, pad, pair(p.get("dilation", 1)), ceil_mode=p.get("ceil_mode", False)
+                ), s
+            return nn.AvgPool2d(
+                k, s, pad, p.get("ceil_mode", False), p.get("count_include_pad", True)
+            ), s
         if op in ("adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"):
             out = pair(p["out"]) if op.startswith("adaptive") else (1, 1)
             cls = nn.AdaptiveAvgPool2d if "avg" in op or op == "gap" else nn.AdaptiveMaxPool2d
@@ -154,9 +176,17 @@ class TorchRef:
             return nn.LocalResponseNorm(p["size"]), one
         if op == "dropout":
             return nn.Dropout(p.get("p", 0.5)).eval(), one
-        simple = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
-                  "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity,
-                  "leaky_relu": nn.LeakyReLU}
+        simple = {
+            "relu": nn.ReLU,
+            "relu6": nn.ReLU6,
+            "silu": nn.SiLU,
+            "hardswish": nn.Hardswish,
+            "sigmoid": nn.Sigmoid,
+            "tanh": nn.Tanh,
+            "gelu": nn.GELU,
+            "identity": nn.Identity,
+            "leaky_relu": nn.LeakyReLU,
+        }
         return simple[op](), one
 
     # ------------------------------------------------------------------ combinators
@@ -186,7 +216,9 @@ class TorchRef:
             stride = tuple(max(1, jm[i] // max(1, jump[i])) for i in (0, 1))
             conv = nn.Conv2d(x.shape[1], y.shape[1], 1, stride, bias=opts.get("bias", False))
             s = conv(x)
-            self.rows.append(("conv", tuple(s.shape[1:]), sum(t.numel() for t in conv.parameters())))
+            self.rows.append(
+                ("conv", tuple(s.shape[1:]), sum(t.numel() for t in conv.parameters()))
+            )
             if opts.get("bn", True):
                 bn = nn.BatchNorm2d(s.shape[1]).eval()
                 s = bn(s)
@@ -231,7 +263,11 @@ class TorchRef:
 
     def template(self, name: str, args: dict, x: torch.Tensor, jump: tuple, env: dict):
         t = self.templates[name]
-        local = {"num_classes": self.spec.get("num_classes"), "width": self.width, "i": env.get("i", 0)}
+        local = {
+            "num_classes": self.spec.get("num_classes"),
+            "width": self.width,
+            "i": env.get("i", 0),
+        }
         for p, decl in (t.get("params") or {}).items():
             local[p] = self.value(args[p], env, x) if p in args else self.value(decl, local, x)
         key = "body" if "body" in t else next(k for k in t if k != "params")

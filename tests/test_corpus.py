@@ -51,7 +51,9 @@ def _dash_nesting(p: Path) -> None:
 
 
 def _many_nodes(p: Path) -> None:  # 600 KB: under the byte limit, far over the node limit
-    p.write_text("name: big\ninput: [1, 8, 8]\nstages:\n  a: [relu]\nz: [" + "1, " * 200_000 + "1]\n")
+    p.write_text(
+        "name: big\ninput: [1, 8, 8]\nstages:\n  a: [relu]\nz: [" + "1, " * 200_000 + "1]\n"
+    )
 
 
 def _long_scalar(p: Path) -> None:
@@ -94,7 +96,13 @@ def run_measured(args: list[str], cwd: Path) -> tuple[int, str, str, float, floa
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out.read_text("utf-8"), err.read_text("utf-8"), wall, usage.ru_maxrss / 1024
+    return (
+        proc.returncode,
+        out.read_text("utf-8"),
+        err.read_text("utf-8"),
+        wall,
+        usage.ru_maxrss / 1024,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +110,9 @@ def startup(workdir: Path) -> float:
     """Seconds a fresh `archspec check` of a trivial spec takes: the interpreter's own cost."""
     spec = workdir / "tiny.yaml"
     spec.write_text("name: tiny\ninput: [1, 4, 4]\nstages:\n  a: [relu]\n")
-    return min(run_measured(["-m", "archspec", "check", str(spec), "--json"], workdir)[3] for _ in range(2))
+    return min(
+        run_measured(["-m", "archspec", "check", str(spec), "--json"], workdir)[3] for _ in range(2)
+    )
 
 
 def test_corpus_lists_every_file():
@@ -114,7 +124,9 @@ def test_corpus_lists_every_file():
 @pytest.mark.parametrize("name", CASES)
 def test_hostile_file_is_refused_with_located_errors(name: str, workdir: Path, startup: float):
     path, want = case(name, workdir)
-    rc, stdout, stderr, wall, rss = run_measured(["-m", "archspec", "check", str(path), "--json"], workdir)
+    rc, stdout, stderr, wall, rss = run_measured(
+        ["-m", "archspec", "check", str(path), "--json"], workdir
+    )
     assert rc == 1, (rc, stdout, stderr)
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     assert stdout.endswith("\n") and "\n" not in stdout[:-1], "--json prints exactly one line"
@@ -122,7 +134,9 @@ def test_hostile_file_is_refused_with_located_errors(name: str, workdir: Path, s
     assert isinstance(obj, dict) and obj["spec"] == str(path) and obj["output"] is None
     assert [[e["code"], e["line"], e["column"]] for e in obj["errors"]] == want
     assert all(e["file"] == str(path) and e["message"] for e in obj["errors"])
-    assert wall - startup < MAX_SECONDS, f"check took {wall - startup:.2f} s beyond interpreter startup"
+    assert wall - startup < MAX_SECONDS, (
+        f"check took {wall - startup:.2f} s beyond interpreter startup"
+    )
     assert rss < MAX_RSS_MB, f"peak RSS {rss:.0f} MB"
     assert not (workdir / PAYLOAD).exists(), "a spec ran code"
 
@@ -141,9 +155,15 @@ def test_hostile_file_checks_fast_in_process(name: str, workdir: Path):
 def test_hostile_file_human_output_is_located(name: str, workdir: Path):
     path, want = case(name, workdir)
     result = CliRunner().invoke(main, ["check", str(path)])
-    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert (
+        result.exit_code == 1
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    )
     assert result.exit_code == 1, result.output
     code, line, column = want[0]
     assert f"{path}:{line}:{column}: error[{code}]" in result.output
     assert "Traceback" not in result.output
-    assert all(ch.isprintable() or ch == "\n" for ch in result.output), "control characters reach the terminal"
+    assert all(ch.isprintable() or ch == "\n" for ch in result.output), (
+        "control characters reach the terminal"
+    )

@@ -40,75 +40,194 @@ def where(d) -> tuple:
 CASES = {
     "unknown op": (
         HEAD + "stages:\n  a: [conv: {out: 4, k: 3}, rleu]\n",
-        "E-UNKNOWN-OP", 5, 29, "unknown op or template `rleu`", "did you mean `relu`?"),
+        "E-UNKNOWN-OP",
+        5,
+        29,
+        "unknown op or template `rleu`",
+        "did you mean `relu`?",
+    ),
     "unknown op in a mapping": (
         HEAD + "stages:\n  a:\n    - conv2d: {out: 4, k: 3}\n",
-        "E-UNKNOWN-OP", 6, 7, "`conv2d`", "did you mean `conv`?"),
+        "E-UNKNOWN-OP",
+        6,
+        7,
+        "`conv2d`",
+        "did you mean `conv`?",
+    ),
     "unknown template": (
         HEAD + TEMPLATE + "stages:\n  a: {repeat: 2, use: basci, with: {c: 4}}\n",
-        "E-UNKNOWN-TEMPLATE", 9, 23, "unknown template `basci`", "did you mean `basic`?"),
+        "E-UNKNOWN-TEMPLATE",
+        9,
+        23,
+        "unknown template `basci`",
+        "did you mean `basic`?",
+    ),
     "unknown template parameter": (
         HEAD + TEMPLATE + "stages:\n  a: [basic: {c: 4, strid: 2}]\n",
-        "E-TEMPLATE-ARG", 9, 21, "has no parameter `strid`", "did you mean `stride`?"),
+        "E-TEMPLATE-ARG",
+        9,
+        21,
+        "has no parameter `strid`",
+        "did you mean `stride`?",
+    ),
     "missing template parameter": (
         HEAD + TEMPLATE + "stages:\n  a: [basic: {stride: 2}]\n",
-        "E-TEMPLATE-ARG-MISSING", 9, 7, "needs parameter `c`", "with: {c: ...}"),
+        "E-TEMPLATE-ARG-MISSING",
+        9,
+        7,
+        "needs parameter `c`",
+        "with: {c: ...}",
+    ),
     "wrong type of an op parameter": (
         HEAD + "stages:\n  a: [conv: {out: 4, k: 2.5}]\n",
-        "E-TYPE", 5, 25, "`k`", None),
+        "E-TYPE",
+        5,
+        25,
+        "`k`",
+        None,
+    ),
     "wrong type of a template argument": (
         HEAD + TEMPLATE + "stages:\n  a: [basic: {c: four}]\n",
-        "E-TYPE", 9, 18, "parameter `c` of `basic` must be int", "declared at line 6"),
+        "E-TYPE",
+        9,
+        18,
+        "parameter `c` of `basic` must be int",
+        "declared at line 6",
+    ),
     "YAML 1.1 boolean": (
         HEAD + "stages:\n  a: [conv: {out: 4, k: 3, bias: yes}]\n",
-        "E-TYPE", 5, 34, "`bias`", "booleans are written `true` / `false`"),
+        "E-TYPE",
+        5,
+        34,
+        "`bias`",
+        "booleans are written `true` / `false`",
+    ),
     "kernel larger than the input": (
-        HEAD + "stages:\n  a:\n    - conv: {out: 4, k: 3}\n    - maxpool: {k: 2}\n    - conv: {out: 4, k: 9}\n",
-        "E-SHAPE-COLLAPSE", 8, 7, "turns 7x7 into -1x-1", "the input is only 7x7 here"),
+        HEAD
+        + "stages:\n  a:\n    - conv: {out: 4, k: 3}\n    - maxpool: {k: 2}\n    - conv: {out: 4, k: 9}\n",
+        "E-SHAPE-COLLAPSE",
+        8,
+        7,
+        "turns 7x7 into -1x-1",
+        "the input is only 7x7 here",
+    ),
     "pool collapses the input": (
         "name: t\ninput: [1, 3, 3]\nstages:\n  a: [maxpool: {k: 2}, maxpool: {k: 2}]\n",
-        "E-SHAPE-COLLAPSE", 4, 24, "maxpool k=2x2 s=2x2 turns 1x1 into 0x0", "1x1"),
+        "E-SHAPE-COLLAPSE",
+        4,
+        24,
+        "maxpool k=2x2 s=2x2 turns 1x1 into 0x0",
+        "1x1",
+    ),
     "channel mismatch at an add": (
         HEAD + "stages:\n  a:\n    parallel:\n      merge: add\n      branches:\n"
         "        left: [conv: {out: 4, k: 1}]\n        right: [conv: {out: 8, k: 1}]\n",
-        "E-MERGE-ADD", 6, 5, "left: 4x16x16, right: 8x16x16", "same channels"),
+        "E-MERGE-ADD",
+        6,
+        5,
+        "left: 4x16x16, right: 8x16x16",
+        "same channels",
+    ),
     "residual shortcut mismatch": (
-        HEAD + "stages:\n  a:\n    residual: {main: [conv: {out: 8, k: 3, pad: 1}], shortcut: identity}\n",
-        "E-MERGE-ADD", 6, 5, "main path gives 8x16x16 but the shortcut gives 3x16x16", "shortcut: auto"),
+        HEAD
+        + "stages:\n  a:\n    residual: {main: [conv: {out: 8, k: 3, pad: 1}], shortcut: identity}\n",
+        "E-MERGE-ADD",
+        6,
+        5,
+        "main path gives 8x16x16 but the shortcut gives 3x16x16",
+        "shortcut: auto",
+    ),
     "spatial mismatch at a concat": (
         HEAD + "stages:\n  a:\n    parallel:\n      branches:\n"
         "        - [conv: {out: 4, k: 3}]\n        - [conv: {out: 4, k: 3, pad: 1}]\n",
-        "E-MERGE-CONCAT", 6, 5, "0: 4x14x14, 1: 4x16x16", "spatial sizes agree"),
+        "E-MERGE-CONCAT",
+        6,
+        5,
+        "0: 4x14x14, 1: 4x16x16",
+        "spatial sizes agree",
+    ),
     "groups not dividing the channels": (
         HEAD + "stages:\n  a: [conv: {out: 8, k: 3, groups: 2}]\n",
-        "E-GROUPS", 5, 7, "groups=2 must divide both input channels (3) and out (8)", "divides 3 and 8"),
+        "E-GROUPS",
+        5,
+        7,
+        "groups=2 must divide both input channels (3) and out (8)",
+        "divides 3 and 8",
+    ),
     "same padding with stride 2": (
         HEAD + "stages:\n  a: [conv: {out: 8, k: 3, stride: 2, pad: same}]\n",
-        "E-PAD-SAME", 5, 7, "`pad: same` needs stride 1", "give the padding as numbers"),
+        "E-PAD-SAME",
+        5,
+        7,
+        "`pad: same` needs stride 1",
+        "give the padding as numbers",
+    ),
     "pool padding above half the kernel": (
         HEAD + "stages:\n  a: [maxpool: {k: 3, pad: 2}]\n",
-        "E-POOL-PAD", 5, 7, "pad=2 is more than half the window k=3", "at most pad=1"),
+        "E-POOL-PAD",
+        5,
+        7,
+        "pad=2 is more than half the window k=3",
+        "at most pad=1",
+    ),
     "template recursion": (
         HEAD + "templates:\n  a: {body: [relu, b]}\n  b: {body: [a]}\nstages:\n  s: [a]\n",
-        "E-TEMPLATE-RECURSION", 6, 14, "template `a` uses itself (a -> b -> a)", "may not contain itself"),
+        "E-TEMPLATE-RECURSION",
+        6,
+        14,
+        "template `a` uses itself (a -> b -> a)",
+        "may not contain itself",
+    ),
     "expression with an unknown name": (
-        HEAD + TEMPLATE.replace("out: $c,", "out: $c * $expand,") + "stages:\n  a: [basic: {c: 4}]\n",
-        "E-EXPR-NAME", 7, 24, "unknown name `$expand`", None),
+        HEAD
+        + TEMPLATE.replace("out: $c,", "out: $c * $expand,")
+        + "stages:\n  a: [basic: {c: 4}]\n",
+        "E-EXPR-NAME",
+        7,
+        24,
+        "unknown name `$expand`",
+        None,
+    ),
     "expression misspelling a parameter": (
         HEAD + TEMPLATE.replace("out: $c,", "out: $strid,") + "stages:\n  a: [basic: {c: 4}]\n",
-        "E-EXPR-NAME", 7, 24, "unknown name `$strid`", "did you mean `stride`?"),
+        "E-EXPR-NAME",
+        7,
+        24,
+        "unknown name `$strid`",
+        "did you mean `stride`?",
+    ),
     "expression dividing by zero": (
         HEAD + "stages:\n  a: [conv: {out: $in.c // 0, k: 1}]\n",
-        "E-EXPR-DIV0", 5, 19, "division by zero in `$in.c // 0`", None),
+        "E-EXPR-DIV0",
+        5,
+        19,
+        "division by zero in `$in.c // 0`",
+        None,
+    ),
     "linear on an image": (
         HEAD + "stages:\n  a: [conv: {out: 4, k: 3}, linear: {out: 10}]\n",
-        "E-SHAPE-RANK", 5, 29, "linear needs flat features", "insert `flatten`"),
+        "E-SHAPE-RANK",
+        5,
+        29,
+        "linear needs flat features",
+        "insert `flatten`",
+    ),
     "unknown key in an op": (
         HEAD + "stages:\n  a: [conv: {out: 4, k: 3, stirde: 2}]\n",
-        "E-UNKNOWN-KEY", 5, 28, "unknown key `stirde`", "did you mean `stride`?"),
+        "E-UNKNOWN-KEY",
+        5,
+        28,
+        "unknown key `stirde`",
+        "did you mean `stride`?",
+    ),
     "missing op parameter": (
         HEAD + "stages:\n  a: [conv: {k: 3}]\n",
-        "E-MISSING-KEY", 5, 13, "`out`", None),
+        "E-MISSING-KEY",
+        5,
+        13,
+        "`out`",
+        None,
+    ),
 }
 
 
@@ -123,7 +242,9 @@ def test_error_has_code_exact_location_and_help(tmp_path: Path, name: str):
 
 
 def test_unknown_variant_names_the_closest(tmp_path: Path):
-    d = one(tmp_path, HEAD + "stages:\n  a: [relu]\nvariants:\n  wide: {width: 2.0}\n", variant="wid")
+    d = one(
+        tmp_path, HEAD + "stages:\n  a: [relu]\nvariants:\n  wide: {width: 2.0}\n", variant="wid"
+    )
     assert where(d) == ("E-VARIANT", 6, 1)
     assert "unknown variant `wid`" in d.message and d.help == "did you mean `wide`?"
 
@@ -139,22 +260,36 @@ def test_malformed_yaml_is_located(tmp_path: Path):
 
 
 def test_all_errors_of_a_file_come_in_one_run(tmp_path: Path):
-    found = errors(tmp_path, HEAD + TEMPLATE + """stages:
+    found = errors(
+        tmp_path,
+        HEAD
+        + TEMPLATE
+        + """stages:
   a: [conv: {out: 4, k: 3, stirde: 2}]
   b: [basic: {c: 4}, maxpool: {k: 3, pad: 2}]
   c: [basic: {c: 4}, rleu]
-""")
+""",
+    )
     assert [where(d) for d in found] == [
-        ("E-UNKNOWN-KEY", 9, 28), ("E-POOL-PAD", 10, 22), ("E-UNKNOWN-OP", 11, 22)]
+        ("E-UNKNOWN-KEY", 9, 28),
+        ("E-POOL-PAD", 10, 22),
+        ("E-UNKNOWN-OP", 11, 22),
+    ]
 
 
 def test_errors_after_a_shape_error_are_still_reported(tmp_path: Path):
     """A collapsed shape makes later shapes unknown, but structural mistakes after it still show,
     and nothing after it is blamed for the first error."""
-    found = errors(tmp_path, HEAD + "stages:\n  a: [conv: {out: 4, k: 99}, conv: {out: 4, k: 3, bais: false}]\n"
-                   "  b: [linear: {out: 10}, rleu]\n")
+    found = errors(
+        tmp_path,
+        HEAD + "stages:\n  a: [conv: {out: 4, k: 99}, conv: {out: 4, k: 3, bais: false}]\n"
+        "  b: [linear: {out: 10}, rleu]\n",
+    )
     assert [where(d) for d in found] == [
-        ("E-SHAPE-COLLAPSE", 5, 7), ("E-UNKNOWN-KEY", 5, 51), ("E-UNKNOWN-OP", 6, 26)]
+        ("E-SHAPE-COLLAPSE", 5, 7),
+        ("E-UNKNOWN-KEY", 5, 51),
+        ("E-UNKNOWN-OP", 6, 26),
+    ]
 
 
 def test_a_failed_template_argument_does_not_cascade(tmp_path: Path):
@@ -163,13 +298,18 @@ def test_a_failed_template_argument_does_not_cascade(tmp_path: Path):
 
 
 def test_a_mistake_repeated_by_a_repeat_is_reported_once(tmp_path: Path):
-    found = errors(tmp_path, HEAD + "stages:\n  a: {repeat: 4, body: [conv: {out: $v, k: 1}], with: {v: $nope}}\n")
+    found = errors(
+        tmp_path,
+        HEAD + "stages:\n  a: {repeat: 4, body: [conv: {out: $v, k: 1}], with: {v: $nope}}\n",
+    )
     assert [where(d) for d in found] == [("E-EXPR-NAME", 5, 59)]
 
 
 def test_repeat_with_sees_the_repetition_index(tmp_path: Path):
     path = tmp_path / "spec.yaml"
-    path.write_text(HEAD + "stages:\n  a: {repeat: 3, body: [conv: {out: $v, k: 1}], with: {v: $i * 2 + 1}}\n")
+    path.write_text(
+        HEAD + "stages:\n  a: {repeat: 3, body: [conv: {out: $v, k: 1}], with: {v: $i * 2 + 1}}\n"
+    )
     report = archspec.check(path)
     assert report.ok, report.errors
     assert [row["output"][0] for row in report.layer_rows()] == [1, 3, 5]
