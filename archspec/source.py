@@ -117,6 +117,11 @@ def _compose(text: str, name: str) -> Any:
     yaml.Composer = _bounded_composer()
     try:
         return yaml.compose(io.StringIO(text))
+    except _TooDeep as e:
+        raise SourceError(
+            Loc(name, e.mark.line + 1, e.mark.column + 1),
+            Problem("E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels", None),
+        ) from None
     except _TooManyNodes as e:
         raise SourceError(
             Loc(name, e.mark.line + 1, e.mark.column + 1),
@@ -156,6 +161,10 @@ class _TooManyNodes(Exception):
         self.mark = mark
 
 
+class _TooDeep(_TooManyNodes):
+    pass
+
+
 _COMPOSER: Any = None
 
 
@@ -168,12 +177,21 @@ def _bounded_composer() -> Any:
 
         class BoundedComposer(Composer):
             count = 0
+            level = 0
 
             def compose_node(self, parent: Any, index: Any) -> Any:
                 self.count += 1
                 if self.count > MAX_YAML_NODES:
                     raise _TooManyNodes(self.parser.peek_event().start_mark)
-                return super().compose_node(parent, index)
+                # Nesting the text pre-scan missed (`[x'y, [[[[...`: the quote hides the
+                # brackets) stops here, located, instead of at Python's recursion limit.
+                self.level += 1
+                try:
+                    if self.level > MAX_DEPTH + 1:
+                        raise _TooDeep(self.parser.peek_event().start_mark)
+                    return super().compose_node(parent, index)
+                finally:
+                    self.level -= 1
 
         _COMPOSER = BoundedComposer
     return _COMPOSER
