@@ -92,6 +92,18 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
+def _mismatch(e: BaseException) -> str:
+    """The first problem load_state_dict lists under its "Error(s) in loading" header."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else _first_line(e)
+
+
+def _mismatch(e: BaseException) -> str:
+    """The first problem load_state_dict lists under its "Error(s) in loading" header."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else _first_line(e)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0].split(". ")[0] if text else type(e).__name__
@@ -116,7 +128,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
             missing, unexpected = load_model(model, str(path), strict=False)
         except RuntimeError as e:  # shape mismatches come from load_state_dict
             raise CheckpointError(
-                f"{path}: weights do not fit this spec ({_first_line(e)})"
+                f"{path}: weights do not fit this spec ({_mismatch(e)})"
             ) from None
         except (SafetensorError, OSError) as e:  # a damaged header or file
             raise CheckpointError(
@@ -134,7 +146,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
             result = model.load_state_dict(state["model"], strict=False)
         except RuntimeError as e:
             raise CheckpointError(
-                f"{path}: weights do not fit this spec ({_first_line(e)})"
+                f"{path}: weights do not fit this spec ({_mismatch(e)})"
             ) from None
         missing, unexpected = result.missing_keys, result.unexpected_keys
         meta = {"spec_hash": state.get("spec_hash"), **state.get("norm", {})}

@@ -351,13 +351,22 @@ class Adapter:
         self.source, self.target = source, target
         self.mean, self.std = list(mean), list(std)
         self.channels_last = channels_last
+        self._consts: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        # Made once per device: a fresh CUDA tensor from a list each step is a blocking copy.
+        if device not in self._consts:
+            self._consts[device] = tuple(
+                torch.tensor(v, device=device).view(1, -1, 1, 1)
+                for v in (_LUMA, self.mean, self.std)
+            )
+        return self._consts[device]
 
     def channels(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 → float in [0, 1] with the target's channel count."""
         x = x.float().div_(255)
         if x.shape[1] == 3 and self.target[0] == 1:
-            w = torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)
-            x = (x * w).sum(1, keepdim=True)
+            x = (x * self._on(x.device)[0]).sum(1, keepdim=True)
         return x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -368,8 +377,7 @@ class Adapter:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         if x.shape[1] == 1 and self.target[0] == 3:
             x = x.expand(-1, 3, -1, -1)  # after the resize: one channel is cheaper to resize
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        _, mean, std = self._on(x.device)
         x = (x - mean) / std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -347,6 +348,8 @@ class _Log:
             return
         from tqdm import tqdm  # type: ignore[import-untyped]
 
+        size = shutil.get_terminal_size((100, 24))
+
         with tqdm(
             total=total,
             initial=initial,
@@ -354,7 +357,9 @@ class _Log:
             unit="img",
             unit_scale=True,
             file=sys.stderr,
-            dynamic_ncols=True,
+            # explicit: a pty that reports 0x0 (CI, `script`) makes tqdm print nothing
+            ncols=min(120, size.columns),
+            nrows=max(2, size.lines),
             mininterval=0.5,
             leave=True,
         ) as b:
