@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ MAX_NODES = 200_000  # after alias expansion: stops "billion laughs"
 MAX_SCALAR = 10_000  # characters in one scalar
 
 _STD = "tag:yaml.org,2002:"
+_FLOW_CHARS = re.compile(r"[\[\]{}'\"\n#\\]")
 _ALLOWED_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 
 
@@ -198,26 +200,40 @@ def _bounded_composer() -> Any:
 
 
 def _check_flow_depth(text: str, name: str) -> None:
-    """Refuse `[[[[...` and deep block nesting before the recursive YAML composer sees them."""
-    depth, line, col, quote = 0, 1, 0, ""
-    for ch in text:
-        col += 1
+    """Refuse `[[[[...` and deep block nesting before the YAML scanner sees them (its cost grows
+    with the square of the flow depth). Brackets inside quoted scalars and comments don't count;
+    a quote opens a scalar only where a scalar can start, so `[x'y, [[[[...` is still seen."""
+    depth, line, start, quote, comment, skip = 0, 1, 0, "", False, -1
+    for m in _FLOW_CHARS.finditer(text):
+        i, ch = m.start(), m.group()
+        if i <= skip:
+            continue
         if ch == "\n":
-            line, col = line + 1, 0
-            if quote == "'" or quote == '"':
-                pass
+            line, start, comment = line + 1, i + 1, False
+            continue
+        if comment:
             continue
         if quote:
-            if ch == quote:
+            if ch == "\\" and quote == '"':
+                skip = i + 1  # an escaped character
+            elif ch == quote and quote == "'" and text.startswith("'", i + 1):
+                skip = i + 1  # '' is a quote inside a single-quoted scalar
+            elif ch == quote:
                 quote = ""
             continue
-        if ch in "'\"" and depth:
-            quote = ch
+        if ch == "#":
+            comment = i == start or text[i - 1] in " \t"
+        elif ch in "'\"":
+            j = i - 1
+            while j >= start and text[j] in " \t":
+                j -= 1
+            if j < start or text[j] in "[{,:-?":
+                quote = ch
         elif ch in "[{":
             depth += 1
             if depth > MAX_DEPTH:
                 raise SourceError(
-                    Loc(name, line, col),
+                    Loc(name, line, i - start + 1),
                     Problem("E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels", None),
                 )
         elif ch in "]}" and depth:

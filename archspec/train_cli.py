@@ -298,7 +298,9 @@ def train(
     config.json. SIGINT / SIGTERM save a checkpoint and stop; --resume continues exactly."""
     report = _check_spec(spec, variant, input_shape, num_classes)
     if init is not None and resume:
-        raise click.UsageError("--init starts a new run from weights, --resume continues one: pass one")
+        raise click.UsageError(
+            "--init starts a new run from weights, --resume continues one: pass one"
+        )
     run_name = f"{report.name}-{report.variant or 'base'}"
     dev = _device(device)
 

@@ -86,23 +86,35 @@ def case(name: str, workdir: Path) -> tuple[Path, list]:
     return CORPUS / name, EXPECTED[name]
 
 
+# Runs `python -m archspec ...` and, at exit, records the process's own peak RSS. VmHWM belongs to
+# the address space exec created; rusage's ru_maxrss does not do: Linux carries the parent's
+# high-water mark across fork + exec, so a child of a 1 GB pytest process "peaks" at 1 GB.
+_PEAK_PROBE = """
+import atexit, os, runpy, sys
+def _peak():
+    with open('/proc/self/status') as f:
+        kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))
+    with open(os.environ['ARCHSPEC_PEAK_FILE'], 'w') as f:
+        f.write(kb)
+atexit.register(_peak)
+sys.argv = ['archspec', *sys.argv[1:]]
+runpy.run_module('archspec', run_name='__main__', alter_sys=True)
+"""
+
+
 def run_measured(args: list[str], cwd: Path) -> tuple[int, str, str, float, float]:
-    """Run a fresh interpreter; return exit code, stdout, stderr, wall seconds and its own peak
-    RSS in MB (os.wait4 gives this child's rusage, not the maximum over all children)."""
-    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
+    """Run `python -m archspec ARGS` in a fresh interpreter; return exit code, stdout, stderr,
+    wall seconds and the child's own peak RSS in MB."""
+    out, err, peak = cwd / "stdout.txt", cwd / "stderr.txt", cwd / "peak_kb.txt"
+    peak.unlink(missing_ok=True)
+    env = {**os.environ, "ARCHSPEC_PEAK_FILE": str(peak)}
     with out.open("wb") as fo, err.open("wb") as fe:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *args], stdout=fo, stderr=fe, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        rc = subprocess.call(
+            [sys.executable, "-c", _PEAK_PROBE, *args], stdout=fo, stderr=fe, cwd=cwd, env=env
+        )
         wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (
-        proc.returncode,
-        out.read_text("utf-8"),
-        err.read_text("utf-8"),
-        wall,
-        usage.ru_maxrss / 1024,
-    )
+    return rc, out.read_text("utf-8"), err.read_text("utf-8"), wall, int(peak.read_text()) / 1024
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +122,7 @@ def startup(workdir: Path) -> float:
     """Seconds a fresh `archspec check` of a trivial spec takes: the interpreter's own cost."""
     spec = workdir / "tiny.yaml"
     spec.write_text("name: tiny\ninput: [1, 4, 4]\nstages:\n  a: [relu]\n")
-    return min(
-        run_measured(["-m", "archspec", "check", str(spec), "--json"], workdir)[3] for _ in range(2)
-    )
+    return min(run_measured(["check", str(spec), "--json"], workdir)[3] for _ in range(2))
 
 
 def test_corpus_lists_every_file():
@@ -124,9 +134,7 @@ def test_corpus_lists_every_file():
 @pytest.mark.parametrize("name", CASES)
 def test_hostile_file_is_refused_with_located_errors(name: str, workdir: Path, startup: float):
     path, want = case(name, workdir)
-    rc, stdout, stderr, wall, rss = run_measured(
-        ["-m", "archspec", "check", str(path), "--json"], workdir
-    )
+    rc, stdout, stderr, wall, rss = run_measured(["check", str(path), "--json"], workdir)
     assert rc == 1, (rc, stdout, stderr)
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     assert stdout.endswith("\n") and "\n" not in stdout[:-1], "--json prints exactly one line"
