@@ -65,6 +65,21 @@ def join(owner: str, name: str) -> str:
     return f"{owner}.{name}" if owner else name
 
 
+
+def _stage_body(body: Any, loc: Loc) -> Any:
+    """A stage's module is named by its key and registered on the model. A one-item stage that
+    names itself (`name:`) or asks to be `inline` would take another name or spill its layers
+    onto the model, so it becomes a one-item list: a Sequential named by the key that holds
+    the item (`body.first`, or the inline repetitions as `b3.0, b3.1, ...`)."""
+    if not isinstance(body, dict):
+        return body
+    inner = [body] + [v for k, v in body.items() if k not in REPEAT_KEYS and isinstance(v, dict)]
+    if not any("name" in d or d.get("inline") for d in inner):
+        return body
+    wrapped = LSeq([body])
+    wrapped.loc, wrapped.item_locs = loc, [loc]
+    return wrapped
+
 class Scope:
     """The module that children register on: one set of names, duplicates refused."""
 
@@ -377,6 +392,7 @@ class Lowerer:
     def comb_residual(self, body: dict, key_loc: Loc, body_loc: Loc, state: State, env: dict,
                       scope: Scope, name: str, inline: bool) -> Node:
         self.options(body, body_loc, ("main", "shortcut", "projection", "post", "name", "inline"), "residual")
+        inline = bool(body.get("inline", inline))
         name = self.item_name(body, body_loc, env, name)
         if not inline:
             name = self.claim(scope, name, key_loc)
@@ -821,6 +837,7 @@ def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
     try:
         for sname, body in stages.items():
             bloc = loc_of(stages, sname, root.loc)
+            body = _stage_body(body, bloc)
             child = lw.item(body, bloc, state, dict(lw.globals), top, str(sname))
             rootnode.children.append(child)
             state = _after(child)

@@ -95,3 +95,38 @@ def test_parameter_limit_refuses_before_allocating(tmp_path):
     with pytest.raises(archspec.SpecError) as e:
         archspec.build(big, max_params=10**6)
     assert e.value.diagnostics[0].code == "E-TOO-BIG"
+
+
+NAMING = """\
+name: naming
+input: [1, 8, 8]
+num_classes: 10
+templates:
+  blk:
+    params: {c: int}
+    body: [conv: {out: $c, k: 3}, relu]
+stages:
+  one: {conv: {out: 4, k: 3, name: first}}
+  tpl: {use: blk, with: {c: 4}, name: inner}
+  flat: {repeat: 2, inline: true, body: [conv: {out: 4, k: 1}]}
+  res:
+    - residual: {main: [conv: {out: 4, k: 3, pad: 1}], inline: true}
+  head: [flatten, linear: {out: $num_classes}]
+"""
+
+
+def test_stage_keys_name_modules_and_check_paths_are_module_paths(tmp_path):
+    # A one-item stage with its own `name` or `inline` stays a module named by the stage key;
+    # `inline` inside a residual's body works like `inline` beside it.
+    spec = tmp_path / "naming.yaml"
+    spec.write_text(NAMING)
+    paths = [layer.path for layer in archspec.check(spec).layers]
+    assert paths == [
+        "one.first", "tpl.inner.0", "tpl.inner.1", "flat.0", "flat.1", "res.0", "head.0", "head.1"
+    ]
+    model = archspec.build(spec)
+    modules = dict(model.named_modules())
+    assert set(paths) <= set(modules)
+    assert [name for name, _ in model.named_children()] == ["one", "tpl", "flat", "res", "head"]
+    assert isinstance(modules["res.0"], torch.nn.Conv2d)  # registered on the stage, no Residual
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
