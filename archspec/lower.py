@@ -31,12 +31,49 @@ DOLLAR_NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 UNSET = object()  # a template parameter an earlier error left without a value: reading it is silent
 # Names a child module may not take: they would shadow nn.Module's own attributes.
 RESERVED = {
-    "forward", "training", "train", "eval", "cuda", "cpu", "to", "float", "double", "half",
-    "bfloat16", "apply", "parameters", "named_parameters", "buffers", "named_buffers", "modules",
-    "named_modules", "children", "named_children", "state_dict", "load_state_dict", "type",
-    "zero_grad", "register_buffer", "register_parameter", "add_module", "extra_repr", "requires_grad_",
-    "get_submodule", "get_parameter", "get_buffer", "share_memory", "compile", "dump_patches",
-    "call_super_init", "spec_name", "input_shape", "num_classes", "append", "extend", "insert", "pop",
+    "forward",
+    "training",
+    "train",
+    "eval",
+    "cuda",
+    "cpu",
+    "to",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "apply",
+    "parameters",
+    "named_parameters",
+    "buffers",
+    "named_buffers",
+    "modules",
+    "named_modules",
+    "children",
+    "named_children",
+    "state_dict",
+    "load_state_dict",
+    "type",
+    "zero_grad",
+    "register_buffer",
+    "register_parameter",
+    "add_module",
+    "extra_repr",
+    "requires_grad_",
+    "get_submodule",
+    "get_parameter",
+    "get_buffer",
+    "share_memory",
+    "compile",
+    "dump_patches",
+    "call_super_init",
+    "spec_name",
+    "input_shape",
+    "num_classes",
+    "append",
+    "extend",
+    "insert",
+    "pop",
     "aux_heads",
 }
 TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "any": object}
@@ -53,7 +90,9 @@ class State:
     def through(self, window: Window | None, out: Shape) -> "State":
         if window is None:
             return State(out, self.rf, self.jump)
-        rf = tuple(self.rf[i] + window.dilation[i] * (window.k[i] - 1) * self.jump[i] for i in (0, 1))
+        rf = tuple(
+            self.rf[i] + window.dilation[i] * (window.k[i] - 1) * self.jump[i] for i in (0, 1)
+        )
         jump = tuple(self.jump[i] * window.stride[i] for i in (0, 1))
         return State(out, rf, jump)  # type: ignore[arg-type]
 
@@ -63,7 +102,6 @@ UNKNOWN = State(None)
 
 def join(owner: str, name: str) -> str:
     return f"{owner}.{name}" if owner else name
-
 
 
 def _stage_body(body: Any, loc: Loc) -> Any:
@@ -79,6 +117,7 @@ def _stage_body(body: Any, loc: Loc) -> Any:
     wrapped = LSeq([body])
     wrapped.loc, wrapped.item_locs = loc, [loc]
     return wrapped
+
 
 class Scope:
     """The module that children register on: one set of names, duplicates refused."""
@@ -111,10 +150,20 @@ class Lowerer:
         if name is None:
             name = str(len(scope.names))
         if not NAME_RE.match(name) or name in RESERVED:
-            self.error(scope.key_locs.get(name, loc), "E-NAME", f"`{name}` is not a valid layer name", "use letters, digits and _")
+            self.error(
+                scope.key_locs.get(name, loc),
+                "E-NAME",
+                f"`{name}` is not a valid layer name",
+                "use letters, digits and _",
+            )
         elif name in scope.names:
             where = scope.path or "the model"
-            self.error(loc, "E-NAME-DUP", f"`{name}` is already a module in {where}", "give one of them another `name`")
+            self.error(
+                loc,
+                "E-NAME-DUP",
+                f"`{name}` is already a module in {where}",
+                "give one of them another `name`",
+            )
         scope.names.add(name)
         return name
 
@@ -140,8 +189,16 @@ class Lowerer:
 
     # ------------------------------------------------------------------ items
 
-    def item(self, item: Any, loc: Loc, state: State, env: dict, scope: Scope, name: str | None,
-             splice: bool = False) -> Node:
+    def item(
+        self,
+        item: Any,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        splice: bool = False,
+    ) -> Node:
         """Lower one item of a layer list (or a stage, or a template body). With `splice`, a
         list's layers are registered on the enclosing module instead of a nested Sequential."""
         self.count += 1
@@ -152,8 +209,12 @@ class Lowerer:
         if isinstance(item, list):
             return self.seq(item, loc, state, env, scope, name, inline=splice)
         if not isinstance(item, dict) or not item:
-            self.error(loc, "E-ITEM", f"expected a layer, got {_kind(item)}",
-                       "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list")
+            self.error(
+                loc,
+                "E-ITEM",
+                f"expected a layer, got {_kind(item)}",
+                "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list",
+            )
             return self.dead(loc, state, scope, name)
         keys = set(item)
         if keys & {"use", "body", "repeat"}:
@@ -161,13 +222,25 @@ class Lowerer:
         name = self.item_name(item, loc, env, name)
         heads = [k for k in item if k not in ("name", "inline")]
         if len(heads) != 1:
-            self.error(loc, "E-ITEM", f"a layer mapping needs exactly one op, got {', '.join(map(str, heads)) or 'none'}",
-                       "write each layer as its own list item: `- conv: {...}`")
+            self.error(
+                loc,
+                "E-ITEM",
+                f"a layer mapping needs exactly one op, got {', '.join(map(str, heads)) or 'none'}",
+                "write each layer as its own list item: `- conv: {...}`",
+            )
             return self.dead(loc, state, scope, name)
         head = heads[0]
-        return self.named_thing(str(head), item[head], loc_of(item, head, loc, key_loc=True),
-                                loc_of(item, head, loc), state, env, scope, name,
-                                inline=bool(item.get("inline", False)))
+        return self.named_thing(
+            str(head),
+            item[head],
+            loc_of(item, head, loc, key_loc=True),
+            loc_of(item, head, loc),
+            state,
+            env,
+            scope,
+            name,
+            inline=bool(item.get("inline", False)),
+        )
 
     def item_name(self, item: dict, loc: Loc, env: dict, default: str) -> str:
         if "name" not in item:
@@ -178,25 +251,41 @@ class Lowerer:
             value = item["name"]
         return str(value)
 
-    def named_thing(self, head: str, body: Any, key_loc: Loc, body_loc: Loc, state: State,
-                    env: dict, scope: Scope, name: str, inline: bool = False) -> Node:
+    def named_thing(
+        self,
+        head: str,
+        body: Any,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool = False,
+    ) -> Node:
         if head in OPS:
             return self.layer(head, body, key_loc, body_loc, state, env, scope, name)
         if head in COMBINATORS:
             if not isinstance(body, dict) and head not in ("seq", "aux"):
                 self.error(body_loc, "E-ITEM", f"`{head}` takes a mapping of options", None)
                 return self.dead(key_loc, state, scope, name)
-            return getattr(self, "comb_" + head)(body, key_loc, body_loc, state, env, scope, name, inline)
+            return getattr(self, "comb_" + head)(
+                body, key_loc, body_loc, state, env, scope, name, inline
+            )
         if head in self.templates:
             args = body if isinstance(body, dict) else LMap()
             if body is not None and not isinstance(body, dict):
-                self.error(body_loc, "E-TYPE", f"template `{head}` takes a mapping of arguments", None)
+                self.error(
+                    body_loc, "E-TYPE", f"template `{head}` takes a mapping of arguments", None
+                )
             if "name" in args:
                 name = str(args["name"])
                 args = {k: v for k, v in args.items() if k != "name"}
             return self.instantiate(head, args, key_loc, body_loc, state, env, scope, name)
         known = [*OPS, *COMBINATORS, *self.templates]
-        self.error(key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known))
+        self.error(
+            key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known)
+        )
         return self.dead(key_loc, state, scope, name)
 
     def dead(self, loc: Loc, state: State, scope: Scope, name: str | None) -> Node:
@@ -205,13 +294,26 @@ class Lowerer:
 
     # ------------------------------------------------------------------ layers
 
-    def layer(self, opname: str, body: Any, key_loc: Loc, body_loc: Loc, state: State,
-              env: dict, scope: Scope, name: str) -> Node:
+    def layer(
+        self,
+        opname: str,
+        body: Any,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+    ) -> Node:
         op = OPS[opname]
         raw = dict(self.defaults.get(opname, {}))
         if body is not None and not isinstance(body, dict):
-            self.error(body_loc, "E-TYPE", f"`{opname}` takes a mapping of parameters, got {_kind(body)}",
-                       _param_hint(opname))
+            self.error(
+                body_loc,
+                "E-TYPE",
+                f"`{opname}` takes a mapping of parameters, got {_kind(body)}",
+                _param_hint(opname),
+            )
             body = {}
         body = body or {}
         if "name" in body:
@@ -234,16 +336,23 @@ class Lowerer:
                 ok = False
             except _Unknown:
                 ok = False
-            if k == "out" and op.scales_with_width and self.spec.width != 1 and ok \
-                    and not (isinstance(v, str) and "$in" in v) and isinstance(values.get(k), int):
+            if (
+                k == "out"
+                and op.scales_with_width
+                and self.spec.width != 1
+                and ok
+                and not (isinstance(v, str) and "$in" in v)
+                and isinstance(values.get(k), int)
+            ):
                 values[k] = max(1, math.floor(values[k] * self.spec.width + 1e-9))
         if not ok:
             return node
         try:
             params = op.Params.model_validate(values)
         except ValidationError as exc:
-            pydantic_errors(exc, body, body_loc, self.out, what=f"`{opname}`",
-                            known_keys=op.Params.model_fields)
+            pydantic_errors(
+                exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
+            )
             return node
         node.params = params
         if state.shape is None:  # still check the rules that need no input shape (pad, ranges)
@@ -251,7 +360,9 @@ class Lowerer:
                 if hasattr(op, "geometry"):
                     op.geometry(params)
             except Problem as p:
-                self.out.problem(loc_of(body, p.field, node.loc) if p.field in body else node.loc, p)
+                self.out.problem(
+                    loc_of(body, p.field, node.loc) if p.field in body else node.loc, p
+                )
             return node
         try:
             inferred = op.infer(params, state.shape)
@@ -267,8 +378,17 @@ class Lowerer:
 
     # ------------------------------------------------------------------ combinators
 
-    def seq(self, items: Any, loc: Loc, state: State, env: dict, scope: Scope, name: str,
-            inline: bool, prefix: str | None = None) -> Node:
+    def seq(
+        self,
+        items: Any,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool,
+        prefix: str | None = None,
+    ) -> Node:
         if not inline:
             name = self.claim(scope, name, loc)
         name = name or ""
@@ -280,28 +400,52 @@ class Lowerer:
         if not items:
             self.error(loc, "E-ITEM", "empty layer list", "remove it or add layers")
         for i, it in enumerate(items):
-            child = self.item(it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}" if prefix else None)
+            child = self.item(
+                it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}" if prefix else None
+            )
             node.children.append(child)
             state = _after(child)
         return _finish(node, state)
 
-    def comb_seq(self, body: Any, key_loc: Loc, body_loc: Loc, state: State, env: dict,
-                 scope: Scope, name: str, inline: bool) -> Node:
+    def comb_seq(
+        self,
+        body: Any,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool,
+    ) -> Node:
         items = body.get("layers") if isinstance(body, dict) else body
         if isinstance(body, dict):
             name = self.item_name(body, body_loc, env, name)
             inline = bool(body.get("inline", inline))
             extra = set(body) - {"layers", "name", "inline"}
             for k in extra:
-                self.error(loc_of(body, k, body_loc, key_loc=True), "E-UNKNOWN-KEY",
-                           f"unknown key `{k}` in `seq`", did_you_mean(str(k), ["layers", "name", "inline"]))
+                self.error(
+                    loc_of(body, k, body_loc, key_loc=True),
+                    "E-UNKNOWN-KEY",
+                    f"unknown key `{k}` in `seq`",
+                    did_you_mean(str(k), ["layers", "name", "inline"]),
+                )
         if items is None:
             self.error(body_loc, "E-MISSING-KEY", "`seq` needs `layers`", None)
             return self.dead(key_loc, state, scope, name)
         return self.seq(items, body_loc, state, env, scope, name, inline)
 
-    def comb_aux(self, body: Any, key_loc: Loc, body_loc: Loc, state: State, env: dict,
-                 scope: Scope, name: str, inline: bool) -> Node:
+    def comb_aux(
+        self,
+        body: Any,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool,
+    ) -> Node:
         """An auxiliary head (GoogLeNet's aux1, Inception v3's AuxLogits): a module whose layers
         read the current tensor, but whose output leaves the main path: the next stage gets this
         stage's input. It runs in training only (see compile.py); only a stage can be one, so the
@@ -315,8 +459,12 @@ class Lowerer:
                 self.error(body_loc, "E-MISSING-KEY", "`aux` needs `layers`", None)
                 return self.dead(key_loc, state, scope, name)
         if scope.path or inline:
-            self.error(key_loc, "E-AUX-PLACE", "an `aux` head must be a stage of its own",
-                       "move it to `stages:`, right after the stage whose output it reads")
+            self.error(
+                key_loc,
+                "E-AUX-PLACE",
+                "an `aux` head must be a stage of its own",
+                "move it to `stages:`, right after the stage whose output it reads",
+            )
         node = self.seq(items, body_loc, state, env, scope, name, inline=False)
         node.kind = AUX
         node._state = state  # type: ignore[attr-defined]  # the main path goes on from its input
@@ -325,23 +473,49 @@ class Lowerer:
     def options(self, body: dict, body_loc: Loc, allowed: tuple[str, ...], what: str) -> None:
         for k in body:
             if k not in allowed:
-                self.error(loc_of(body, k, body_loc, key_loc=True), "E-UNKNOWN-KEY",
-                           f"unknown key `{k}` in `{what}`", did_you_mean(str(k), allowed))
+                self.error(
+                    loc_of(body, k, body_loc, key_loc=True),
+                    "E-UNKNOWN-KEY",
+                    f"unknown key `{k}` in `{what}`",
+                    did_you_mean(str(k), allowed),
+                )
 
-    def comb_parallel(self, body: dict, key_loc: Loc, body_loc: Loc, state: State, env: dict,
-                      scope: Scope, name: str, inline: bool) -> Node:
+    def comb_parallel(
+        self,
+        body: dict,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool,
+    ) -> Node:
         self.options(body, body_loc, ("branches", "merge", "flat", "name", "inline"), "parallel")
         name = self.item_name(body, body_loc, env, name)
         inline = bool(body.get("inline", inline))
         flat = bool(body.get("flat", False))
         merge_kind = body.get("merge", "concat")
         if merge_kind not in ("concat", "add"):
-            self.error(loc_of(body, "merge", body_loc), "E-TYPE", f"merge must be `concat` or `add`, got `{merge_kind}`", None)
+            self.error(
+                loc_of(body, "merge", body_loc),
+                "E-TYPE",
+                f"merge must be `concat` or `add`, got `{merge_kind}`",
+                None,
+            )
             merge_kind = "concat"
         if not inline:
             name = self.claim(scope, name, key_loc)
         name = name or ""
-        node = Node(PARALLEL, name, join(scope.path, name), key_loc, state.shape, inline=inline, merge=merge_kind)
+        node = Node(
+            PARALLEL,
+            name,
+            join(scope.path, name),
+            key_loc,
+            state.shape,
+            inline=inline,
+            merge=merge_kind,
+        )
         inner = scope if inline else Scope(node.path)
         branches = body.get("branches")
         bloc = loc_of(body, "branches", body_loc)
@@ -350,8 +524,12 @@ class Lowerer:
         elif isinstance(branches, dict):
             pairs = [(str(k), b, loc_of(branches, k, bloc)) for k, b in branches.items()]
         else:
-            self.error(bloc if branches is not None else key_loc, "E-MISSING-KEY",
-                       "`parallel` needs `branches`: a list or a mapping of layer lists", None)
+            self.error(
+                bloc if branches is not None else key_loc,
+                "E-MISSING-KEY",
+                "`parallel` needs `branches`: a list or a mapping of layer lists",
+                None,
+            )
             return node
         if len(pairs) < 1:
             self.error(bloc, "E-ITEM", "`parallel` needs at least one branch", None)
@@ -375,43 +553,80 @@ class Lowerer:
         named = ", ".join(f"{c.name}: {fmt(s)}" for c, s in zip(node.children, shapes))
         if node.merge == "add":
             if len(set(shapes)) != 1:
-                self.error(loc, "E-MERGE-ADD", f"`add` needs equal shapes, but the branches give {named}",
-                           "make every branch end with the same channels and size")
+                self.error(
+                    loc,
+                    "E-MERGE-ADD",
+                    f"`add` needs equal shapes, but the branches give {named}",
+                    "make every branch end with the same channels and size",
+                )
                 return UNKNOWN
             return State(shapes[0], rf, jump)  # type: ignore[arg-type]
         ranks = {len(s) for s in shapes}  # type: ignore[arg-type]
         spatial = {tuple(s[1:]) for s in shapes}  # type: ignore[index]
         if len(ranks) != 1 or len(spatial) != 1:
-            self.error(loc, "E-MERGE-CONCAT", f"`concat` needs equal height and width, but the branches give {named}",
-                       "pad or stride the branches so their spatial sizes agree")
+            self.error(
+                loc,
+                "E-MERGE-CONCAT",
+                f"`concat` needs equal height and width, but the branches give {named}",
+                "pad or stride the branches so their spatial sizes agree",
+            )
             return UNKNOWN
         first = shapes[0]
         out = (sum(s[0] for s in shapes), *first[1:])  # type: ignore[index]
         return State(out, rf, jump)  # type: ignore[arg-type]
 
-    def comb_residual(self, body: dict, key_loc: Loc, body_loc: Loc, state: State, env: dict,
-                      scope: Scope, name: str, inline: bool) -> Node:
-        self.options(body, body_loc, ("main", "shortcut", "projection", "post", "name", "inline"), "residual")
+    def comb_residual(
+        self,
+        body: dict,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool,
+    ) -> Node:
+        self.options(
+            body, body_loc, ("main", "shortcut", "projection", "post", "name", "inline"), "residual"
+        )
         inline = bool(body.get("inline", inline))
         name = self.item_name(body, body_loc, env, name)
         if not inline:
             name = self.claim(scope, name, key_loc)
         name = name or ""
-        node = Node(RESIDUAL, name, join(scope.path, name), key_loc, state.shape, inline=inline, merge="add")
+        node = Node(
+            RESIDUAL, name, join(scope.path, name), key_loc, state.shape, inline=inline, merge="add"
+        )
         inner = scope if inline else Scope(node.path)
         prefix = f"{name}_" if inline and name else ""
         if "main" not in body:
-            self.error(key_loc, "E-MISSING-KEY", "`residual` needs `main`: the layers of the main path", None)
+            self.error(
+                key_loc,
+                "E-MISSING-KEY",
+                "`residual` needs `main`: the layers of the main path",
+                None,
+            )
             return node
         mloc = loc_of(body, "main", body_loc)
-        main = self.seq(body["main"], mloc, state, env, inner, f"{prefix}main", inline=True, prefix=prefix or None)
+        main = self.seq(
+            body["main"],
+            mloc,
+            state,
+            env,
+            inner,
+            f"{prefix}main",
+            inline=True,
+            prefix=prefix or None,
+        )
         node.children = main.children
         mstate = _after(main)
         sc = body.get("shortcut", "auto")
         sloc = loc_of(body, "shortcut", key_loc)
         sstate = state
         if sc == "auto":
-            need = mstate.shape is not None and state.shape is not None and mstate.shape != state.shape
+            need = (
+                mstate.shape is not None and state.shape is not None and mstate.shape != state.shape
+            )
             if need:
                 proj = self.projection(body, body_loc, state, mstate, env, inner, prefix, sloc)
                 node.shortcut = proj
@@ -426,19 +641,33 @@ class Lowerer:
         after = UNKNOWN
         if mstate.shape is not None and sstate.shape is not None:
             if mstate.shape != sstate.shape:
-                self.error(key_loc, "E-MERGE-ADD",
-                           f"residual main path gives {fmt(mstate.shape)} but the shortcut gives {fmt(sstate.shape)}",
-                           "use `shortcut: auto` for a 1x1 projection, or make the main path keep the shape")
+                self.error(
+                    key_loc,
+                    "E-MERGE-ADD",
+                    f"residual main path gives {fmt(mstate.shape)} but the shortcut gives {fmt(sstate.shape)}",
+                    "use `shortcut: auto` for a 1x1 projection, or make the main path keep the shape",
+                )
             else:
                 rf = tuple(max(mstate.rf[i], sstate.rf[i]) for i in (0, 1))
                 after = State(mstate.shape, rf, mstate.jump)  # type: ignore[arg-type]
         if "post" in body and body["post"] is not None:
-            node.post = self.item(body["post"], loc_of(body, "post", body_loc), after, env, inner, f"{prefix}post")
+            node.post = self.item(
+                body["post"], loc_of(body, "post", body_loc), after, env, inner, f"{prefix}post"
+            )
             after = _after(node.post)
         return _finish(node, after)
 
-    def projection(self, body: dict, body_loc: Loc, state: State, mstate: State, env: dict,
-                   scope: Scope, prefix: str, loc: Loc) -> Node:
+    def projection(
+        self,
+        body: dict,
+        body_loc: Loc,
+        state: State,
+        mstate: State,
+        env: dict,
+        scope: Scope,
+        prefix: str,
+        loc: Loc,
+    ) -> Node:
         """`shortcut: auto` when the shape changes: 1x1 conv (+ bn) with the main path's stride."""
         opts = body.get("projection") or {}
         ploc = loc_of(body, "projection", loc)
@@ -449,13 +678,24 @@ class Lowerer:
         self.options(opts, ploc, allowed, "projection")
         assert state.shape is not None and mstate.shape is not None
         if len(state.shape) != 3 or len(mstate.shape) != 3:
-            self.error(loc, "E-SHAPE-RANK", "`shortcut: auto` needs image tensors on both paths", None)
+            self.error(
+                loc, "E-SHAPE-RANK", "`shortcut: auto` needs image tensors on both paths", None
+            )
             return self.dead(loc, UNKNOWN, scope, f"{prefix}shortcut")
         stride = tuple(max(1, mstate.jump[i] // max(1, state.jump[i])) for i in (0, 1))
         # Every geometry field is explicit: `defaults: {conv: {pad: 1}}` is for the user's convs,
         # and would otherwise turn the 1x1 projection into one that pads (or groups).
-        conv = LMap({"out": mstate.shape[0], "k": 1, "stride": list(stride), "pad": 0, "dilation": 1,
-                     "groups": 1, "bias": bool(opts.get("bias", False))})
+        conv = LMap(
+            {
+                "out": mstate.shape[0],
+                "k": 1,
+                "stride": list(stride),
+                "pad": 0,
+                "dilation": 1,
+                "groups": 1,
+                "bias": bool(opts.get("bias", False)),
+            }
+        )
         conv.loc, conv.key_locs, conv.val_locs = ploc, {}, {}
         use_bn = bool(opts.get("bn", True))
         name = str(opts.get("name", f"{prefix}shortcut"))
@@ -469,28 +709,66 @@ class Lowerer:
         finally:
             self.spec = saved
 
-    def comb_dense(self, body: dict, key_loc: Loc, body_loc: Loc, state: State, env: dict,
-                   scope: Scope, name: str, inline: bool) -> Node:
+    def comb_dense(
+        self,
+        body: dict,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        inline: bool,
+    ) -> Node:
         """Each layer sees the concatenation of the block input and all earlier layer outputs."""
         node = self.repeat(body, body_loc, state, env, scope, name, dense=True, head_loc=key_loc)
         return node
 
     # ------------------------------------------------------------------ repeat / templates
 
-    def repeat(self, item: dict, loc: Loc, state: State, env: dict, scope: Scope, name: str,
-               dense: bool = False, head_loc: Loc | None = None) -> Node:
+    def repeat(
+        self,
+        item: dict,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str,
+        dense: bool = False,
+        head_loc: Loc | None = None,
+    ) -> Node:
         what = "dense" if dense else "repeat"
         self.options(item, loc, tuple(sorted(REPEAT_KEYS)), what)
         name = self.item_name(item, loc, env, name)
         inline = bool(item.get("inline", False))
         uses, body = item.get("use"), item.get("body")
         if (uses is None) == (body is None):
-            self.error(head_loc or loc, "E-MISSING-KEY", f"`{what}` needs exactly one of `use` (a template) or `body` (layers)", None)
+            self.error(
+                head_loc or loc,
+                "E-MISSING-KEY",
+                f"`{what}` needs exactly one of `use` (a template) or `body` (layers)",
+                None,
+            )
             return self.dead(loc, state, scope, name)
         args = item.get("with") or LMap()
+        for key in ("with", "first", "at"):  # mappings, or the repetitions would read garbage
+            if item.get(key) is not None and not isinstance(item[key], dict):
+                self.error(
+                    loc_of(item, key, loc),
+                    "E-TYPE",
+                    f"`{key}` must be a mapping, got {_kind(item[key])}",
+                    "e.g. `with: {c: 64}`, `first: {stride: 2}`, `at: {-1: {stride: 1}}`",
+                )
+        if not isinstance(args, dict):  # said above; the body would only add "missing argument"
+            return self.dead(loc, state, scope, name)
         times = item.get("repeat", None)
         if dense and times is None:
-            self.error(head_loc or loc, "E-MISSING-KEY", "`dense` needs `repeat`: the number of layers", None)
+            self.error(
+                head_loc or loc,
+                "E-MISSING-KEY",
+                "`dense` needs `repeat`: the number of layers",
+                None,
+            )
             return self.dead(loc, state, scope, name)
         rloc = loc_of(item, "repeat", loc)
         if times is not None:
@@ -501,11 +779,22 @@ class Lowerer:
                 times = 1
             except _Unknown:
                 times = 1
-            if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_REPEAT:
-                self.error(rloc, "E-RANGE", f"`repeat` must be a whole number from 1 to {MAX_REPEAT}, got {times!r}", None)
+            if (
+                isinstance(times, bool)
+                or not isinstance(times, int)
+                or not 1 <= times <= MAX_REPEAT
+            ):
+                self.error(
+                    rloc,
+                    "E-RANGE",
+                    f"`repeat` must be a whole number from 1 to {MAX_REPEAT}, got {times!r}",
+                    None,
+                )
                 times = 1
         uloc = loc_of(item, "use" if uses is not None else "body", loc)
-        if is_expression(uses):  # `use: $block`: the template is a parameter (ResNet's basic/bottleneck)
+        if is_expression(
+            uses
+        ):  # `use: $block`: the template is a parameter (ResNet's basic/bottleneck)
             try:
                 uses = self.resolve(uses, uloc, env, state)
             except _Located as e:
@@ -514,7 +803,12 @@ class Lowerer:
             except _Unknown:
                 return self.dead(loc, state, scope, name)
         if uses is not None and (not isinstance(uses, str) or uses not in self.templates):
-            self.error(uloc, "E-UNKNOWN-TEMPLATE", f"unknown template `{uses}`", did_you_mean(str(uses), self.templates))
+            self.error(
+                uloc,
+                "E-UNKNOWN-TEMPLATE",
+                f"unknown template `{uses}`",
+                did_you_mean(str(uses), self.templates),
+            )
             return self.dead(loc, state, scope, name)
 
         def one(i: int | None, st: State, sc: Scope, nm: str) -> Node:
@@ -530,20 +824,36 @@ class Lowerer:
                     for k, v in over.items():
                         idx = _index(k, times or 1)
                         if idx is None:
-                            self.error(loc_of(over, k, loc, key_loc=True), "E-RANGE",
-                                       f"`at` key `{k}` is not a repetition index (0..{(times or 1) - 1})", None)
+                            self.error(
+                                loc_of(over, k, loc, key_loc=True),
+                                "E-RANGE",
+                                f"`at` key `{k}` is not a repetition index (0..{(times or 1) - 1})",
+                                None,
+                            )
                         elif idx == i and isinstance(v, dict):
                             call.update(v)
             local = dict(env, i=i if i is not None else 0)
             if uses is not None:
-                return self.instantiate(uses, _relocate(call, args, item), uloc, loc_of(item, "with", loc), st, local, sc, nm, splice=inline)
+                return self.instantiate(
+                    uses,
+                    _relocate(call, args, item),
+                    uloc,
+                    loc_of(item, "with", loc),
+                    st,
+                    local,
+                    sc,
+                    nm,
+                    splice=inline,
+                )
             # `with` values see the repetition index `$i`, like a template's arguments do; a
             # value that fails reads as unknown in the body instead of as an unknown name.
             scope_env = dict(local)
             located = _relocate(call, args, item)
             for k, v in call.items():
                 try:
-                    scope_env[k] = self.resolve(v, located.val_locs.get(k) or loc_of(item, "with", loc), local, st)
+                    scope_env[k] = self.resolve(
+                        v, located.val_locs.get(k) or loc_of(item, "with", loc), local, st
+                    )
                 except _Located as e:
                     self.out.problem(e.loc, e.problem)
                     scope_env[k] = UNSET
@@ -556,7 +866,14 @@ class Lowerer:
         if not inline:
             name = self.claim(scope, name, head_loc or loc)
         name = name or ""
-        node = Node(DENSE if dense else SEQ, name, join(scope.path, name), head_loc or loc, state.shape, inline=inline)
+        node = Node(
+            DENSE if dense else SEQ,
+            name,
+            join(scope.path, name),
+            head_loc or loc,
+            state.shape,
+            inline=inline,
+        )
         inner = scope if inline else Scope(node.path)
         prefix = item.get("prefix")
         start = item.get("start", 0)
@@ -583,25 +900,47 @@ class Lowerer:
         if before.shape is None or out.shape is None:
             return UNKNOWN
         if len(out.shape) != 3 or out.shape[1:] != before.shape[1:]:
-            self.error(child.loc, "E-MERGE-CONCAT",
-                       f"dense layer {i} turns {fmt(before.shape)} into {fmt(out.shape)}; it must keep height and width",
-                       "dense layers are concatenated to their input: pad so the size stays the same")
+            self.error(
+                child.loc,
+                "E-MERGE-CONCAT",
+                f"dense layer {i} turns {fmt(before.shape)} into {fmt(out.shape)}; it must keep height and width",
+                "dense layers are concatenated to their input: pad so the size stays the same",
+            )
             return UNKNOWN
         shape = (before.shape[0] + out.shape[0], *before.shape[1:])
         rf = tuple(max(before.rf[j], out.rf[j]) for j in (0, 1))
         return State(shape, rf, before.jump)  # type: ignore[arg-type]
 
-    def instantiate(self, tname: str, args: Any, key_loc: Loc, args_loc: Loc, state: State,
-                    env: dict, scope: Scope, name: str | None, splice: bool = False) -> Node:
+    def instantiate(
+        self,
+        tname: str,
+        args: Any,
+        key_loc: Loc,
+        args_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        splice: bool = False,
+    ) -> Node:
         template = self.templates[tname]
         tloc = loc_of(self.templates, tname, key_loc)
         if tname in self.stack:
-            chain = " -> ".join([*self.stack[self.stack.index(tname):], tname])
-            self.error(key_loc, "E-TEMPLATE-RECURSION", f"template `{tname}` uses itself ({chain})",
-                       "a template may not contain itself, directly or through another template")
+            chain = " -> ".join([*self.stack[self.stack.index(tname) :], tname])
+            self.error(
+                key_loc,
+                "E-TEMPLATE-RECURSION",
+                f"template `{tname}` uses itself ({chain})",
+                "a template may not contain itself, directly or through another template",
+            )
             return self.dead(key_loc, state, scope, name)
         if not isinstance(template, dict):
-            self.error(tloc, "E-TEMPLATE", f"template `{tname}` must be a mapping with `params` and `body`", None)
+            self.error(
+                tloc,
+                "E-TEMPLATE",
+                f"template `{tname}` must be a mapping with `params` and `body`",
+                None,
+            )
             return self.dead(key_loc, state, scope, name)
         declared = template.get("params") or {}
         local = dict(self.globals)
@@ -609,15 +948,23 @@ class Lowerer:
         ok = True
         for k in args:
             if k not in declared:
-                self.error(loc_of(args, k, args_loc, key_loc=True), "E-TEMPLATE-ARG",
-                           f"template `{tname}` has no parameter `{k}`", did_you_mean(str(k), declared))
+                self.error(
+                    loc_of(args, k, args_loc, key_loc=True),
+                    "E-TEMPLATE-ARG",
+                    f"template `{tname}` has no parameter `{k}`",
+                    did_you_mean(str(k), declared),
+                )
                 ok = False
         for p, decl in declared.items():
             ploc = loc_of(declared, p, tloc)
             tdecl, spec = _declaration(decl)
             if tdecl is not None and tdecl not in TYPES:
-                self.error(ploc, "E-TEMPLATE", f"parameter `{p}` of `{tname}` has unknown type `{tdecl}`",
-                           did_you_mean(str(tdecl), TYPES) or "types: " + ", ".join(TYPES))
+                self.error(
+                    ploc,
+                    "E-TEMPLATE",
+                    f"parameter `{p}` of `{tname}` has unknown type `{tdecl}`",
+                    did_you_mean(str(tdecl), TYPES) or "types: " + ", ".join(TYPES),
+                )
                 tdecl = "any"
             required = spec is _REQUIRED
             if p in args:
@@ -631,16 +978,28 @@ class Lowerer:
                 except _Unknown:
                     ok, local[p] = False, UNSET
                     continue
-                want = TYPES[tdecl] if tdecl else (TYPES["float"] if isinstance(spec, float) else type(spec))
+                want = (
+                    TYPES[tdecl]
+                    if tdecl
+                    else (TYPES["float"] if isinstance(spec, float) else type(spec))
+                )
                 if not _isinstance(value, want):
                     tn = tdecl or type(spec).__name__
-                    self.error(aloc, "E-TYPE", f"parameter `{p}` of `{tname}` must be {tn}, got {_kind(value)}",
-                               f"declared at line {ploc.line}")
+                    self.error(
+                        aloc,
+                        "E-TYPE",
+                        f"parameter `{p}` of `{tname}` must be {tn}, got {_kind(value)}",
+                        f"declared at line {ploc.line}",
+                    )
                     ok, value = False, UNSET  # said once here, not again wherever it is read
                 local[p] = value
             elif required:
-                self.error(key_loc, "E-TEMPLATE-ARG-MISSING", f"template `{tname}` needs parameter `{p}` ({tdecl})",
-                           f"pass it with `with: {{{p}: ...}}`")
+                self.error(
+                    key_loc,
+                    "E-TEMPLATE-ARG-MISSING",
+                    f"template `{tname}` needs parameter `{p}` ({tdecl})",
+                    f"pass it with `with: {{{p}: ...}}`",
+                )
                 ok, local[p] = False, UNSET
             else:
                 try:
@@ -650,11 +1009,17 @@ class Lowerer:
                     local[p] = UNSET
                 except _Unknown:
                     local[p] = UNSET
-        body_key = "body" if "body" in template else next((k for k in template if k != "params"), None)
+        body_key = (
+            "body" if "body" in template else next((k for k in template if k != "params"), None)
+        )
         extra = [k for k in template if k not in ("params", body_key)]
         for k in extra:
-            self.error(loc_of(template, k, tloc, key_loc=True), "E-TEMPLATE",
-                       f"template `{tname}` has more than one body (`{body_key}` and `{k}`)", None)
+            self.error(
+                loc_of(template, k, tloc, key_loc=True),
+                "E-TEMPLATE",
+                f"template `{tname}` has more than one body (`{body_key}` and `{k}`)",
+                None,
+            )
         if body_key is None:
             self.error(tloc, "E-TEMPLATE", f"template `{tname}` has no body", "add `body: [...]`")
             return self.dead(key_loc, state, scope, name)
@@ -773,40 +1138,75 @@ def spec_params(lw: Lowerer, doc: Any, fallback: Loc) -> None:
     given = doc.get("params") or LMap()
     for pname, value in given.items():
         kloc = loc_of(given, pname, fallback, key_loc=True)
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(pname)) or pname in ("in", "i", "num_classes", "width"):
-            lw.error(kloc, "E-NAME", f"`{pname}` cannot name a spec parameter",
-                     "use letters, digits and _; `in`, `i`, `num_classes` and `width` are taken")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(pname)) or pname in (
+            "in",
+            "i",
+            "num_classes",
+            "width",
+        ):
+            lw.error(
+                kloc,
+                "E-NAME",
+                f"`{pname}` cannot name a spec parameter",
+                "use letters, digits and _; `in`, `i`, `num_classes` and `width` are taken",
+            )
             continue
         try:
-            lw.globals[str(pname)] = lw.resolve(to_plain(value), loc_of(given, pname, fallback), lw.globals, UNKNOWN)
+            lw.globals[str(pname)] = lw.resolve(
+                to_plain(value), loc_of(given, pname, fallback), lw.globals, UNKNOWN
+            )
         except _Located as e:
             lw.out.problem(e.loc, e.problem)
         except _Unknown:
-            lw.error(loc_of(given, pname, fallback), "E-EXPR-NAME", f"spec parameter `{pname}` cannot read `$in`",
-                     "`$in` exists inside layers only")
+            lw.error(
+                loc_of(given, pname, fallback),
+                "E-EXPR-NAME",
+                f"spec parameter `{pname}` cannot read `$in`",
+                "`$in` exists inside layers only",
+            )
 
 
-def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
-          num_classes: int | None, out: Collector) -> Network | None:
+def lower(
+    src: Source,
+    variant: str | None,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int | None,
+    out: Collector,
+) -> Network | None:
     """The whole walk. Returns None when the file is too broken to lower at all."""
     root = src.root
     name = src.path
     if not isinstance(root, LMap):
-        out.add(getattr(root, "loc", Loc(name)), "E-SPEC-TYPE", f"the top level of a spec must be a mapping, got {_kind(root)}",
-                "start with `name:`, `input:` and `stages:`")
+        out.add(
+            getattr(root, "loc", Loc(name)),
+            "E-SPEC-TYPE",
+            f"the top level of a spec must be a mapping, got {_kind(root)}",
+            "start with `name:`, `input:` and `stages:`",
+        )
         return None
     variants = root.get("variants") or {}
     doc: Any = root
     if variant is not None:
         if not isinstance(variants, dict) or variant not in variants:
-            vloc = loc_of(root, "variants", root.loc, key_loc=True) if "variants" in root else root.loc
+            vloc = (
+                loc_of(root, "variants", root.loc, key_loc=True) if "variants" in root else root.loc
+            )
             names = list(variants) if isinstance(variants, dict) else []
-            out.add(vloc, "E-VARIANT", f"unknown variant `{variant}`",
-                    did_you_mean(variant, names) if names else "this spec defines no variants")
+            out.add(
+                vloc,
+                "E-VARIANT",
+                f"unknown variant `{variant}`",
+                did_you_mean(variant, names) if names else "this spec defines no variants",
+            )
             return None
         overlay = variants[variant]
         if not isinstance(overlay, dict):
-            out.add(loc_of(variants, variant, root.loc), "E-VARIANT", f"variant `{variant}` must be a mapping", None)
+            out.add(
+                loc_of(variants, variant, root.loc),
+                "E-VARIANT",
+                f"variant `{variant}` must be a mapping",
+                None,
+            )
             return None
         doc = merge(root, overlay)
     plain = to_plain(doc)
@@ -820,12 +1220,21 @@ def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
         pydantic_errors(exc, doc, root.loc, out, what="the spec", known_keys=SpecModel.model_fields)
         return None
     if any(d < 1 or d > (1 << 16) for d in spec.input) or len(spec.input) == 2:
-        out.add(loc_of(doc, "input", root.loc), "E-RANGE", f"`input` must be [C, H, W] or [F] with sizes from 1 to 65536, got {spec.input}", None)
+        out.add(
+            loc_of(doc, "input", root.loc),
+            "E-RANGE",
+            f"`input` must be [C, H, W] or [F] with sizes from 1 to 65536, got {spec.input}",
+            None,
+        )
         return None
     for op in spec.defaults:
         if op not in OPS:
-            out.add(loc_of(doc.get("defaults", {}), op, root.loc, key_loc=True), "E-UNKNOWN-OP",
-                    f"`defaults` names unknown op `{op}`", did_you_mean(op, OPS))
+            out.add(
+                loc_of(doc.get("defaults", {}), op, root.loc, key_loc=True),
+                "E-UNKNOWN-OP",
+                f"`defaults` names unknown op `{op}`",
+                did_you_mean(op, OPS),
+            )
     lw = Lowerer(src, doc, spec, out)
     spec_params(lw, doc, root.loc)
     shape = tuple(spec.input)
@@ -842,7 +1251,12 @@ def lower(src: Source, variant: str | None, input_shape: tuple[int, ...] | None,
             rootnode.children.append(child)
             state = _after(child)
     except _TooBig as e:
-        out.add(e.loc, "E-TOO-BIG", f"the spec expands to more than {MAX_LAYERS:,} layers", "lower the `repeat` counts")
+        out.add(
+            e.loc,
+            "E-TOO-BIG",
+            f"the spec expands to more than {MAX_LAYERS:,} layers",
+            "lower the `repeat` counts",
+        )
         return None
     _finish(rootnode, state)
     return Network(spec.name, variant, shape, spec.num_classes, rootnode, plain)

@@ -228,6 +228,22 @@ CASES = {
         "`out`",
         None,
     ),
+    "repeat arguments that are not a mapping": (
+        HEAD + TEMPLATE + "stages:\n  a: {repeat: 2, use: basic, with: 4}\n",
+        "E-TYPE",
+        9,
+        36,
+        "`with` must be a mapping, got number 4",
+        "with: {c: 64}",
+    ),
+    "first override that is not a mapping": (
+        HEAD + "stages:\n  a: {repeat: 2, body: [relu], first: conv}\n",
+        "E-TYPE",
+        5,
+        39,
+        "`first` must be a mapping",
+        "first: {stride: 2}",
+    ),
 }
 
 
