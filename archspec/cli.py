@@ -56,13 +56,33 @@ def main() -> None:
 @click.option("--input", "input_shape", metavar="C,H,W", help="override the input shape")
 @click.option("--num-classes", type=click.IntRange(1, 1 << 20), help="override num_classes")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
-@click.option("--batch", type=click.IntRange(1, 1 << 20), help="add training memory at this batch size")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="activation dtype for the memory estimate")
-@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "adamw"]), default="sgd",
-              show_default=True, help="optimizer whose state the memory estimate counts")
-def check_cmd(spec: str, variant: str | None, input_shape: str | None, num_classes: int | None,
-              as_json: bool, batch: int | None, dtype: str, optimizer: str) -> None:
+@click.option(
+    "--batch", type=click.IntRange(1, 1 << 20), help="add training memory at this batch size"
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="activation dtype for the memory estimate",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "momentum", "adamw"]),
+    default="sgd",
+    show_default=True,
+    help="optimizer whose state the memory estimate counts",
+)
+def check_cmd(
+    spec: str,
+    variant: str | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    as_json: bool,
+    batch: int | None,
+    dtype: str,
+    optimizer: str,
+) -> None:
     """Check SPEC statically: shapes, parameters, MACs, receptive field, errors."""
     shape = parse_shape(input_shape)
     if not Path(spec).is_file():
@@ -98,21 +118,22 @@ def _usage_failure(spec: str, variant: str | None, shape, as_json: bool, message
     sys.exit(EXIT_USAGE)
 
 
-def _register_optional() -> None:
-    """Commands whose modules are written separately (and import torch only when run)."""
-    import importlib
+def _register_commands() -> None:
+    """The other commands live in modules of their own; importing them stays torch-free (torch
+    is imported inside the commands that need it), so `archspec check` stays light."""
+    from . import tools_cli, train_cli
 
-    for module, names in (("archspec.train_cli", ("train", "eval_cmd")),
-                          ("archspec.tools_cli", ("schema_cmd", "graph_cmd", "export_cmd", "list_cmd", "diff_cmd"))):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        for n in names:
-            cmd = getattr(mod, n, None)
-            if cmd is not None:
-                main.add_command(cmd)
+    for cmd in (
+        train_cli.train,
+        train_cli.eval_cmd,
+        tools_cli.schema_cmd,
+        tools_cli.graph_cmd,
+        tools_cli.export_cmd,
+        tools_cli.list_cmd,
+        tools_cli.diff_cmd,
+    ):
+        main.add_command(cmd)
 
 
-_register_optional()
+_register_commands()
 __all__ = ["main", "human_number"]
