@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -291,10 +292,21 @@ def evaluate(
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     """model.safetensors with the run's input normalisation etc. as string metadata."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     meta = {k: json.dumps(v) for k, v in metadata.items()}
-    checkpoint.write_atomic(path, lambda tmp: save_model(model, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_model(model, str(tmp), metadata=meta)
+        except SafetensorError as e:  # Rust's io::Error as text: "... (os error 28)"
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+
+    checkpoint.write_atomic(path, write)
 
 
 def write_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
@@ -673,8 +685,28 @@ def _cpu_threads(device: torch.device, flops_per_image: float) -> int:
     return 1 if flops_per_image < SMALL_MODEL_FLOPS else torch.get_num_threads()
 
 
+# What a resumed run reads from a checkpoint, by type: a file that loads but lacks one is
+# refused here rather than failing with a KeyError halfway through restoring the run.
+_RESUME_KEYS = {
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+    "epoch": int,
+    "step_in_epoch": int,
+    "partial": dict,
+    "history": list,
+    "norm": dict,
+}
+
+
 def _load_resume(path: Path, spec_hash: str, recipe: Recipe) -> dict[str, Any] | None:
     state = checkpoint.load(path)
+    bad = [k for k, t in _RESUME_KEYS.items() if not isinstance(state.get(k), t)]
+    if bad:
+        raise checkpoint.CheckpointError(
+            f"{path}: incomplete checkpoint (no valid {', '.join(bad)}); cannot resume from it"
+        )
     if state.get("spec_hash") != spec_hash:
         raise TrainError(
             f"{path} was written for a different spec (hash {state.get('spec_hash')}, this spec "

@@ -6,6 +6,7 @@ torch and the runner are imported inside the commands.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -58,6 +59,37 @@ def _device(name: str) -> Any:
 def _latest_run(name: str) -> Path | None:
     runs = sorted(Path("runs").glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
     return runs[-1].parent if runs else None
+
+
+def _started_recipe(run: Path) -> Any:
+    """The recipe in the config.json of a run that has no checkpoint yet (else defaults)."""
+    import dataclasses
+
+    from archspec.train import Recipe
+
+    try:
+        saved = json.loads((run / "config.json").read_text())["recipe"]
+        names = {f.name for f in dataclasses.fields(Recipe)}
+        return Recipe(**{k: v for k, v in saved.items() if k in names})
+    except (OSError, ValueError, KeyError, TypeError):
+        return Recipe()
+
+
+def _os_error(e: OSError, run: Path) -> str:
+    """One line for a failed write (or read) of a run, and whether its checkpoint survived:
+    writes are atomic, so a full disk leaves the last checkpoint as it was."""
+    from archspec.checkpoint import CheckpointError, load
+
+    text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    try:
+        state = load(run / "checkpoint.pt")
+    except CheckpointError:
+        return f"{text}; no usable checkpoint in {run}"
+    fix = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return (
+        f"{text}; the last checkpoint (epoch {state.get('epoch')} step "
+        f"{state.get('step_in_epoch')}) in {run} is intact: {fix} and continue with --resume"
+    )
 
 
 def _data(source: str, root: str | None, download: bool, report: Any) -> Any:
@@ -310,10 +342,19 @@ def train(
 
     errors = _runtime_errors()
     given = {k: v for k, v in {**recipe_options, "data": data}.items() if v is not None}
-    if resume:
-        run = Path(out) if out else _latest_run(run_name)
-        if run is None or not (run / "checkpoint.pt").exists():
-            raise click.UsageError(f"--resume: no checkpoint in {run or f'runs/{run_name}-*'}")
+    if resume and out and not (Path(out) / "checkpoint.pt").exists():
+        # Killed before its first checkpoint: start the run over, with its recorded recipe, so
+        # one command line (`--resume --out DIR`) both starts and continues a preemptible run.
+        run, resume = Path(out), False
+        click.echo(
+            f"--resume: no checkpoint in {run} yet; starting the run from the beginning", err=True
+        )
+        base = _started_recipe(run)
+    elif resume:
+        latest = Path(out) if out else _latest_run(run_name)
+        if latest is None or not (latest / "checkpoint.pt").exists():
+            raise click.UsageError(f"--resume: no checkpoint in {latest or f'runs/{run_name}-*'}")
+        run = latest
         try:
             saved = saved_recipe(run)
         except errors as e:
@@ -337,8 +378,11 @@ def train(
     if init is not None:
         _load_init(model, init)
     recipe = _plan_batch(report, recipe, dev, loaded, auto=auto_batch and not resume)
-    run.mkdir(parents=True, exist_ok=True)
-    _dump_spec(report, spec, run / "spec.yaml")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        _dump_spec(report, spec, run / "spec.yaml")
+    except OSError as e:
+        _fail(_os_error(e, run))
     title = f"{report.name}" + (f" ({report.variant})" if report.variant else "")
     meta = {
         "spec": spec,
@@ -364,6 +408,8 @@ def train(
         )
     except errors as e:
         _fail(str(e))
+    except OSError as e:  # a failed write: a full disk, a quota, a read-only directory
+        _fail(_os_error(e, run))
     except (RuntimeError, MemoryError) as e:
         if isinstance(e, MemoryError) or _is_oom(e):
             _oom(e, recipe.batch_size, dev)

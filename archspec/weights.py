@@ -37,6 +37,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except IsADirectoryError:
         raise _error(name, f"{name} is a directory, not a weights file", None) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            # not torch's text: it advises re-running with weights_only=False, wrong for a file
+            # that may be hostile. A GLOBAL is a class or function the pickle would call.
+            what = ("it holds Python objects, not just tensors; refusing to unpickle it"
+                    if "GLOBAL" in str(e) else "not a pickle of tensors")
+            raise _error(name, f"cannot read weights from {name}: {what}",
+                         "pass a file written by torch.save(model.state_dict(), path)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _error(name, f"cannot read weights from {name}: {first[:200]}",
                      "pass a file written by torch.save(model.state_dict(), path)") from None
