@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .data import Adapter, Data, Feed, channel_stats, decode, epoch_order, materialise
 
 # Defaults chosen so every seed spec trains: AdamW is insensitive to the sigmoid LeNet's
@@ -204,7 +204,8 @@ def _num_threads(n: int) -> Iterator[None]:
 
 
 def _budget(device: torch.device) -> int:
-    """Bytes of uint8 images we are willing to keep resident on ``device``."""
+    """Bytes of uint8 images we are willing to keep resident on ``device`` (on a CPU, this
+    process's share: each of torchrun's workers on the machine holds its own copy)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.4)
@@ -212,11 +213,12 @@ def _budget(device: torch.device) -> int:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         avail = 8 << 30
-    return int(avail * 0.25)
+    return int(avail * 0.25) // distributed.local_size()
 
 
 def _workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """DataLoader workers of this process: the machine's cores shared by its ranks."""
+    return max(1, min(8, (os.cpu_count() or 2) // distributed.local_size() - 1))
 
 
 def _finite(model: nn.Module) -> bool:
@@ -230,18 +232,30 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    # CUDA: the training device's generator only; reading every GPU's would open a context on
+    # each of them from every rank.
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError, IndexError):
-            torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # older checkpoints: one state per visible GPU
+        cuda = cuda[0] if cuda else None
+    if device.type == "cuda" and cuda is not None:
+        with contextlib.suppress(RuntimeError):  # a state from another torch build
+            torch.cuda.set_rng_state(cuda, device)
+
+
+def _rank_rng(state: dict[str, Any], w: distributed.World) -> dict[str, Any]:
+    """This rank's saved generator state: its own when the run had as many ranks, else rank
+    0's (then dropout masks differ from the uninterrupted run; the batches do not)."""
+    ranks = state.get("rng_ranks") or []
+    return ranks[w.rank] if len(ranks) == w.size else state["rng"]
 
 
 def prepare_data(
@@ -275,19 +289,24 @@ def prepare_data(
 def evaluate(
     model: nn.Module, feed: Feed, adapter: Adapter, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a whole split, in order."""
+    """Mean cross-entropy and accuracy over a whole split, in order. Under torchrun every
+    rank takes every ``size``-th image and the sums are added up: the same numbers, 1/size of
+    the time. ``model`` must be the bare module: a DDP wrapper would sync buffers at every
+    forward, and the ranks' batch counts may differ by one."""
+    w = distributed.world()
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for x, y in feed.batches(torch.arange(len(feed)), batch_size):
+    for x, y in feed.batches(torch.arange(w.rank, len(feed), w.size), batch_size):
         with _autocast(device):
             logits = model(adapter(x))
         loss += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
+    loss_sum, right = distributed.all_sum([float(loss), float(correct)], device)
     n = max(1, len(feed))
-    return {"loss": float(loss) / n, "accuracy": int(correct) / n, "examples": len(feed)}
+    return {"loss": loss_sum / n, "accuracy": int(right) / n, "examples": len(feed)}
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
@@ -396,24 +415,46 @@ def fit(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     initialise: bool = True,
+    sync_bn: bool = False,
 ) -> Result:
     """Train ``model`` (already built and seeded) on ``data`` and write the run to ``out``.
 
     ``on_step(global_step)`` is called after every step (tests use it to interrupt).
-    ``initialise=False`` keeps the model's weights (``archspec train --init FILE``)."""
+    ``initialise=False`` keeps the model's weights (``archspec train --init FILE``).
+
+    In a process group (``archspec.distributed.session`` under torchrun) the model is wrapped
+    in DistributedDataParallel and each rank trains on its slice of every global batch of
+    ``recipe.batch_size``, so the numbers mean what they mean in one process; rank 0 alone
+    reads and writes files. ``sync_bn`` makes BatchNorm use the statistics of the global
+    batch (CUDA only)."""
     recipe = recipe.resolved()
+    w = distributed.world()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if w.main:
+        out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     cuda = device.type == "cuda"
-    log = _Log(progress)
+    log = _Log(progress and w.main)
     ckpt_path = out / "checkpoint.pt"
+    if recipe.batch_size % w.size:
+        raise TrainError(
+            f"--batch-size {recipe.batch_size} (the global batch) does not split evenly over "
+            f"{w.size} processes; use a multiple of {w.size}"
+        )
 
-    state = _load_resume(ckpt_path, spec_hash, recipe) if resume else None
+    state = (
+        distributed.from_main(lambda: _load_resume(ckpt_path, spec_hash, recipe))
+        if resume
+        else None
+    )
     if state is None:
         torch.manual_seed(recipe.seed)
         if initialise:
             init_weights(model)
+        if w.rank:  # the ranks' dropout masks must differ, as the images' of one batch do
+            torch.manual_seed(recipe.seed + 1_000_003 * w.rank)
+    if sync_bn and w.size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -431,6 +472,8 @@ def fit(
     n = len(train_feed)
     if n == 0:
         raise TrainError(f"the data {data.name} has no training images")
+    if n < w.size:
+        raise TrainError(f"the data {data.name} has {n} training images, fewer than {w.size} ranks")
     spe = n // bs if n >= bs else 1  # the last partial batch is dropped (BatchNorm, timing)
     total = recipe.max_steps if recipe.max_steps else recipe.epochs * spe
     epochs = math.ceil(total / spe)
@@ -441,18 +484,21 @@ def fit(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(_rank_rng(state, w), device)
         history = list(state["history"])
         epoch, k, step = state["epoch"], state["step_in_epoch"], state["scheduler"]["step"]
         p = state["partial"]
-        prog = _Progress(
-            torch.tensor(p["loss"], device=device),
-            torch.tensor(p["correct"], device=device),
-            p["seen"],
-            p["seconds"],
-        )
+        prog = dataclasses.replace(prog, seconds=p["seconds"])
+        if w.main:  # the saved sums are all ranks': counted once, by rank 0
+            prog = _Progress(
+                torch.tensor(p["loss"], device=device),
+                torch.tensor(p["correct"], device=device),
+                p["seen"],
+                p["seconds"],
+            )
 
-    net: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+    core: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+    net = _data_parallel(core, device) if w.size > 1 else core
     weights_meta = {
         "spec_hash": spec_hash,
         "input": list(input_shape),
@@ -482,18 +528,26 @@ def fit(
         "torch": torch.__version__,
         "threads": threads if device.type == "cpu" else None,
         "flops_per_image": flops,
+        "world_size": w.size,
+        "sync_bn": sync_bn and w.size > 1,
     }
-    _write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    if w.main:
+        _write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
 
     def save(e: int, k_: int, p: _Progress) -> None:
+        """Collective: rank 0 writes, with every rank's generator. ``p``: all ranks' sums."""
+        rngs = distributed.gather(_rng_state(device))
+        if not w.main:
+            return
         checkpoint.save(
             {
                 "spec_hash": spec_hash,
                 "recipe": dataclasses.asdict(recipe),
-                "model": model.state_dict(),
+                "model": model.state_dict(),  # the bare module's keys: no DDP `module.`
                 "optimizer": optimizer.state_dict(),
                 "scheduler": {"name": recipe.schedule, "step": step, "total": total},
-                "rng": _rng_state(),
+                "rng": rngs[0],
+                **({"rng_ranks": rngs} if w.size > 1 else {}),
                 "epoch": e,
                 "step_in_epoch": k_,
                 "partial": p.state(),
@@ -522,28 +576,33 @@ def fit(
 
     if step >= total:
         log.line(f"{out}: the run is already complete ({len(history)} epochs)")
-        finish()
+        if w.main:
+            finish()
         return Result(out, history)
+    where = f"{w.size} processes on {device.type}" if w.size > 1 else str(device)
     log.line(
-        f"training {meta.get('title', 'model') if meta else 'model'} on {device}: "
+        f"training {meta.get('title', 'model') if meta else 'model'} on {where}: "
         f"{data.name} {n} train / {len(test_feed)} test images, {epochs} epochs x {spe} steps, "
-        f"batch {bs}, {recipe.optimizer} lr {recipe.lr:g} wd {recipe.weight_decay:g} "
-        f"{recipe.schedule}"
+        f"batch {bs}{f' ({bs // w.size} per process)' if w.size > 1 else ''}, "
+        f"{recipe.optimizer} lr {recipe.lr:g} wd {recipe.weight_decay:g} {recipe.schedule}"
         + (f", resuming at epoch {epoch + 1} step {k}" if state else "")
         + f" -> {out}"
     )
 
     base_lr = float(recipe.lr or 0.0)
+    local_bs = bs // w.size
+    stopped_by: int | None = None  # the signal all ranks agreed to stop on
     net.train()
     with _Stop() as stop, _num_threads(threads):
+        looks = _Cadence(device, w)
         while epoch < epochs:
             steps_here = min(spe, total - epoch * spe)
             t0 = time.perf_counter()
-            last_check = last_save = time.monotonic()
-            order = epoch_order(n, recipe.seed, epoch)
+            last_save = time.monotonic()
+            order = distributed.shard(epoch_order(n, recipe.seed, epoch), bs, w)
             desc = f"epoch {epoch + 1}/{epochs}"
             with log.bar(desc, steps_here * min(bs, n), k * min(bs, n)) as bar:
-                for x, y in train_feed.batches(order, bs, start=k, stop=steps_here):
+                for x, y in train_feed.batches(order, local_bs, start=k, stop=steps_here):
                     lr = base_lr * lr_factor(step, total, recipe.schedule)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
@@ -559,50 +618,53 @@ def fit(
                     step += 1
                     k += 1
                     if bar is not None:
-                        bar.update(len(y))
+                        bar.update(len(y) * w.size)
                     if on_step is not None:
                         on_step(step)
-                    now = time.monotonic()
-                    if now - last_check > 1.0:  # the only host syncs inside an epoch
-                        last_check = now
+                    # one process stops at once; several only together, at a look
+                    stopped_by = stop.signum if w.size == 1 else None
+                    if looks.due(step):  # the only host syncs inside an epoch
                         loss_sum = float(prog.loss)
-                        if not math.isfinite(loss_sum):
+                        signum, bad, save_due = looks.agree(
+                            step,
+                            stop.signum or 0,
+                            not math.isfinite(loss_sum),
+                            time.monotonic() - last_save > CHECKPOINT_EVERY_S,
+                        )
+                        if bad:
                             raise diverged(f"in epoch {epoch + 1} (by step {step})")
                         if bar is not None:
                             bar.set_postfix(
                                 loss=f"{loss_sum / prog.seen:.4f}",
                                 acc=f"{int(prog.correct) / prog.seen:.4f}",
                             )
-                        if now - last_save > CHECKPOINT_EVERY_S and _finite(model):
-                            last_save = now
-                            save(
-                                epoch,
-                                k,
-                                dataclasses.replace(
-                                    prog, seconds=prog.seconds + time.perf_counter() - t0
-                                ),
-                            )
-                    if stop.signum is not None:
+                        if save_due and _finite(model):  # same params, same answer on all ranks
+                            last_save = time.monotonic()
+                            seconds = prog.seconds + time.perf_counter() - t0
+                            save(epoch, k, _total(dataclasses.replace(prog, seconds=seconds)))
+                        stopped_by = stopped_by or signum or None
+                    if stopped_by is not None:
                         break
                 if cuda:
                     torch.cuda.synchronize(device)
                 train_seconds = prog.seconds + time.perf_counter() - t0
-                loss_sum = float(prog.loss)
+                tot = _total(dataclasses.replace(prog, seconds=train_seconds))
+                loss_sum = float(tot.loss)
                 if not math.isfinite(loss_sum) or not _finite(model):
                     raise diverged(f"in epoch {epoch + 1}")
                 if k < steps_here:  # stopped by a signal inside the epoch
-                    save(epoch, k, dataclasses.replace(prog, seconds=train_seconds))
+                    save(epoch, k, tot)
                     break
                 t_eval = time.perf_counter()
-                test = evaluate(net, test_feed, adapter, 2 * bs, device)
+                test = evaluate(core, test_feed, adapter, 2 * local_bs, device)
                 eval_seconds = time.perf_counter() - t_eval
                 row = {
                     "epoch": epoch + 1,
-                    "train_loss": round(loss_sum / max(1, prog.seen), 6),
-                    "train_acc": round(int(prog.correct) / max(1, prog.seen), 6),
+                    "train_loss": round(loss_sum / max(1, tot.seen), 6),
+                    "train_acc": round(int(tot.correct) / max(1, tot.seen), 6),
                     "test_loss": round(test["loss"], 6),
                     "test_acc": round(test["accuracy"], 6),
-                    "examples_per_sec": round(prog.seen / max(train_seconds, 1e-9), 1),
+                    "examples_per_sec": round(tot.seen / max(train_seconds, 1e-9), 1),
                     "seconds": round(train_seconds + eval_seconds, 3),
                 }
                 if bar is not None:
@@ -618,21 +680,71 @@ def fit(
                     f"test {row['test_acc']:.4f}  {row['examples_per_sec']:.0f} img/s  "
                     f"{row['seconds']:.1f}s"
                 )
-            _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            if w.main:
+                _write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
             epoch, k = epoch + 1, 0
             prog = _Progress.zeros(device)
             save(epoch, 0, prog)
-            if stop.signum is not None:
+            stopped_by = int(distributed.all_max([stop.signum or 0], device)[0]) or None
+            if stopped_by is not None:
                 break
-    finish()
-    if stop.signum is not None:
+    if w.main:
+        finish()
+    if stopped_by is not None:
         where = f"epoch {epoch + 1} step {k}" if k else f"the end of epoch {epoch}"
         log.line(
-            f"stopped by {signal.Signals(stop.signum).name} at {where}; "
+            f"stopped by {signal.Signals(stopped_by).name} at {where}; "
             f"checkpoint saved to {ckpt_path}"
         )
-        return Result(out, history, signal=stop.signum, done=False)
+        return Result(out, history, signal=stopped_by, done=False)
     return Result(out, history)
+
+
+def _total(p: _Progress) -> _Progress:
+    """The epoch's sums over all ranks (one process: its own)."""
+    loss, correct, seen = distributed.all_sum(
+        [float(p.loss), float(p.correct), float(p.seen)], p.loss.device
+    )
+    return _Progress(
+        torch.tensor(loss, dtype=p.loss.dtype, device=p.loss.device),
+        torch.tensor(int(correct), dtype=p.correct.dtype, device=p.correct.device),
+        int(seen),
+        p.seconds,
+    )
+
+
+class _Cadence:
+    """The steps at which the loop reads its running sums (a host sync) and the ranks agree
+    on stopping, diverging and saving: about once a second. Ranks must look at the same
+    steps, so the gap in steps comes from rank 0's clock and travels with the agreement."""
+
+    PERIOD_S = 1.0
+
+    def __init__(self, device: torch.device, w: distributed.World) -> None:
+        self.device, self.w = device, w
+        self.next, self.last, self.t = 1, 0, time.monotonic()
+
+    def due(self, step: int) -> bool:
+        return step >= self.next
+
+    def agree(self, step: int, signum: int, bad: bool, save_due: bool) -> tuple[int, bool, bool]:
+        """The largest pending signal number and whether any rank diverged, over all ranks;
+        whether rank 0 wants a checkpoint."""
+        now = time.monotonic()
+        gap = 0
+        if self.w.main:
+            rate = (step - self.last) / max(now - self.t, 1e-6)
+            gap = max(1, int(rate * self.PERIOD_S))
+        got = distributed.all_max([signum, bad, save_due and self.w.main, gap], self.device)
+        self.next, self.last, self.t = step + int(got[3]), step, now
+        return int(got[0]), bool(got[1]), bool(got[2])
+
+
+def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """DDP: rank 0's weights are broadcast at the start, gradients averaged at each step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
 AUX_WEIGHT = 0.3  # weight of each auxiliary head's loss (GoogLeNet, Szegedy et al. 2014)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,15 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "none")
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+def _fail(message: str, code: int = 1, *, every_rank: bool = False) -> NoReturn:
+    """Print ``error: message`` and exit. Under torchrun an error that every rank meets alike
+    (the spec, the data, a diverged run) is printed by rank 0 alone; pass ``every_rank`` for
+    one of a rank's own, which that rank prints under its name."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or every_rank:
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        name = f"rank {rank}: " if several and (rank or every_rank) else ""
+        click.echo(f"error: {name}{message}", err=True)
     sys.exit(code)
 
 
@@ -135,7 +143,11 @@ def _load_init(model: Any, path: str) -> None:
 def _dump_spec(report: Any, spec: str, path: Path) -> None:
     from ruamel.yaml import YAML
 
+    from archspec import distributed
     from archspec.checkpoint import write_atomic
+
+    if not distributed.world().main:
+        return
 
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
@@ -164,7 +176,8 @@ def _oom(e: BaseException, batch_size: int, device: Any) -> NoReturn:
     smaller = max(1, batch_size // 2)
     _fail(
         f"out of memory on {device} at batch size {batch_size}; "
-        f"try --batch-size {smaller} ({str(e).splitlines()[0][:120]})"
+        f"try --batch-size {smaller} ({str(e).splitlines()[0][:120]})",
+        every_rank=True,
     )
 
 
@@ -193,9 +206,10 @@ class _BatchSize(click.ParamType):
         return n
 
 
-def _plan_batch(report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool) -> Any:
+def _plan_batch(report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool, ranks: int = 1) -> Any:
     """`--batch-size auto` from the static memory estimate (docs/memory.md), or a warning before
-    the first step when the given batch size is estimated not to fit."""
+    the first step when the given batch size is estimated not to fit. Under torchrun the
+    estimate is per process, and the global batch is ``ranks`` times its share."""
     import dataclasses
 
     from archspec.memory import DEFAULT_MARGIN, auto_batch_size, available_bytes, estimate
@@ -211,20 +225,22 @@ def _plan_batch(report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool) -> 
     free = max(0, free - min(data, _budget(dev)))
     where = f"{human_bytes(free)} free on {dev}"
     if auto:
-        bs = auto_batch_size(
-            report.network, free, dtype, optimizer, device=dev.type, limit=max(1, len(loaded.train))
-        )  # no bigger than the data set
+        limit = max(1, len(loaded.train) // ranks)  # no bigger than the data set
+        bs = auto_batch_size(report.network, free, dtype, optimizer, device=dev.type, limit=limit)
         if bs == 0:
             _fail(f"--batch-size auto: not even batch size 1 is estimated to fit in {where}")
         peak = estimate(report.network, bs, dtype, optimizer, dev.type).peak_bytes
+        each = f" ({bs} per process)" if ranks > 1 else ""
         click.echo(
-            f"--batch-size auto: {bs} (estimated peak {human_bytes(peak)} of {where})", err=True
+            f"--batch-size auto: {bs * ranks}{each} (estimated peak {human_bytes(peak)} of {where})",
+            err=True,
         )
-        return dataclasses.replace(recipe, batch_size=bs)
-    peak = estimate(report.network, recipe.batch_size, dtype, optimizer, dev.type).peak_bytes
+        return dataclasses.replace(recipe, batch_size=bs * ranks)
+    share = max(1, recipe.batch_size // ranks)
+    peak = estimate(report.network, share, dtype, optimizer, dev.type).peak_bytes
     if peak > DEFAULT_MARGIN * free:
         click.echo(
-            f"warning: batch size {recipe.batch_size} is estimated to need {human_bytes(peak)} "
+            f"warning: batch size {share} is estimated to need {human_bytes(peak)} "
             f"per training step, more than {DEFAULT_MARGIN:.0%} of the {where}; it may run out "
             "of memory (try --batch-size auto)",
             err=True,
@@ -308,12 +324,126 @@ def _data_options(f: Any) -> Any:
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
-def train(
+@click.option(
+    "--nproc",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="train data-parallel on N processes of this machine (one per GPU; gloo on CPU) by "
+    "starting torchrun; --batch-size stays the global batch",
+)
+@click.option(
+    "--sync-bn",
+    is_flag=True,
+    help="with several processes on CUDA: BatchNorm normalises with the global batch's statistics",
+)
+@click.option(
+    "--dist-timeout",
+    type=click.IntRange(1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="with several processes: how long a rank waits for the others before failing",
+)
+def train(nproc: int, sync_bn: bool, dist_timeout: int, **options: Any) -> None:
+    """Train SPEC (on CUDA when there is one) and write the run to --out.
+
+    Writes metrics.jsonl, curves.png, model.safetensors, checkpoint.pt, spec.yaml and
+    config.json. SIGINT / SIGTERM save a checkpoint and stop; --resume continues exactly.
+    Under torchrun, or with --nproc, trains on several processes (docs/distributed.md)."""
+    dev = _device(options.pop("device"))
+    if sync_bn and dev.type != "cuda":
+        raise click.UsageError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernels)")
+    if nproc > 1:
+        _launch(nproc, dev, options)
+
+    from archspec import distributed
+
+    try:
+        with distributed.session(dev, dist_timeout) as rank_device:
+            _train(dev=rank_device, sync_bn=sync_bn, **options)
+    except distributed.DistributedError as e:
+        _fail(str(e))
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        _fail(
+            f"lost contact with the other processes ({str(e).strip().splitlines()[0][:160]}); "
+            "another rank failed or was killed: its message says why",
+            every_rank=True,
+        )
+
+
+def _given_args() -> list[str]:
+    """This `archspec train` command line as the user gave it (defaults left out), less
+    --nproc: what each worker runs."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    args: list[str] = []
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name or "")
+        if p.name == "nproc" or source in (None, ParameterSource.DEFAULT):
+            continue
+        value = ctx.params[p.name or ""]
+        if isinstance(p, click.Argument):
+            args.insert(0, str(value))
+        elif isinstance(p, click.Option) and p.is_flag:
+            args += [p.opts[0]] if value else []
+        else:
+            args += [p.opts[0], str(value)]
+    return args
+
+
+def _launch(nproc: int, dev: Any, options: dict[str, Any]) -> NoReturn:
+    """`--nproc N`: this command as N workers of torchrun on this machine. torchrun runs in
+    this process, so a failed or killed worker becomes one line and an exit status."""
+    import torch
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from archspec import distributed
+
+    if distributed.launched():
+        raise click.UsageError("--nproc starts torchrun: under torchrun, leave it out")
+    if dev.type == "cuda" and nproc > torch.cuda.device_count():
+        raise click.UsageError(
+            f"--nproc {nproc}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    bs = options.get("batch_size")
+    if isinstance(bs, int) and bs % nproc:
+        raise click.UsageError(
+            f"--batch-size {bs} is the global batch: it must split evenly over --nproc {nproc}"
+        )
+    _check_spec(options["spec"], options["variant"], options["input_shape"], options["num_classes"])
+    # torchrun would set 1 (and say so); the machine's cores shared out is what it means
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    args = torchrun.get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", "archspec", "train"]
+        + _given_args()
+    )
+    try:
+        torchrun.run(args)
+    except ChildFailedError as e:
+        # A rank killed by a signal is the cause; the others failed for losing it.
+        rank, f = min(e.failures.items(), key=lambda rf: (rf[1].exitcode >= 0, rf[1].timestamp))
+        how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with {f.exitcode}"
+        _fail(
+            f"rank {rank} (pid {f.pid}) {how}; the run is stopped (the other ranks were ended)",
+            f.exitcode if f.exitcode > 0 else 1,
+        )
+    except SignalException as e:  # forwarded to the workers, which saved a checkpoint
+        sys.exit(128 + int(e.sigval))
+    sys.exit(0)
+
+
+def _train(
     spec: str,
     data: str | None,
     data_root: str | None,
     download: bool,
-    device: str,
+    dev: Any,
     variant: str | None,
     input_shape: str | None,
     num_classes: int | None,
@@ -322,22 +452,19 @@ def train(
     init: str | None,
     compile_: bool,
     quiet: bool,
+    sync_bn: bool,
     **recipe_options: Any,
 ) -> None:
-    """Train SPEC (on CUDA when there is one) and write the run to --out.
-
-    Writes metrics.jsonl, curves.png, model.safetensors, checkpoint.pt, spec.yaml and
-    config.json. SIGINT / SIGTERM save a checkpoint and stop; --resume continues exactly."""
     report = _check_spec(spec, variant, input_shape, num_classes)
     if init is not None and resume:
         raise click.UsageError(
             "--init starts a new run from weights, --resume continues one: pass one"
         )
     run_name = f"{report.name}-{report.variant or 'base'}"
-    dev = _device(device)
 
     import torch
 
+    from archspec import distributed
     from archspec.train import Recipe, fit, saved_recipe
 
     errors = _runtime_errors()
@@ -361,7 +488,8 @@ def train(
             _fail(str(e))
         base = saved or Recipe()
     else:
-        run = Path(out) if out else Path("runs") / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = distributed.from_main(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one for all ranks
+        run = Path(out) if out else Path("runs") / f"{run_name}-{stamp}"
         if (run / "checkpoint.pt").exists():
             raise click.UsageError(
                 f"{run} already holds a run: pass --resume to continue it or choose another --out"
@@ -372,12 +500,16 @@ def train(
         del given["batch_size"]
     recipe = Recipe(**{**base.__dict__, **given})
 
-    loaded = _data(recipe.data, data_root, download, report)
+    load = distributed.main_first if download else lambda fn: fn()
+    loaded = load(lambda: _data(recipe.data, data_root, download, report))
     torch.manual_seed(recipe.seed)
     model = _build(spec, report, report.num_classes or loaded.num_classes)
     if init is not None:
         _load_init(model, init)
-    recipe = _plan_batch(report, recipe, dev, loaded, auto=auto_batch and not resume)
+    w = distributed.world()
+    recipe = distributed.from_main(
+        lambda: _plan_batch(report, recipe, dev, loaded, auto_batch and not resume, w.size)
+    )
     try:
         run.mkdir(parents=True, exist_ok=True)
         _dump_spec(report, spec, run / "spec.yaml")
@@ -405,9 +537,10 @@ def train(
             meta=meta,
             progress=not quiet,
             initialise=init is None,
+            sync_bn=sync_bn,
         )
-    except errors as e:
-        _fail(str(e))
+    except errors as e:  # a TrainError or CheckpointError is every rank's alike
+        _fail(str(e), every_rank=not isinstance(e, errors[:2]))
     except OSError as e:  # a failed write: a full disk, a quota, a read-only directory
         _fail(_os_error(e, run))
     except (RuntimeError, MemoryError) as e:
@@ -415,6 +548,8 @@ def train(
             _oom(e, recipe.batch_size, dev)
         raise
     if result.signal is not None:
+        if not w.main:
+            sys.exit(128 + result.signal)
         click.echo(
             f"resume with: archspec train {spec}"
             f"{' --variant ' + report.variant if report.variant else ''}"
@@ -422,7 +557,7 @@ def train(
             err=True,
         )
         sys.exit(128 + result.signal)
-    if result.history:
+    if result.history and w.main:
         last = result.history[-1]
         total = sum(h["seconds"] for h in result.history)
         click.echo(
