@@ -80,6 +80,9 @@ def session(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Itera
     )
     yield device
     # Only after a clean run: tearing down NCCL after a peer died can block; exiting is enough.
+    # Together: gloo aborts a rank that closes its connections while a peer still works
+    # ("terminate called without an active exception" as rank 0 wrote the run's last files).
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -361,7 +361,7 @@ def train(nproc: int, sync_bn: bool, dist_timeout: int, **options: Any) -> None:
 
     try:
         with distributed.session(dev, dist_timeout) as rank_device:
-            _train(dev=rank_device, sync_bn=sync_bn, **options)
+            status = _train(dev=rank_device, sync_bn=sync_bn, **options)
     except distributed.DistributedError as e:
         _fail(str(e))
     except RuntimeError as e:
@@ -372,6 +372,8 @@ def train(nproc: int, sync_bn: bool, dist_timeout: int, **options: Any) -> None:
             "another rank failed or was killed: its message says why",
             every_rank=True,
         )
+    if status:
+        sys.exit(status)
 
 
 def _given_args() -> list[str]:
@@ -454,7 +456,9 @@ def _train(
     quiet: bool,
     sync_bn: bool,
     **recipe_options: Any,
-) -> None:
+) -> int:
+    """The run; its exit status (128 + the signal that stopped it), returned rather than
+    exited with so that all ranks leave the process group together."""
     report = _check_spec(spec, variant, input_shape, num_classes)
     if init is not None and resume:
         raise click.UsageError(
@@ -548,15 +552,14 @@ def _train(
             _oom(e, recipe.batch_size, dev)
         raise
     if result.signal is not None:
-        if not w.main:
-            sys.exit(128 + result.signal)
-        click.echo(
-            f"resume with: archspec train {spec}"
-            f"{' --variant ' + report.variant if report.variant else ''}"
-            f" --resume --out {run}",
-            err=True,
-        )
-        sys.exit(128 + result.signal)
+        if w.main:
+            click.echo(
+                f"resume with: archspec train {spec}"
+                f"{' --variant ' + report.variant if report.variant else ''}"
+                f" --resume --out {run}",
+                err=True,
+            )
+        return 128 + result.signal
     if result.history and w.main:
         last = result.history[-1]
         total = sum(h["seconds"] for h in result.history)
@@ -564,6 +567,7 @@ def _train(
             f"{title}: test accuracy {last['test_acc']:.4f} after {last['epoch']} epochs "
             f"({total:.1f} s training) -> {run}"
         )
+    return 0
 
 
 @click.command("eval")

@@ -10,35 +10,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from test_train import TINY, _fit, interrupted
 
 import archspec
 from archspec import checkpoint, distributed
-from archspec.data import epoch_order, load
-from archspec.train import Recipe, fit
+from archspec.data import epoch_order
 from archspec.train_cli import train
 
 ROOT = Path(__file__).resolve().parents[1]
-# No BatchNorm and no dropout: one process and two must then agree to rounding.
-SPEC = """\
-name: tiny
-input: [1, 8, 8]
-num_classes: 3
-stages:
-  body:
-    - conv: {out: 4, k: 3, pad: 1}
-    - relu
-    - maxpool: {k: 2, stride: 2}
-    - flatten
-    - linear: {out: $num_classes}
-"""
+# test_train's spec less BatchNorm and dropout: one process and two must then agree to rounding.
+SPEC = "".join(
+    line for line in (TINY % 4).splitlines(True) if "bn" not in line and "drop" not in line
+)
 RUN_FILES = {
     "checkpoint.pt",
     "config.json",
@@ -54,24 +43,6 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 def spec(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(SPEC)
-    return path
-
-
-@pytest.fixture
-def npz(tmp_path: Path) -> Path:
-    """96 train / 32 test 8x8 images; the class is which third of the image is bright."""
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 3, n)
-        x = rng.integers(0, 60, (n, 8, 8))
-        for i, c in enumerate(y):
-            x[i, :, c * 3 : c * 3 + 2] += 150
-        return x.astype(np.uint8), y.astype(np.uint8)
-
-    (xtr, ytr), (xte, yte) = make(96), make(32)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     return path
 
 
@@ -101,7 +72,8 @@ def _torchrun(*args: object) -> list[str]:
 
 
 def _nproc(*args: object) -> list[str]:
-    return [sys.executable, "-m", "archspec", "train", "--nproc", "2", *map(str, args)]
+    """`archspec train --nproc 2 ARGS` without the `archspec train`."""
+    return ["--nproc", "2", *map(str, args)]
 
 
 def _weights_differ(a: Path, b: Path) -> float:
@@ -140,17 +112,6 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cmd, check=False, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=120
     )
-
-
-def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[str]:
-    """Start a long run and return once its first epoch is done."""
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV, cwd=cwd)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith("epoch 1/"):
-            return proc
-    proc.wait()
-    raise AssertionError(f"the run ended before its first epoch: {proc.returncode}")
 
 
 # --------------------------------------------------------------------------- no processes
@@ -203,26 +164,15 @@ def test_nproc_resumes_a_one_process_checkpoint(spec: Path, npz: Path, tmp_path:
     """Stopped in epoch 1 on one process, finished on two: the weights of an uninterrupted
     run (the partial epoch's sums and the batches carry over)."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    _one_process(spec, npz, whole, "--epochs", 2)
-    report = archspec.check(spec)
+    _one_process(spec, npz, whole, "--epochs", 3)
 
     def interrupt(step: int) -> None:
         if step == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    torch.manual_seed(0)
-    first = fit(
-        archspec.build(spec),
-        load(str(npz)),
-        Recipe(data=str(npz), epochs=2, batch_size=16),
-        split,
-        input_shape=report.input,
-        spec_hash=report.spec_hash,
-        progress=False,
-        on_step=interrupt,
-    )
-    assert first.signal == signal.SIGTERM
-    r = _run(_nproc(spec, "--resume", "--out", split), tmp_path)
+    assert _fit(spec, npz, split, on_step=interrupt)[1].signal == signal.SIGTERM
+    archspec_train = [sys.executable, "-m", "archspec", "train"]
+    r = _run([*archspec_train, *_nproc(spec, "--resume", "--out", split)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resuming at epoch 1 step 4" in r.stderr
     assert _weights_differ(whole, split) < 1e-5
@@ -233,14 +183,13 @@ def test_sigterm_stops_every_rank_with_one_checkpoint(
     spec: Path, npz: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    proc = _start(_nproc(spec, "--data", npz, "--epochs", 100000, "--out", out), tmp_path)
-    try:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, err, _ = interrupted(
+        _nproc(spec, "--data", npz, "--epochs", 100000, "--out", out),
+        tmp_path,
+        lambda proc: proc.send_signal(signal.SIGTERM),
+        OMP_NUM_THREADS="1",
+    )
+    assert code == 128 + signal.SIGTERM, err
     assert err.count("stopped by SIGTERM") == 1 and err.count("resume with:") == 1
     assert "Traceback" not in err
     state = checkpoint.load(out / "checkpoint.pt")
@@ -250,17 +199,14 @@ def test_sigterm_stops_every_rank_with_one_checkpoint(
 
 
 def test_killed_rank_fails_the_run_quickly(spec: Path, npz: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = _start(_nproc(spec, "--data", npz, "--epochs", 100000, "--out", out), tmp_path)
-    try:
-        victim = _worker(proc.pid, 1)
-        t0 = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, err
-    assert f"error: rank 1 (pid {victim}) was killed by SIGKILL" in err
+    killed: list[int] = []
+
+    def kill_rank_1(proc: subprocess.Popen[str]) -> None:
+        killed.append(_worker(proc.pid, 1))
+        os.kill(killed[0], signal.SIGKILL)
+
+    args = _nproc(spec, "--data", npz, "--epochs", 100000, "--out", tmp_path / "run")
+    code, err, took = interrupted(args, tmp_path, kill_rank_1, OMP_NUM_THREADS="1")
+    assert code == 1, err
+    assert f"error: rank 1 (pid {killed[0]}) was killed by SIGKILL" in err
     assert took < 60 and "Traceback" not in err

@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -43,24 +44,6 @@ KEYS = {"epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec", "sec
 def spec(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY % 4)
-    return path
-
-
-@pytest.fixture
-def npz(tmp_path: Path) -> Path:
-    """96 train / 32 test 8x8 images; the class is which third of the image is bright."""
-    rng = np.random.default_rng(0)
-
-    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.integers(0, 3, n)
-        x = rng.integers(0, 60, (n, 8, 8))
-        for i, c in enumerate(y):
-            x[i, :, c * 3 : c * 3 + 2] += 150
-        return x.astype(np.uint8), y.astype(np.uint8)
-
-    (xtr, ytr), (xte, yte) = make(96), make(32)
-    path = tmp_path / "tiny.npz"
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     return path
 
 
@@ -284,41 +267,35 @@ def test_onecycle_schedule_shape() -> None:
     assert lr_factor(99, 100, "cosine") < 0.01
 
 
-def test_sigterm_leaves_loadable_checkpoint(spec: Path, npz: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "archspec",
-            "train",
-            str(spec),
-            "--data",
-            str(npz),
-            "--epochs",
-            "100000",
-            "--batch-size",
-            "16",
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+def interrupted(
+    args: list[str], cwd: Path, act: Callable[[subprocess.Popen[str]], None], **env: str
+) -> tuple[int, str, float]:
+    """Run `archspec train ARGS` until its first epoch line, then ``act(proc)`` (a signal):
+    its exit status, the rest of its stderr, and the seconds from ``act`` to the exit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    cmd = [sys.executable, "-m", "archspec", "train", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # first epoch line: the loop is running
             if line.startswith("epoch 1/"):
                 break
-        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        act(proc)
         _, err = proc.communicate(timeout=60)
+        return proc.returncode, err, time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+
+
+def test_sigterm_leaves_loadable_checkpoint(spec: Path, npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [str(spec), "--data", str(npz), "--epochs", "100000", "--batch-size", "16"]
+    code, err, _ = interrupted(
+        [*args, "--out", str(out)], tmp_path, lambda p: p.send_signal(signal.SIGTERM)
+    )
+    assert code == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     state = checkpoint.load(out / "checkpoint.pt")
     model = archspec.build(spec)
