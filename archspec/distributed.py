@@ -78,11 +78,15 @@ def session(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Itera
         timeout=timedelta(seconds=timeout_s),
         device_id=device if device.type == "cuda" else None,
     )
-    yield device
-    # Only after a clean run: tearing down NCCL after a peer died can block; exiting is enough.
-    # Together: gloo aborts a rank that closes its connections while a peer still works
-    # ("terminate called without an active exception" as rank 0 wrote the run's last files).
-    dist.barrier()
+    try:
+        yield device
+    except BaseException:
+        # gloo's threads must be joined, or the exit aborts ("terminate called without an
+        # active exception"); NCCL's teardown can block once a peer died: exiting is enough.
+        if device.type != "cuda":
+            dist.destroy_process_group()
+        raise
+    dist.barrier()  # a clean end: leave together, not while rank 0 still writes the run
     dist.destroy_process_group()
 
 

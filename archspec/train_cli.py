@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -397,6 +398,14 @@ def _given_args() -> list[str]:
     return args
 
 
+def _cause(failure: tuple[int, Any]) -> tuple[int, float]:
+    """Sort key of torchrun's failed ranks, the cause first: a rank killed from outside, then
+    one that exited with an error, last those ended by SIGTERM (how torchrun stops the rest)."""
+    code = failure[1].exitcode
+    order = 0 if code < 0 and code != -signal.SIGTERM else 1 if code > 0 else 2
+    return order, failure[1].timestamp
+
+
 def _launch(nproc: int, dev: Any, options: dict[str, Any]) -> NoReturn:
     """`--nproc N`: this command as N workers of torchrun on this machine. torchrun runs in
     this process, so a failed or killed worker becomes one line and an exit status."""
@@ -428,8 +437,7 @@ def _launch(nproc: int, dev: Any, options: dict[str, Any]) -> NoReturn:
     try:
         torchrun.run(args)
     except ChildFailedError as e:
-        # A rank killed by a signal is the cause; the others failed for losing it.
-        rank, f = min(e.failures.items(), key=lambda rf: (rf[1].exitcode >= 0, rf[1].timestamp))
+        rank, f = min(e.failures.items(), key=_cause)
         how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with {f.exitcode}"
         _fail(
             f"rank {rank} (pid {f.pid}) {how}; the run is stopped (the other ranks were ended)",
@@ -469,6 +477,7 @@ def _train(
     import torch
 
     from archspec import distributed
+    from archspec.data import DataError
     from archspec.train import Recipe, fit, saved_recipe
 
     errors = _runtime_errors()
@@ -543,8 +552,8 @@ def _train(
             initialise=init is None,
             sync_bn=sync_bn,
         )
-    except errors as e:  # a TrainError or CheckpointError is every rank's alike
-        _fail(str(e), every_rank=not isinstance(e, errors[:2]))
+    except errors as e:  # a diverged run, a checkpoint: every rank's alike; a file: one rank's
+        _fail(str(e), every_rank=isinstance(e, DataError))
     except OSError as e:  # a failed write: a full disk, a quota, a read-only directory
         _fail(_os_error(e, run))
     except (RuntimeError, MemoryError) as e:

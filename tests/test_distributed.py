@@ -210,3 +210,14 @@ def test_killed_rank_fails_the_run_quickly(spec: Path, npz: Path, tmp_path: Path
     assert code == 1, err
     assert f"error: rank 1 (pid {killed[0]}) was killed by SIGKILL" in err
     assert took < 60 and "Traceback" not in err
+
+
+def test_nan_stops_every_rank_with_one_message(spec: Path, npz: Path, tmp_path: Path) -> None:
+    nan = ["--optimizer", "sgd", "--lr", "1e30", "--schedule", "none", "--epochs", 2, "-q"]
+    archspec_train = [sys.executable, "-m", "archspec", "train"]
+    r = _run(
+        [*archspec_train, *_nproc(spec, "--data", npz, *nan, "--out", tmp_path / "r")], tmp_path
+    )
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("error: the loss became NaN or infinite") == 1
+    assert "Traceback" not in r.stderr and "terminate called" not in r.stderr
