@@ -316,7 +316,8 @@ def _data_options(f: Any) -> Any:
 @click.option(
     "--resume",
     is_flag=True,
-    help="continue the run in --out (default: the latest run of this spec)",
+    help="continue the run in --out (default: the latest run of this spec) from its checkpoint; "
+    "a run killed before its first checkpoint starts over with the recipe in its config.json",
 )
 @click.option(
     "--init",
