@@ -16,13 +16,18 @@ Throughput is training images per second of wall time spent in the training loop
 loading included, evaluation excluded, on both sides. d2l's own figure (its timer skips the
 time spent waiting for data) is printed too.
 
+On CUDA (``--device cuda``) the seed recipe runs its forward pass under bf16 autocast, as
+archspec's runner does there, and ``--compile`` wraps both models in ``torch.compile``.
+
     python benchmarks/train_vs_seed_recipe.py [--spec specs/lenet.yaml] [--epochs 10]
         [--batch-size 256] [--lr 0.9] [--repeats 1] [--seed-threads N]
+        [--device cpu|cuda] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -93,8 +98,9 @@ def evaluate_accuracy_gpu(net: nn.Module, data_iter: DataLoader, device=None) ->
     return metric[0] / metric[1]
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
-    """d2l's train_ch6 without the plot; returns (train wall s, d2l timer s, test acc)."""
+def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, compile_=False):
+    """d2l's train_ch6 without the plot; returns (train wall s, d2l timer s, test acc).
+    On CUDA the forward pass runs under bf16 autocast; ``compile_`` wraps net in torch.compile."""
 
     def init_weights(m: nn.Module) -> None:
         if type(m) == nn.Linear or type(m) == nn.Conv2d:
@@ -103,6 +109,13 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
     net.apply(init_weights)
     net.to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    if compile_:
+        net = torch.compile(net)
+    cuda = torch.device(device).type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", torch.bfloat16) if cuda else contextlib.nullcontext()
+
     loss = nn.CrossEntropyLoss()
     wall = timer = 0.0
     test_acc = 0.0
@@ -114,8 +127,9 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
             t = time.perf_counter()  # d2l's timer starts after the batch has been fetched
             optimizer.zero_grad()
             X, y = X.to(device), y.to(device)
-            y_hat = net(X)
-            l = loss(y_hat, y)
+            with autocast():
+                y_hat = net(X)
+                l = loss(y_hat, y)
             l.backward()
             optimizer.step()
             with torch.no_grad():
@@ -126,7 +140,16 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device):
     return wall, timer, test_acc
 
 
-def seed_run(spec: Path, variant, epochs: int, batch_size: int, lr: float, workers: int):
+def seed_run(
+    spec: Path,
+    variant,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    workers: int,
+    device: str = "cpu",
+    compile_: bool = False,
+):
     data = load("mnist-mini")
     report = archspec.check(spec, variant)
     c, h, w = report.input
@@ -144,7 +167,9 @@ def seed_run(spec: Path, variant, epochs: int, batch_size: int, lr: float, worke
     test_iter = DataLoader(split(data.test), batch_size, shuffle=False, num_workers=workers)
     torch.manual_seed(0)
     net = archspec.build(spec, variant)
-    wall, timer, acc = train_ch6(net, train_iter, test_iter, epochs, lr, torch.device("cpu"))
+    wall, timer, acc = train_ch6(
+        net, train_iter, test_iter, epochs, lr, torch.device(device), compile_
+    )
     n = len(data.train) * epochs
     return {"ips": n / wall, "d2l_ips": n / timer, "acc": acc}
 
@@ -152,7 +177,15 @@ def seed_run(spec: Path, variant, epochs: int, batch_size: int, lr: float, worke
 # ------------------------------------------------------------ archspec
 
 
-def archspec_run(spec: Path, variant, epochs: int, batch_size: int, lr: float):
+def archspec_run(
+    spec: Path,
+    variant,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: str = "cpu",
+    compile_: bool = False,
+):
     report = archspec.check(spec, variant)
     torch.manual_seed(0)
     model = archspec.build(spec, variant)
@@ -165,6 +198,8 @@ def archspec_run(spec: Path, variant, epochs: int, batch_size: int, lr: float):
             out,
             input_shape=report.input,
             spec_hash=report.spec_hash,
+            device=device,
+            compile=compile_,
             progress=False,
         )
     hist = result.history
@@ -172,6 +207,54 @@ def archspec_run(spec: Path, variant, epochs: int, batch_size: int, lr: float):
     images = (8000 // batch_size) * batch_size
     train_s = sum(images / eps for eps in seen)
     return {"ips": images * len(hist) / train_s, "acc": hist[-1]["test_acc"]}
+
+
+def compare(
+    spec: Path,
+    variant: str | None = None,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 0.9,
+    workers: int = 4,
+    repeats: int = 1,
+    seed_threads: int | None = None,
+    device: str = "cpu",
+    compile_: bool = False,
+    log=print,
+) -> dict:
+    """Alternate `repeats` archspec and seed-recipe runs; medians of images/s and accuracy, and
+    the median of the per-repeat ratios archspec / seed."""
+    default_threads = torch.get_num_threads()
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(archspec_run(spec, variant, epochs, batch_size, lr, device, compile_))
+        torch.set_num_threads(seed_threads or default_threads)
+        try:
+            theirs.append(
+                seed_run(spec, variant, epochs, batch_size, lr, workers, device, compile_)
+            )
+        finally:
+            torch.set_num_threads(default_threads)
+        log(
+            f"  run: archspec {ours[-1]['ips']:.0f} img/s acc {ours[-1]['acc']:.4f} | "
+            f"seed {theirs[-1]['ips']:.0f} img/s (d2l timer {theirs[-1]['d2l_ips']:.0f}) "
+            f"acc {theirs[-1]['acc']:.4f}"
+        )
+
+    def med(runs, key):
+        return statistics.median(r[key] for r in runs)
+
+    ratios = [a["ips"] / b["ips"] for a, b in zip(ours, theirs)]
+    return {
+        "archspec_ips": med(ours, "ips"),
+        "archspec_acc": med(ours, "acc"),
+        "seed_ips": med(theirs, "ips"),
+        "seed_d2l_ips": med(theirs, "d2l_ips"),
+        "seed_acc": med(theirs, "acc"),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "seed_threads": seed_threads or default_threads,
+    }
 
 
 def main() -> None:
@@ -189,46 +272,41 @@ def main() -> None:
         help="torch threads for the seed recipe (default: torch's own)",
     )
     ap.add_argument("--repeats", type=int, default=1, help="alternate runs, report medians")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = ap.parse_args()
     spec = Path(args.spec)
-
-    default_threads = torch.get_num_threads()
-    ours, theirs = [], []
-    for _ in range(args.repeats):
-        ours.append(archspec_run(spec, args.variant, args.epochs, args.batch_size, args.lr))
-        torch.set_num_threads(args.seed_threads or default_threads)
-        theirs.append(
-            seed_run(spec, args.variant, args.epochs, args.batch_size, args.lr, args.workers)
-        )
-        torch.set_num_threads(default_threads)
-        print(
-            f"  run: archspec {ours[-1]['ips']:.0f} img/s acc {ours[-1]['acc']:.4f} | "
-            f"seed {theirs[-1]['ips']:.0f} img/s (d2l timer {theirs[-1]['d2l_ips']:.0f}) "
-            f"acc {theirs[-1]['acc']:.4f}",
-            flush=True,
-        )
-
-    def med(runs, key):
-        return statistics.median(r[key] for r in runs)
-
-    ratios = [a["ips"] / b["ips"] for a, b in zip(ours, theirs)]
+    r = compare(
+        spec,
+        args.variant,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.workers,
+        args.repeats,
+        args.seed_threads,
+        args.device,
+        args.compile,
+        log=lambda line: print(line, flush=True),
+    )
     print(
         f"spec {spec.name}{' --variant ' + args.variant if args.variant else ''}, "
-        f"{args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr:g}, embedded MNIST 8000/2000, "
-        f"seed recipe on {args.seed_threads or default_threads} torch threads and "
+        f"{args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr:g}, "
+        f"embedded MNIST 8000/2000, on {args.device}{' compiled' if args.compile else ''}, "
+        f"seed recipe on {r['seed_threads']} torch threads and "
         f"{args.workers} DataLoader workers, "
         f"{args.repeats} run(s)"
     )
     print("| | images/s (training wall time) | test accuracy |")
     print("| --- | ---: | ---: |")
-    print(f"| archspec | {med(ours, 'ips'):.0f} | {med(ours, 'acc'):.4f} |")
+    print(f"| archspec | {r['archspec_ips']:.0f} | {r['archspec_acc']:.4f} |")
     print(
-        f"| seed recipe (d2l train_ch6) | {med(theirs, 'ips'):.0f} "
-        f"(d2l's timer: {med(theirs, 'd2l_ips'):.0f}) | {med(theirs, 'acc'):.4f} |"
+        f"| seed recipe (d2l train_ch6) | {r['seed_ips']:.0f} "
+        f"(d2l's timer: {r['seed_d2l_ips']:.0f}) | {r['seed_acc']:.4f} |"
     )
     print(
-        f"ratio (archspec / seed): {statistics.median(ratios):.1f}x "
-        f"(runs: {', '.join(f'{r:.1f}' for r in ratios)})"
+        f"ratio (archspec / seed): {r['ratio']:.1f}x "
+        f"(runs: {', '.join(f'{x:.1f}' for x in r['ratios'])})"
     )
 
 

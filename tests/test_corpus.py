@@ -10,14 +10,12 @@ under 200 MB of memory.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fresh_process import run_fresh
 from ruamel.yaml import YAML
 
 import archspec
@@ -86,35 +84,11 @@ def case(name: str, workdir: Path) -> tuple[Path, list]:
     return CORPUS / name, EXPECTED[name]
 
 
-# Runs `python -m archspec ...` and, at exit, records the process's own peak RSS. VmHWM belongs to
-# the address space exec created; rusage's ru_maxrss does not do: Linux carries the parent's
-# high-water mark across fork + exec, so a child of a 1 GB pytest process "peaks" at 1 GB.
-_PEAK_PROBE = """
-import atexit, os, runpy, sys
-def _peak():
-    with open('/proc/self/status') as f:
-        kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))
-    with open(os.environ['ARCHSPEC_PEAK_FILE'], 'w') as f:
-        f.write(kb)
-atexit.register(_peak)
-sys.argv = ['archspec', *sys.argv[1:]]
-runpy.run_module('archspec', run_name='__main__', alter_sys=True)
-"""
-
-
 def run_measured(args: list[str], cwd: Path) -> tuple[int, str, str, float, float]:
     """Run `python -m archspec ARGS` in a fresh interpreter; return exit code, stdout, stderr,
-    wall seconds and the child's own peak RSS in MB."""
-    out, err, peak = cwd / "stdout.txt", cwd / "stderr.txt", cwd / "peak_kb.txt"
-    peak.unlink(missing_ok=True)
-    env = {**os.environ, "ARCHSPEC_PEAK_FILE": str(peak)}
-    with out.open("wb") as fo, err.open("wb") as fe:
-        start = time.perf_counter()
-        rc = subprocess.call(
-            [sys.executable, "-c", _PEAK_PROBE, *args], stdout=fo, stderr=fe, cwd=cwd, env=env
-        )
-        wall = time.perf_counter() - start
-    return rc, out.read_text("utf-8"), err.read_text("utf-8"), wall, int(peak.read_text()) / 1024
+    wall seconds and the child's own peak RSS in MB (fresh_process: VmHWM, not ru_maxrss)."""
+    r = run_fresh(["-m", "archspec", *args], cwd=cwd)
+    return r.rc, r.stdout, r.stderr, r.wall_s, r.peak_mib
 
 
 @pytest.fixture(scope="module")
