@@ -412,7 +412,8 @@ def training(cfg: Config) -> list[dict]:
                     gpu_case,
                     None,
                     spec=ROOT / "specs/resnet18.yaml",
-                    epochs=1 if cfg.quick else 2,
+                    epochs=2 if cfg.quick else 4,
+                    warmup=1,  # the first epoch compiles and picks cuDNN algorithms
                     lr=0.05,  # d2l's ResNet-18 learning rate
                     device="cuda",
                     compile_=compile_,

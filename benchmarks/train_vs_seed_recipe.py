@@ -98,9 +98,10 @@ def evaluate_accuracy_gpu(net: nn.Module, data_iter: DataLoader, device=None) ->
     return metric[0] / metric[1]
 
 
-def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, compile_=False):
-    """d2l's train_ch6 without the plot; returns (train wall s, d2l timer s, test acc).
-    On CUDA the forward pass runs under bf16 autocast; ``compile_`` wraps net in torch.compile."""
+def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, compile_=False, warmup=0):
+    """d2l's train_ch6 without the plot; returns (train wall s, d2l timer s, test acc), the
+    times summed over the epochs after the first ``warmup`` ones. On CUDA the forward pass runs
+    under bf16 autocast; ``compile_`` wraps net in torch.compile."""
 
     def init_weights(m: nn.Module) -> None:
         if type(m) == nn.Linear or type(m) == nn.Conv2d:
@@ -119,7 +120,9 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, compile_=False
     loss = nn.CrossEntropyLoss()
     wall = timer = 0.0
     test_acc = 0.0
-    for _epoch in range(num_epochs):
+    for epoch in range(num_epochs):
+        if epoch == warmup:
+            wall = timer = 0.0
         metric = Accumulator(3)
         net.train()
         t_epoch = time.perf_counter()
@@ -149,6 +152,7 @@ def seed_run(
     workers: int,
     device: str = "cpu",
     compile_: bool = False,
+    warmup: int = 0,
 ):
     data = load("mnist-mini")
     report = archspec.check(spec, variant)
@@ -168,9 +172,9 @@ def seed_run(
     torch.manual_seed(0)
     net = archspec.build(spec, variant)
     wall, timer, acc = train_ch6(
-        net, train_iter, test_iter, epochs, lr, torch.device(device), compile_
+        net, train_iter, test_iter, epochs, lr, torch.device(device), compile_, warmup
     )
-    n = len(data.train) * epochs
+    n = len(data.train) * (epochs - warmup)
     return {"ips": n / wall, "d2l_ips": n / timer, "acc": acc}
 
 
@@ -185,6 +189,7 @@ def archspec_run(
     lr: float,
     device: str = "cpu",
     compile_: bool = False,
+    warmup: int = 0,
 ):
     report = archspec.check(spec, variant)
     torch.manual_seed(0)
@@ -203,10 +208,10 @@ def archspec_run(
             progress=False,
         )
     hist = result.history
-    seen = [h["examples_per_sec"] for h in hist]
+    seen = [h["examples_per_sec"] for h in hist[warmup:]]
     images = (8000 // batch_size) * batch_size
     train_s = sum(images / eps for eps in seen)
-    return {"ips": images * len(hist) / train_s, "acc": hist[-1]["test_acc"]}
+    return {"ips": images * len(seen) / train_s, "acc": hist[-1]["test_acc"]}
 
 
 def compare(
@@ -220,18 +225,20 @@ def compare(
     seed_threads: int | None = None,
     device: str = "cpu",
     compile_: bool = False,
+    warmup: int = 0,
     log=print,
 ) -> dict:
-    """Alternate `repeats` archspec and seed-recipe runs; medians of images/s and accuracy, and
-    the median of the per-repeat ratios archspec / seed."""
+    """Alternate `repeats` archspec and seed-recipe runs; medians of images/s (over the epochs
+    after the first `warmup`, which pay for compilation) and accuracy, and the median of the
+    per-repeat ratios archspec / seed."""
     default_threads = torch.get_num_threads()
     ours, theirs = [], []
     for _ in range(repeats):
-        ours.append(archspec_run(spec, variant, epochs, batch_size, lr, device, compile_))
+        ours.append(archspec_run(spec, variant, epochs, batch_size, lr, device, compile_, warmup))
         torch.set_num_threads(seed_threads or default_threads)
         try:
             theirs.append(
-                seed_run(spec, variant, epochs, batch_size, lr, workers, device, compile_)
+                seed_run(spec, variant, epochs, batch_size, lr, workers, device, compile_, warmup)
             )
         finally:
             torch.set_num_threads(default_threads)
@@ -274,6 +281,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternate runs, report medians")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
+    ap.add_argument("--warmup", type=int, default=0, help="epochs left out of the images/s")
     args = ap.parse_args()
     spec = Path(args.spec)
     r = compare(
@@ -287,6 +295,7 @@ def main() -> None:
         args.seed_threads,
         args.device,
         args.compile,
+        args.warmup,
         log=lambda line: print(line, flush=True),
     )
     print(
