@@ -76,13 +76,14 @@ def step_time(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def compare(peer: str, rounds: int, device: str, compile_: bool) -> dict:
     """Seconds of one forward+backward of the built spec and of its peer, and their ratio."""
-    path, variant, batch, shape = CASES[peer]
+    path, variant, batch, override = CASES[peer]
+    shape = override or archspec.check(ROOT / path, variant).input
+    assert shape is not None
     torch.manual_seed(0)
-    ours = archspec.build(ROOT / path, variant, input_shape=shape).to(device).train()
+    ours = archspec.build(ROOT / path, variant, input_shape=override).to(device).train()
     theirs = build_peer(peer).to(device).train()
     if compile_:
-        ours, theirs = torch.compile(ours), torch.compile(theirs)
-    shape = shape or archspec.check(ROOT / path, variant).input
+        ours, theirs = torch.compile(ours), torch.compile(theirs)  # type: ignore[assignment]
     x = torch.randn(batch, *shape, device=device)
     for _ in range(3):  # warm-up (and compilation)
         step_time(ours, x), step_time(theirs, x)

@@ -156,7 +156,7 @@ def fresh_pair(spec: str, variant: str | None, reps: int) -> dict:
     from model_speed import interleaved
 
     report = archspec.check(ROOT / spec, variant)
-    assert report.ok, report.render_errors()
+    assert report.ok and report.input is not None, report.render_errors()
     peer = peer_of(spec, variant)
     assert peer is not None, f"{spec}: no hand-written peer"
     ours_cmd = ["-m", "archspec", "check", spec] + (["--variant", variant] if variant else [])
@@ -512,11 +512,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = Config(args.quick, args.reps, [parse_case(s) for s in args.specs or []])
     if args.markdown:
-        results = json.loads(Path(args.json).read_text())
-        print(markdown(results))
+        saved: dict = json.loads(Path(args.json).read_text())
+        print(markdown(saved))
         if args.update_doc:
-            update_doc(markdown(results))
-        return results
+            update_doc(markdown(saved))
+        return saved
 
     if args.threads:
         import torch
