@@ -31,6 +31,7 @@ import contextlib
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,17 +144,23 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, compile_=False
     return wall, timer, test_acc
 
 
-def seed_run(
-    spec: Path,
-    variant,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    workers: int,
-    device: str = "cpu",
-    compile_: bool = False,
-    warmup: int = 0,
-):
+@dataclass
+class Setup:
+    """What both sides share: spec, data size, schedule, device; `warmup` epochs are left out
+    of the images/s (they pay for compilation)."""
+
+    spec: Path
+    variant: str | None = None
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.9
+    device: str = "cpu"
+    compile_: bool = False
+    warmup: int = 0
+
+
+def seed_run(setup: Setup, workers: int):
+    spec, variant, batch_size = setup.spec, setup.variant, setup.batch_size
     data = load("mnist-mini")
     report = archspec.check(spec, variant)
     c, h, w = report.input
@@ -172,29 +179,28 @@ def seed_run(
     torch.manual_seed(0)
     net = archspec.build(spec, variant)
     wall, timer, acc = train_ch6(
-        net, train_iter, test_iter, epochs, lr, torch.device(device), compile_, warmup
+        net,
+        train_iter,
+        test_iter,
+        setup.epochs,
+        setup.lr,
+        torch.device(setup.device),
+        setup.compile_,
+        setup.warmup,
     )
-    n = len(data.train) * (epochs - warmup)
+    n = len(data.train) * (setup.epochs - setup.warmup)
     return {"ips": n / wall, "d2l_ips": n / timer, "acc": acc}
 
 
 # ------------------------------------------------------------ archspec
 
 
-def archspec_run(
-    spec: Path,
-    variant,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    device: str = "cpu",
-    compile_: bool = False,
-    warmup: int = 0,
-):
-    report = archspec.check(spec, variant)
+def archspec_run(setup: Setup):
+    report = archspec.check(setup.spec, setup.variant)
     torch.manual_seed(0)
-    model = archspec.build(spec, variant)
-    recipe = Recipe(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr)
+    model = archspec.build(setup.spec, setup.variant)
+    batch_size = setup.batch_size
+    recipe = Recipe(epochs=setup.epochs, batch_size=batch_size, optimizer="sgd", lr=setup.lr)
     with tempfile.TemporaryDirectory() as out:
         result = fit(
             model,
@@ -203,12 +209,12 @@ def archspec_run(
             out,
             input_shape=report.input,
             spec_hash=report.spec_hash,
-            device=device,
-            compile=compile_,
+            device=setup.device,
+            compile=setup.compile_,
             progress=False,
         )
     hist = result.history
-    seen = [h["examples_per_sec"] for h in hist[warmup:]]
+    seen = [h["examples_per_sec"] for h in hist[setup.warmup :]]
     images = (8000 // batch_size) * batch_size
     train_s = sum(images / eps for eps in seen)
     return {"ips": images * len(seen) / train_s, "acc": hist[-1]["test_acc"]}
@@ -231,15 +237,14 @@ def compare(
     """Alternate `repeats` archspec and seed-recipe runs; medians of images/s (over the epochs
     after the first `warmup`, which pay for compilation) and accuracy, and the median of the
     per-repeat ratios archspec / seed."""
+    setup = Setup(spec, variant, epochs, batch_size, lr, device, compile_, warmup)
     default_threads = torch.get_num_threads()
     ours, theirs = [], []
     for _ in range(repeats):
-        ours.append(archspec_run(spec, variant, epochs, batch_size, lr, device, compile_, warmup))
+        ours.append(archspec_run(setup))
         torch.set_num_threads(seed_threads or default_threads)
         try:
-            theirs.append(
-                seed_run(spec, variant, epochs, batch_size, lr, workers, device, compile_, warmup)
-            )
+            theirs.append(seed_run(setup, workers))
         finally:
             torch.set_num_threads(default_threads)
         log(
