@@ -9,6 +9,7 @@ about once a second for the progress bar and at the end of each epoch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -34,7 +35,8 @@ from .data import Adapter, Data, Feed, channel_stats, decode, epoch_order, mater
 # Defaults chosen so every seed spec trains: AdamW is insensitive to the sigmoid LeNet's
 # vanishing gradients that stall plain SGD, and one-cycle warm-up keeps the deeper ReLU
 # nets without BatchNorm (AlexNet, VGG) from diverging at this learning rate.
-DEFAULT_LR = {"adamw": 5e-3, "sgd": 0.05}
+DEFAULT_LR = {"adamw": 5e-3, "sgd": 0.1}  # sgd: at batch 64, scaled with the batch
+SGD_REFERENCE_BATCH = 64
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
 OPTIMIZERS = tuple(DEFAULT_LR)
 SCHEDULES = ("onecycle", "cosine", "none")
@@ -46,6 +48,16 @@ class TrainError(RuntimeError):
     """A run that cannot go on (non-finite loss, checkpoint from another spec, ...)."""
 
 
+def default_lr(optimizer: str, batch_size: int) -> float:
+    """The peak learning rate when none is given. SGD's follows the linear scaling rule (Goyal
+    et al. 2017: the step is a mean over the batch, so a batch k times larger takes a step k
+    times larger): 0.1 at batch 64, 0.4 at d2l's 256, where the sigmoid LeNet needs it (at
+    0.05 it stays at chance for 10 epochs). AdamW normalises its steps: one rate fits all."""
+    if optimizer == "sgd":
+        return DEFAULT_LR["sgd"] * batch_size / SGD_REFERENCE_BATCH
+    return DEFAULT_LR[optimizer]
+
+
 @dataclass
 class Recipe:
     """Everything that decides the numbers a run produces; a resumed run must match it."""
@@ -53,7 +65,7 @@ class Recipe:
     data: str = "mnist-mini"
     epochs: int = 20
     batch_size: int = 64
-    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    lr: float | None = None  # None: default_lr(optimizer, batch_size)
     optimizer: str = "adamw"
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY[optimizer]
     schedule: str = "onecycle"
@@ -67,7 +79,7 @@ class Recipe:
             raise ValueError(f"unknown schedule {self.schedule!r}: {', '.join(SCHEDULES)}")
         return dataclasses.replace(
             self,
-            lr=DEFAULT_LR[self.optimizer] if self.lr is None else self.lr,
+            lr=default_lr(self.optimizer, self.batch_size) if self.lr is None else self.lr,
             weight_decay=(
                 DEFAULT_WEIGHT_DECAY[self.optimizer]
                 if self.weight_decay is None
@@ -416,6 +428,7 @@ def fit(
     on_step: Callable[[int], None] | None = None,
     initialise: bool = True,
     sync_bn: bool = False,
+    threads: int | None = None,
 ) -> Result:
     """Train ``model`` (already built and seeded) on ``data`` and write the run to ``out``.
 
@@ -426,7 +439,8 @@ def fit(
     in DistributedDataParallel and each rank trains on its slice of every global batch of
     ``recipe.batch_size``, so the numbers mean what they mean in one process; rank 0 alone
     reads and writes files. ``sync_bn`` makes BatchNorm use the statistics of the global
-    batch (CUDA only)."""
+    batch (CUDA only). ``threads``: torch's intra-op threads on a CPU (None: chosen here, and
+    kept by a resumed run)."""
     recipe = recipe.resolved()
     w = distributed.world()
     out = Path(out)
@@ -460,13 +474,23 @@ def fit(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # channels_last on the CPU too: oneDNN's convolutions and pools run faster on it (LeNet
+    # 1.4-1.7x, GoogLeNet 1.3x, DenseNet 1.2x; ResNet-18 even) and the numbers are the same
+    channels_last = len(input_shape) == 3
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe, device)
     norm = (state["norm"]["mean"], state["norm"]["std"]) if state else None
-    train_feed, test_feed, adapter = prepare_data(data, input_shape, device, cuda, norm)
+    train_feed, test_feed, adapter = prepare_data(data, input_shape, device, channels_last, norm)
     norm = (adapter.mean, adapter.std)
     flops = _check_outputs(model, train_feed, adapter, data)
-    threads = _cpu_threads(device, flops)
+    if device.type != "cpu":
+        threads = torch.get_num_threads()
+    elif threads is None:
+        threads = state["threads"] if state and state.get("threads") else None
+        threads = threads or _cpu_threads(
+            model, train_feed, adapter, recipe.batch_size // w.size, flops
+        )
 
     bs = recipe.batch_size
     n = len(train_feed)
@@ -553,6 +577,7 @@ def fit(
                 "partial": p.state(),
                 "history": history,
                 "norm": {"mean": norm[0], "std": norm[1]},
+                "threads": threads,
             },
             ckpt_path,
         )
@@ -786,15 +811,35 @@ def _check_outputs(model: nn.Module, feed: Feed, adapter: Adapter, data: Data) -
     return counter.get_total_flops() / len(x)
 
 
-def _cpu_threads(device: torch.device, flops_per_image: float) -> int:
-    """Intra-op threads for this run. Every parallel op ends in a barrier: for a small model
-    (LeNet: 0.8 MFLOP per image) the barriers cost more than the split saves, and when
-    another process holds a core each barrier waits a scheduler slice — measured 5,500
-    img/s on one thread against 300-900 on two on a busy 2-core machine. Big models keep
-    all threads; OMP_NUM_THREADS, when set, wins."""
-    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    return 1 if flops_per_image < SMALL_MODEL_FLOPS else torch.get_num_threads()
+def _cpu_threads(
+    model: nn.Module, feed: Feed, adapter: Adapter, batch: int, flops_per_image: float
+) -> int:
+    """Intra-op threads for a CPU run (OMP_NUM_THREADS, when set, wins; so does --threads).
+
+    Big models keep all threads. For a small one (LeNet: 0.8 MFLOP per image) it depends on
+    the machine: on two idle cores two threads are twice as fast as one, but every parallel op
+    ends in a barrier, and while another process holds a core each barrier waits a scheduler
+    slice (measured 5,500 img/s on one thread against 300-900 on two on a busy 2-core box).
+    So a small model times a few forward+backward passes of a throwaway copy both ways."""
+    every = torch.get_num_threads()
+    if "OMP_NUM_THREADS" in os.environ or every == 1 or flops_per_image >= SMALL_MODEL_FLOPS:
+        return every
+    probe = copy.deepcopy(model).train()
+    x, y = next(feed.batches(torch.arange(min(batch, len(feed))), batch))
+    x = adapter(x)
+
+    def seconds(threads: int) -> float:
+        with _num_threads(threads):
+            t0 = time.perf_counter()
+            for _ in range(3):
+                loss = _loss(probe(x), y)[1]
+                loss.backward()
+            return time.perf_counter() - t0
+
+    seconds(every)  # warm-up: first calls allocate and pick kernels
+    one = min(seconds(1), seconds(1))
+    many = min(seconds(every), seconds(every))
+    return every if many < 0.8 * one else 1
 
 
 # What a resumed run reads from a checkpoint, by type: a file that loads but lacks one is

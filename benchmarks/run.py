@@ -359,9 +359,10 @@ def model_speed(cfg: Config) -> list[dict]:
 
 
 def training(cfg: Config) -> list[dict]:
-    """The seed recipe runs as written, on torch's default thread count, whatever --threads says
-    (archspec's runner picks its own: one thread for small models on a CPU); a second LeNet row
-    gives the seed recipe one thread too, to show what is left once threads are equal."""
+    """The seed recipe runs as written (d2l's lr, batch 256, 4 DataLoader workers) on torch's
+    default thread count, whatever --threads says; archspec's runner uses its own SGD recipe and
+    picks its thread count (for a small model on a CPU the faster of 1 and all, timed at the
+    start). A second LeNet row gives the seed recipe one thread, to show the effect of threads."""
     import warnings
 
     import torch

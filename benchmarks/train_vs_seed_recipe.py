@@ -8,9 +8,10 @@ the same epochs and batch size with the same optimizer class (torch.optim.SGD):
   ``DataLoader`` (shuffle, d2l's 4 workers), and d2l's ``train_ch6`` loop (Xavier init,
   plain SGD at d2l's learning rate, an ``Accumulator`` read with ``float()`` every step,
   ``evaluate_accuracy_gpu`` per epoch), copied from /work/shared/seeds/000_*.txt;
-- archspec: ``archspec.train.fit`` with ``--optimizer sgd`` at the same learning rate, used
-  as archspec's recipe uses it (the peak of a one-cycle schedule, Nesterov momentum 0.9,
-  weight decay 5e-4 on weights, inputs normalised with the data's mean and std).
+- archspec: ``archspec.train.fit`` with ``--optimizer sgd`` as archspec's recipe uses it (its
+  default learning rate as the peak of a one-cycle schedule, Nesterov momentum 0.9, weight
+  decay 5e-4 on weights, inputs normalised with the data's mean and std; d2l's lr of 0.9 is
+  for plain SGD and diverges with momentum).
 
 Throughput is training images per second of wall time spent in the training loop, data
 loading included, evaluation excluded, on both sides. d2l's own figure (its timer skips the
@@ -200,7 +201,9 @@ def archspec_run(setup: Setup):
     torch.manual_seed(0)
     model = archspec.build(setup.spec, setup.variant)
     batch_size = setup.batch_size
-    recipe = Recipe(epochs=setup.epochs, batch_size=batch_size, optimizer="sgd", lr=setup.lr)
+    # archspec's own recipe for SGD: its learning rate and one-cycle schedule (d2l's lr 0.9 is
+    # for plain SGD; with momentum 0.9 it is ten times that and diverges)
+    recipe = Recipe(epochs=setup.epochs, batch_size=batch_size, optimizer="sgd")
     with tempfile.TemporaryDirectory() as out:
         result = fit(
             model,
@@ -275,7 +278,9 @@ def main() -> None:
     ap.add_argument("--variant", default=None)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=0.9, help="d2l's lr for LeNet (1.0 with BN)")
+    ap.add_argument(
+        "--lr", type=float, default=0.9, help="the seed recipe's lr: d2l's for LeNet (1.0 with BN)"
+    )
     ap.add_argument("--workers", type=int, default=4, help="d2l's get_dataloader_workers()")
     ap.add_argument(
         "--seed-threads",
@@ -305,7 +310,7 @@ def main() -> None:
     )
     print(
         f"spec {spec.name}{' --variant ' + args.variant if args.variant else ''}, "
-        f"{args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr:g}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, SGD (seed lr {args.lr:g}), "
         f"embedded MNIST 8000/2000, on {args.device}{' compiled' if args.compile else ''}, "
         f"seed recipe on {r['seed_threads']} torch threads and "
         f"{args.workers} DataLoader workers, "

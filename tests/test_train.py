@@ -54,6 +54,7 @@ def _fit(
     torch.manual_seed(seed_model)
     model = archspec.build(spec)
     recipe = Recipe(data=str(npz), epochs=3, batch_size=16)
+    kw.setdefault("threads", 1)  # runs compared bit for bit must not time their thread count
     result = fit(
         model,
         load(str(npz)),
@@ -103,17 +104,20 @@ def test_run_writes_well_formed_outputs(spec: Path, npz: Path, tmp_path: Path) -
     assert result["accuracy"] == pytest.approx(rows[-1]["test_acc"], abs=1e-6)
 
 
+def _stop_at(stop_at: int) -> Callable[[int], None]:
+    def interrupt(step: int) -> None:
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the real handler, at a known step
+
+    return interrupt
+
+
 @pytest.mark.parametrize("stop_at", [4, 6])  # inside epoch 1, and exactly at its end
 def test_resume_after_interrupt_reproduces_uninterrupted_weights(
     spec: Path, npz: Path, tmp_path: Path, stop_at: int
 ) -> None:
     whole, full = _fit(spec, npz, tmp_path / "whole")
-
-    def interrupt(step: int) -> None:
-        if step == stop_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # the real handler, at a known step
-
-    _, first = _fit(spec, npz, tmp_path / "split", on_step=interrupt)
+    _, first = _fit(spec, npz, tmp_path / "split", on_step=_stop_at(stop_at))
     assert first.signal == signal.SIGTERM and not first.done
     assert checkpoint.load(tmp_path / "split" / "checkpoint.pt")["scheduler"]["step"] == stop_at
     resumed, second = _fit(spec, npz, tmp_path / "split", resume=True, seed_model=123)
@@ -302,3 +306,32 @@ def test_sigterm_leaves_loadable_checkpoint(spec: Path, npz: Path, tmp_path: Pat
     model.load_state_dict(state["model"])
     assert state["epoch"] >= 1
     assert (out / "model.safetensors").exists()
+
+
+def test_thread_count_is_timed_for_small_models_and_kept_on_resume(
+    spec: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import archspec.train as runner
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a 2-core machine, whatever runs this
+    timed: list[int] = []
+    real = runner._num_threads
+
+    def counting(n: int):
+        timed.append(n)
+        return real(n)
+
+    monkeypatch.setattr(runner, "_num_threads", counting)
+    _fit(spec, npz, tmp_path / "run", threads=None, on_step=_stop_at(4))
+    chosen = json.loads((tmp_path / "run" / "config.json").read_text())["threads"]
+    assert chosen in (1, 2) and {1, 2} <= set(timed)  # both were timed before training
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["threads"] == chosen
+    timed.clear()
+    _fit(spec, npz, tmp_path / "run", threads=None, resume=True)
+    assert timed == [chosen]  # the resumed run trains on the same count, timing nothing
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    timed.clear()
+    _fit(spec, npz, tmp_path / "env", threads=None)
+    assert timed == [2]  # OMP_NUM_THREADS wins: nothing timed
