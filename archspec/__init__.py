@@ -25,7 +25,7 @@ def build(
     input_shape: tuple[int, ...] | list[int] | None = None,
     num_classes: int | None = None,
     **options: Any,
-) -> "nn.Module":
+) -> nn.Module:
     """Compile a spec into an `nn.Module`; raises SpecError carrying every error of the spec."""
     from .compile import build as _build
 
@@ -40,9 +40,13 @@ def variants(path: str | Path) -> list[str]:
     try:
         src = read_source(path)
     except SourceError as e:
-        raise SpecError([Diagnostic(e.loc, e.problem.code, e.problem.message, e.problem.help)]) from None
+        raise SpecError(
+            [Diagnostic(e.loc, e.problem.code, e.problem.message, e.problem.help)]
+        ) from None
     except OSError as e:
-        raise SpecError([Diagnostic(Loc(str(path)), "E-IO", f"cannot read spec: {e.strerror or e}")]) from None
+        raise SpecError(
+            [Diagnostic(Loc(str(path)), "E-IO", f"cannot read spec: {e.strerror or e}")]
+        ) from None
     root = src.root
     found = root.get("variants") if isinstance(root, dict) else None
     return [str(k) for k in found] if isinstance(found, dict) else []

@@ -61,7 +61,9 @@ class Report:
 
     @property
     def params(self) -> int | None:
-        return sum(n.inferred.params for n in self.layers) if self.ok else None  # type: ignore[union-attr]
+        if not self.ok:
+            return None
+        return sum(n.inferred.params for n in self.layers if n.inferred is not None)
 
     @property
     def macs(self) -> int | None:
@@ -69,7 +71,9 @@ class Report:
         if not self.ok or self.network is None:
             return None
         aux = {id(n) for n in self.network.aux_layers}
-        return sum(n.inferred.macs for n in self.layers if n.inferred is not None and id(n) not in aux)
+        return sum(
+            n.inferred.macs for n in self.layers if n.inferred is not None and id(n) not in aux
+        )
 
     def layer_rows(self) -> list[dict]:
         rows = []

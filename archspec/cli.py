@@ -38,7 +38,7 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except Exception as e:  # last line of defence: never a traceback for a user
+        except Exception as e:  # noqa: BLE001  # last line of defence: never a traceback for a user
             click.echo(f"error: internal error: {type(e).__name__}: {e}", err=True)
             click.echo("help: please report this with the spec that caused it", err=True)
             sys.exit(EXIT_SPEC)
@@ -88,7 +88,7 @@ def check_cmd(
     if not Path(spec).is_file():
         _usage_failure(spec, variant, shape, as_json, f"no such spec file: {spec}")
     report = check(spec, variant=variant, input_shape=shape, num_classes=num_classes)
-    if batch is not None and report.ok:
+    if batch is not None and report.ok and report.network is not None:
         from .memory import estimate
 
         report.memory = estimate(report.network, batch, dtype, optimizer)
@@ -136,4 +136,4 @@ def _register_commands() -> None:
 
 
 _register_commands()
-__all__ = ["main", "human_number"]
+__all__ = ["human_number", "main"]

@@ -24,7 +24,7 @@ from .errors import Diagnostic, Loc, SpecError
 from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
 from .ops import OPS
 
-DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", 2_000_000_000))
+DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", "2000000000"))
 
 
 class ArchNet(nn.Sequential):
@@ -34,8 +34,13 @@ class ArchNet(nn.Sequential):
     the main output in eval mode and under TorchScript, and `(main, *aux_outputs)` in training
     mode, the heads in stage order (see `_Emitter.network_source`, docs/language-aux.md)."""
 
-    def __init__(self, stages: "OrderedDict[str, nn.Module]", name: str, input_shape: tuple[int, ...],
-                 num_classes: int | None):
+    def __init__(
+        self,
+        stages: OrderedDict[str, nn.Module],
+        name: str,
+        input_shape: tuple[int, ...],
+        num_classes: int | None,
+    ):
         super().__init__(stages)
         self.spec_name = name
         self.input_shape = tuple(input_shape)
@@ -70,9 +75,14 @@ def build(
     limit = DEFAULT_MAX_PARAMS if max_params is None else max_params
     if report.params > limit:
         raise SpecError(
-            [Diagnostic(Loc(str(path)), "E-TOO-BIG",
-                        f"the model has {report.params:,} parameters, over the limit of {limit:,}",
-                        "raise the limit with max_params= or ARCHSPEC_MAX_PARAMS if you mean it")],
+            [
+                Diagnostic(
+                    Loc(str(path)),
+                    "E-TOO-BIG",
+                    f"the model has {report.params:,} parameters, over the limit of {limit:,}",
+                    "raise the limit with max_params= or ARCHSPEC_MAX_PARAMS if you mean it",
+                )
+            ],
             report.source_lines,
         )
     with torch.device(device) if device is not None else _nullcontext():
@@ -88,7 +98,7 @@ class _nullcontext:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
@@ -104,6 +114,7 @@ def compile_network(net: Network) -> ArchNet:
 
 def module_for(node: Node) -> nn.Module:
     if node.kind == LAYER:
+        assert node.in_shape is not None  # build runs only on a spec that checked clean
         return OPS[node.op].build(node.params, node.in_shape)
     owned = list(_owned(node))
     children = [(c.name, module_for(c)) for c in owned]
@@ -144,7 +155,7 @@ def _generated(kind: str, source: str, cls_name: str, base: type) -> type:
         # Register the source so inspect.getsource (TorchScript) and tracebacks can read it.
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         namespace: dict[str, Any] = {"torch": torch}
-        exec(compile(source, filename, "exec"), namespace)  # our own generated code, never spec text
+        exec(compile(source, filename, "exec"), namespace)  # noqa: S102  # our generated code, never spec text
         cls = type(cls_name, (base,), {"forward": namespace["forward"]})
         cls.__module__ = "archspec.compile"
         _CLASSES[key] = cls
@@ -162,7 +173,12 @@ class _Emitter:
 
     def forward_source(self, node: Node) -> str:
         out = self.body(node, "x")
-        lines = ["def forward(self, x):", *(f"    {ln}" for ln in self.lines), f"    return {out}", ""]
+        lines = [
+            "def forward(self, x):",
+            *(f"    {ln}" for ln in self.lines),
+            f"    return {out}",
+            "",
+        ]
         return "\n".join(lines)
 
     def network_source(self, root: Node) -> str:
@@ -185,8 +201,11 @@ class _Emitter:
     def call(self, node: Node, inp: str) -> str:
         """A child that owns a module: one call."""
         v = self.var()
-        ref = f"self.{node.name}" if node.name.isidentifier() and not keyword.iskeyword(node.name) \
+        ref = (
+            f"self.{node.name}"
+            if node.name.isidentifier() and not keyword.iskeyword(node.name)
             else f"getattr(self, {node.name!r})"
+        )
         self.lines.append(f"{v} = {ref}({inp})")
         return v
 

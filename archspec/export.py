@@ -127,7 +127,7 @@ def export_onnx(
                 )
     except ExportError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  # torch.onnx raises many kinds: one clear error
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {_first_line(e)}") from None
     seconds = time.perf_counter() - start
     diff = verify_onnx(model, path, tolerance) if verify else None
@@ -159,11 +159,11 @@ def export_torchscript(
     with _quiet():
         try:
             compiled = torch.jit.script(model)
-        except Exception:  # a module scripting cannot read: tracing records the same ops
+        except Exception:  # noqa: BLE001  # a module scripting cannot read: tracing records the same ops
             method = "trace"
             try:
                 compiled = torch.jit.trace(model, sample(model, TRACE_BATCH), check_trace=False)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001
                 raise ExportError(
                     f"TorchScript export failed: {type(e).__name__}: {_first_line(e)}"
                 ) from None

@@ -11,7 +11,8 @@ import ast
 import math
 import operator
 import re
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import Problem, did_you_mean
 
@@ -36,7 +37,7 @@ _CMP = {
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
-_FUNCS = {
+_FUNCS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
     "int": int,

@@ -264,6 +264,7 @@ def write(dot: str, path: str | Path, timeout: float = 120.0) -> str:
         )
     proc = subprocess.run(
         [exe, f"-T{kind}", "-o", str(path)],
+        check=False,  # its stderr becomes our error message below
         input=dot.encode(),
         capture_output=True,
         timeout=timeout,

@@ -3,8 +3,9 @@ resolved and every shape inferred. `check` reports it; `compile` turns it into m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import Loc
 from .ops import Inferred, Shape
@@ -32,17 +33,17 @@ class Node:
     inferred: Inferred | None = None
     rf: tuple[int, int] | None = None  # receptive field (h, w) at this layer's output
     # composites
-    children: list["Node"] = field(default_factory=list)  # seq items / branches / dense layers / main
+    children: list[Node] = field(default_factory=list)  # seq items / branches / dense layers / main
     merge: str = "concat"  # parallel
-    shortcut: "Node | None" = None  # residual (None: identity)
-    post: "Node | None" = None  # residual
+    shortcut: Node | None = None  # residual (None: identity)
+    post: Node | None = None  # residual
 
-    def parts(self) -> list["Node"]:
+    def parts(self) -> list[Node]:
         """Every child node in forward order."""
         extra = [n for n in (self.shortcut, self.post) if n is not None]
         return [*self.children, *extra]
 
-    def leaves(self) -> Iterator["Node"]:
+    def leaves(self) -> Iterator[Node]:
         if self.kind == LAYER:
             yield self
             return
@@ -66,4 +67,6 @@ class Network:
     @property
     def aux_layers(self) -> list[Node]:
         """Layers of auxiliary heads: they run in training only, so inference cost leaves them out."""
-        return [leaf for stage in self.root.children if stage.kind == AUX for leaf in stage.leaves()]
+        return [
+            leaf for stage in self.root.children if stage.kind == AUX for leaf in stage.leaves()
+        ]

@@ -18,7 +18,7 @@ from .errors import Collector, Loc, Problem, did_you_mean
 from .expr import Shape as ExprShape
 from .expr import evaluate, is_expression
 from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
-from .ops import OPS, Inferred, Shape, Window, fmt
+from .ops import OPS, Shape, Window, fmt
 from .source import LMap, LSeq, Source, loc_of, merge, to_plain
 from .spec import SpecModel, pydantic_errors
 
@@ -87,7 +87,7 @@ class State:
     rf: tuple[int, int] = (1, 1)
     jump: tuple[int, int] = (1, 1)
 
-    def through(self, window: Window | None, out: Shape) -> "State":
+    def through(self, window: Window | None, out: Shape) -> State:
         if window is None:
             return State(out, self.rf, self.jump)
         rf = tuple(
@@ -242,7 +242,7 @@ class Lowerer:
             inline=bool(item.get("inline", False)),
         )
 
-    def item_name(self, item: dict, loc: Loc, env: dict, default: str) -> str:
+    def item_name(self, item: dict, loc: Loc, env: dict, default: str | None) -> str | None:
         if "name" not in item:
             return default
         try:
@@ -260,7 +260,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool = False,
     ) -> Node:
         if head in OPS:
@@ -303,7 +303,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
     ) -> Node:
         op = OPS[opname]
         raw = dict(self.defaults.get(opname, {}))
@@ -385,7 +385,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool,
         prefix: str | None = None,
     ) -> Node:
@@ -415,7 +415,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool,
     ) -> Node:
         items = body.get("layers") if isinstance(body, dict) else body
@@ -443,7 +443,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool,
     ) -> Node:
         """An auxiliary head (GoogLeNet's aux1, Inception v3's AuxLogits): a module whose layers
@@ -488,7 +488,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool,
     ) -> Node:
         self.options(body, body_loc, ("branches", "merge", "flat", "name", "inline"), "parallel")
@@ -545,8 +545,8 @@ class Lowerer:
         return _finish(node, self.merge(node, outs, key_loc, state))
 
     def merge(self, node: Node, outs: list[State], loc: Loc, state: State) -> State:
-        shapes = [o.shape for o in outs]
-        if not shapes or any(s is None for s in shapes):
+        shapes = [o.shape for o in outs if o.shape is not None]
+        if not shapes or len(shapes) < len(outs):
             return UNKNOWN
         rf = tuple(max(o.rf[i] for o in outs) for i in (0, 1))
         jump = tuple(max(o.jump[i] for o in outs) for i in (0, 1))
@@ -572,7 +572,7 @@ class Lowerer:
             )
             return UNKNOWN
         first = shapes[0]
-        out = (sum(s[0] for s in shapes), *first[1:])  # type: ignore[index]
+        out = (sum(s[0] for s in shapes), *first[1:])
         return State(out, rf, jump)  # type: ignore[arg-type]
 
     def comb_residual(
@@ -583,7 +583,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool,
     ) -> Node:
         self.options(
@@ -717,7 +717,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         inline: bool,
     ) -> Node:
         """Each layer sees the concatenation of the block input and all earlier layer outputs."""
@@ -733,7 +733,7 @@ class Lowerer:
         state: State,
         env: dict,
         scope: Scope,
-        name: str,
+        name: str | None,
         dense: bool = False,
         head_loc: Loc | None = None,
     ) -> Node:
@@ -811,7 +811,7 @@ class Lowerer:
             )
             return self.dead(loc, state, scope, name)
 
-        def one(i: int | None, st: State, sc: Scope, nm: str) -> Node:
+        def one(i: int | None, st: State, sc: Scope, nm: str | None) -> Node:
             call = dict(args)
             for key, sel in (("first", 0), ("at", None)):
                 over = item.get(key)
@@ -880,6 +880,7 @@ class Lowerer:
         start = start if isinstance(start, int) else 0
         cur = state
         least = None  # fewest items a repetition after the first expanded to
+        assert times is not None  # a dense block without `repeat` returned above
         for i in range(times):
             auto = None if inline else str(start + i)
             before = self.count
@@ -1116,7 +1117,7 @@ def _index(key: Any, n: int) -> int | None:
 def _relocate(call: dict, args: Any, item: dict) -> LMap:
     """Keep the file positions of `with`/`first`/`at` arguments for error messages."""
     out = LMap(call)
-    out.loc = getattr(args, "loc", getattr(item, "loc", None))
+    out.loc = getattr(args, "loc", getattr(item, "loc", None))  # type: ignore[assignment]
     out.key_locs, out.val_locs = {}, {}
     sources = [args, item.get("first")]
     at = item.get("at")

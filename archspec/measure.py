@@ -44,7 +44,10 @@ def saved_bytes(model: Any, x: Any, dtype: str = "float32") -> int:
         return t
 
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x.device.type, dtype):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        _autocast(x.device.type, dtype),
+    ):
         out = model(x)
     del out
     held.clear()
@@ -84,8 +87,12 @@ def optimizer_state_bytes(opt: Any) -> int:
     """Bytes of every tensor in the optimizer's state (after a step has created it)."""
     import torch
 
-    return sum(v.untyped_storage().nbytes() for st in opt.state.values() for v in st.values()
-               if isinstance(v, torch.Tensor))
+    return sum(
+        v.untyped_storage().nbytes()
+        for st in opt.state.values()
+        for v in st.values()
+        if isinstance(v, torch.Tensor)
+    )
 
 
 def cpu_step_peak(model: Any, x: Any, y: Any, opt: Any, dtype: str = "float32") -> int:
@@ -97,7 +104,9 @@ def cpu_step_peak(model: Any, x: Any, y: Any, opt: Any, dtype: str = "float32") 
     train_step(model, x, y, opt, dtype)  # warm up: the optimizer state now exists
     opt.zero_grad(set_to_none=True)
     resident = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers()))
-    resident += optimizer_state_bytes(opt) + x.untyped_storage().nbytes() + y.untyped_storage().nbytes()
+    resident += (
+        optimizer_state_bytes(opt) + x.untyped_storage().nbytes() + y.untyped_storage().nbytes()
+    )
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         train_step(model, x, y, opt, dtype)
     # every allocation and free, in order (FunctionEvents fold allocations into their ops)

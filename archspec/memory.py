@@ -189,14 +189,18 @@ class Walk:
         if records:
             if rule.input:
                 if self.low and op.autocast == "lower" and x.dtype != self.low:
-                    step.saved.append(Storage(x.elems * DTYPE_BYTES[self.low], node.path))  # the cast copy
+                    step.saved.append(
+                        Storage(x.elems * DTYPE_BYTES[self.low], node.path)
+                    )  # the cast copy
                 else:
                     step.saved.append(x.storage)
             if rule.output:
                 step.saved.append(out.storage)
             for e in rule.extra:
                 n = e.elems * (self.batch if e.per_sample else 1)
-                step.saved.append(Storage(n * DTYPE_BYTES[self.extra_dtype(e.dtype, x.dtype)], node.path))
+                step.saved.append(
+                    Storage(n * DTYPE_BYTES[self.extra_dtype(e.dtype, x.dtype)], node.path)
+                )
             if self.low and rule.weight:
                 step.saved.append(Storage(rule.weight * DTYPE_BYTES[self.low], node.path))
         self.steps.append(step)
@@ -222,8 +226,13 @@ def param_tensors(node: Node) -> int:
 # --------------------------------------------------------------------------- the estimate
 
 
-def estimate(network: Network, batch: int, dtype: str = "float32", optimizer: str = "sgd",
-             device: str = "cpu") -> MemoryReport:
+def estimate(
+    network: Network,
+    batch: int,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    device: str = "cpu",
+) -> MemoryReport:
     """Training memory of `network` at `batch`: exact saved-for-backward bytes and an
     estimated peak of one steady-state training step (see docs/memory.md)."""
     if dtype not in DTYPES:
@@ -251,15 +260,29 @@ def estimate(network: Network, batch: int, dtype: str = "float32", optimizer: st
         opt += n_tensors * 4  # AdamW's per-parameter `step` counter, a float32 scalar tensor
     peak, where = _peak(walk, x, outputs, params, opt, optimizer, layers)
     return MemoryReport(
-        batch=batch, dtype=dtype, optimizer=optimizer, device=walk.device,
-        params_bytes=params, grads_bytes=params, optimizer_bytes=opt,
-        activations_bytes=sum(saved_by_path.values()), peak_bytes=peak, peak_at=where,
+        batch=batch,
+        dtype=dtype,
+        optimizer=optimizer,
+        device=walk.device,
+        params_bytes=params,
+        grads_bytes=params,
+        optimizer_bytes=opt,
+        activations_bytes=sum(saved_by_path.values()),
+        peak_bytes=peak,
+        peak_at=where,
         saved_by_path=saved_by_path,
     )
 
 
-def _peak(walk: Walk, x: Tensor, outputs: list[Tensor], params: int, opt: int, optimizer: str,
-          layers: list[Node]) -> tuple[int, str]:
+def _peak(
+    walk: Walk,
+    x: Tensor,
+    outputs: list[Tensor],
+    params: int,
+    opt: int,
+    optimizer: str,
+    layers: list[Node],
+) -> tuple[int, str]:
     """Replay one steady-state step: zero_grad(set_to_none) has freed the gradients; the
     parameters, the optimizer state and the batch stay alive throughout.
 
@@ -285,7 +308,10 @@ def _peak(walk: Walk, x: Tensor, outputs: list[Tensor], params: int, opt: int, o
                 born[id(s)] = i
         for s in st.saved:
             first_keeper.setdefault(id(s), i)
-    held = {id(x.storage), *(id(t.storage) for t in outputs)}  # the caller holds the batch and outputs
+    held = {
+        id(x.storage),
+        *(id(t.storage) for t in outputs),
+    }  # the caller holds the batch and outputs
     storages.setdefault(id(x.storage), x.storage)
     born[id(x.storage)] = -1
 
@@ -385,14 +411,28 @@ def _optimizer_temporaries(optimizer: str, params: int, layers: list[Node], devi
 # --------------------------------------------------------------------------- batch sizing
 
 
-def fits(network: Network, batch: int, free_bytes: int, dtype: str = "float32", optimizer: str = "sgd",
-         margin: float = DEFAULT_MARGIN, device: str = "cpu") -> bool:
+def fits(
+    network: Network,
+    batch: int,
+    free_bytes: int,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    margin: float = DEFAULT_MARGIN,
+    device: str = "cpu",
+) -> bool:
     """Whether one training step at `batch` is estimated to fit in `margin` of `free_bytes`."""
     return estimate(network, batch, dtype, optimizer, device).peak_bytes <= margin * free_bytes
 
 
-def auto_batch_size(network: Network, free_bytes: int, dtype: str = "float32", optimizer: str = "sgd",
-                    margin: float = DEFAULT_MARGIN, device: str = "cpu", limit: int = 1 << 16) -> int:
+def auto_batch_size(
+    network: Network,
+    free_bytes: int,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    margin: float = DEFAULT_MARGIN,
+    device: str = "cpu",
+    limit: int = 1 << 16,
+) -> int:
     """The largest power-of-two batch (at most `limit`) whose estimated peak fits in `margin`
     of `free_bytes`; 0 when not even batch 1 fits. The peak grows with the batch, so the
     first batch that does not fit ends the search."""

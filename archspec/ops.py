@@ -13,14 +13,14 @@ from typing import Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import Problem
-from .shapes import adaptive_window, conv_out, pair, pool_out, same_pad
+from .shapes import adaptive_window, pair, pool_out, same_pad
 
 Shape = tuple[int, ...]
 MAX_CHANNELS = 1 << 20
 MAX_KERNEL = 1 << 14
 
 PosInt = Field(ge=1)
-IntOrPair = Union[int, list[int]]
+IntOrPair = Union[int, list[int]]  # noqa: UP007  # docs_reference renders typing.Union as "int or [h, w]"
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,13 @@ def check_pair(name: str, v: IntOrPair, low: int, high: int) -> tuple[int, int]:
     a, b = pair(v)
     for x in (a, b):
         if not low <= x <= high:
-            raise Problem("E-RANGE", f"`{name}` = {x} is out of range [{low}, {high}]", None, field=name)
+            raise Problem(
+                "E-RANGE", f"`{name}` = {x} is out of range [{low}, {high}]", None, field=name
+            )
     return a, b
 
 
-def collapse(op: str, what: str, shape: Shape, hw: tuple[int, int], hint: str) -> Problem:
+def collapse(op: str, what: str, shape: Shape, hw: tuple[int, ...], hint: str) -> Problem:
     return Problem(
         "E-SHAPE-COLLAPSE",
         f"{op} {what} turns {shape[1]}x{shape[2]} into {hw[0]}x{hw[1]}",
@@ -160,7 +162,7 @@ class ConvParams(Params):
     out: int = Field(ge=1, le=MAX_CHANNELS, description="output channels")
     k: IntOrPair = Field(description="kernel size: n, or [kh, kw] for rectangular kernels")
     stride: IntOrPair = Field(1, description="stride")
-    pad: Union[int, list[int], Literal["same", "valid"]] = Field(
+    pad: int | list[int] | Literal["same", "valid"] = Field(
         0, description="zero padding per side, [ph, pw], `same` (stride 1 only) or `valid`"
     )
     dilation: IntOrPair = Field(1, description="dilation")
@@ -207,7 +209,13 @@ class Conv(Op):
             (size + pad2[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, size in enumerate((h, w))
         )
         if min(hw) <= 0:
-            raise collapse("conv", f"k={fmt(k)} s={fmt(s)}", shape, hw, "use a larger --input, a smaller kernel or more padding")  # type: ignore[arg-type]
+            raise collapse(
+                "conv",
+                f"k={fmt(k)} s={fmt(s)}",
+                shape,
+                hw,
+                "use a larger --input, a smaller kernel or more padding",
+            )
         per_out = (c // p.groups) * k[0] * k[1]
         params = p.out * per_out + (p.out if p.bias else 0)
         macs = p.out * hw[0] * hw[1] * per_out
@@ -276,7 +284,13 @@ class _Pool(Op):
             for i, size in enumerate(shape[1:])
         )
         if min(hw) <= 0:
-            raise collapse(self.name, f"k={fmt(k)} s={fmt(s)}", shape, hw, "use a larger --input or drop a pool")  # type: ignore[arg-type]
+            raise collapse(
+                self.name,
+                f"k={fmt(k)} s={fmt(s)}",
+                shape,
+                hw,
+                "use a larger --input or drop a pool",
+            )
         return Inferred((shape[0], hw[0], hw[1]), window=Window(k, s, d))
 
     def describe(self, p: Any) -> str:
@@ -366,7 +380,7 @@ class AdaptiveMaxPool(_Adaptive):
 
 
 class _Global(_Adaptive):
-    Params = NoParams
+    Params = NoParams  # type: ignore[assignment]  # global pools take no parameters
 
     def size(self, p: Any) -> tuple[int, int]:
         return (1, 1)
@@ -500,11 +514,14 @@ class LocalResponseNorm(Op):
         # F.local_response_norm is composite: x*x keeps x; avg_pool3d keeps the channel-padded
         # square (C + size - 1 channels); pow keeps its base and result; x / div keeps x and div.
         c, h, w = shape
-        return Saved(input=True, extra=(
-            Extra("padded square", (c + p.size - 1) * h * w, "wide"),
-            Extra("pow base", c * h * w, "wide"),
-            Extra("pow result", c * h * w, "wide"),
-        ))
+        return Saved(
+            input=True,
+            extra=(
+                Extra("padded square", (c + p.size - 1) * h * w, "wide"),
+                Extra("pow base", c * h * w, "wide"),
+                Extra("pow result", c * h * w, "wide"),
+            ),
+        )
 
     def build(self, p: LrnParams, shape: Shape) -> Any:
         from torch import nn
@@ -575,13 +592,24 @@ class _Activation(Op):
         return cls(inplace=p.inplace) if isinstance(p, InplaceParams) else cls()
 
 
-def _activation(name: str, module: str, params: type[Params] = NoParams, keeps: str = "input",
-                inplace_keeps: str = "output") -> None:
+def _activation(
+    name: str,
+    module: str,
+    params: type[Params] = NoParams,
+    keeps: str = "input",
+    inplace_keeps: str = "output",
+) -> None:
     cls = type(
         module,
         (_Activation,),
-        {"name": name, "module": module, "Params": params, "doc": f"torch.nn.{module}",
-         "keeps": keeps, "inplace_keeps": inplace_keeps},
+        {
+            "name": name,
+            "module": module,
+            "Params": params,
+            "doc": f"torch.nn.{module}",
+            "keeps": keeps,
+            "inplace_keeps": inplace_keeps,
+        },
     )
     register(cls)
 

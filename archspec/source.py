@@ -93,9 +93,7 @@ def decode(data: bytes, name: str) -> str:
 
 def parse_text(text: str, name: str) -> Source:
     src = Source(name, text, lines=text.splitlines())
-    if not text.strip() or all(
-        not ln.strip() or ln.lstrip().startswith("#") for ln in src.lines
-    ):
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in src.lines):
         raise SourceError(
             Loc(name),
             Problem(
@@ -151,8 +149,11 @@ def _compose(text: str, name: str) -> Any:
         char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
         raise SourceError(
             Loc(name, line, col),
-            Problem("E-YAML-SYNTAX", f"invalid YAML: control character {char} is not allowed",
-                    "a spec is plain text: remove the character"),
+            Problem(
+                "E-YAML-SYNTAX",
+                f"invalid YAML: control character {char} is not allowed",
+                "a spec is plain text: remove the character",
+            ),
         ) from None
     except (YAMLError, ValueError) as e:  # composer errors without a mark, e.g. many documents
         raise SourceError(Loc(name), Problem("E-YAML-SYNTAX", f"invalid YAML: {e}", None)) from None
@@ -330,8 +331,10 @@ class _Converter:
             for knode, vnode in node.value:
                 if not isinstance(knode, ScalarNode):
                     raise self.fail(knode, "E-YAML-KEY", "mapping keys must be plain scalars")
-                if knode.tag == _STD + "merge" or knode.value == "<<" and knode.tag.endswith(
-                    "merge"
+                if (
+                    knode.tag == _STD + "merge"
+                    or knode.value == "<<"
+                    and (knode.tag or "").endswith("merge")
                 ):
                     raise self.fail(knode, "E-YAML-TAG", "YAML merge keys (`<<`) are not supported")
                 key = self.scalar(knode, knode.tag if isinstance(knode.tag, str) else None)
@@ -369,7 +372,9 @@ class _Converter:
                     return int(s, 10)
                 return int(s, 0)
             except ValueError:
-                raise self.fail(node, "E-YAML-NUMBER", f"`{v[:40]}` is not a usable integer") from None
+                raise self.fail(
+                    node, "E-YAML-NUMBER", f"`{v[:40]}` is not a usable integer"
+                ) from None
         if kind == "float":
             s = v.replace("_", "").lower()
             if s.lstrip("+-") in (".inf", "inf"):
@@ -379,7 +384,9 @@ class _Converter:
             try:
                 return float(s)
             except ValueError:
-                raise self.fail(node, "E-YAML-NUMBER", f"`{v[:40]}` is not a usable number") from None
+                raise self.fail(
+                    node, "E-YAML-NUMBER", f"`{v[:40]}` is not a usable number"
+                ) from None
         return v
 
 
@@ -411,7 +418,7 @@ def merge(base: Any, overlay: Any) -> Any:
     if not (isinstance(base, dict) and isinstance(overlay, dict)):
         return overlay
     out = LMap()
-    out.loc = getattr(base, "loc", None)
+    out.loc = getattr(base, "loc", None)  # type: ignore[assignment]  # as the base had it
     out.key_locs = dict(getattr(base, "key_locs", {}))
     out.val_locs = dict(getattr(base, "val_locs", {}))
     out.update(base)

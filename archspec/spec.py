@@ -7,7 +7,8 @@ parameters are pydantic models in `ops.py`.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -66,23 +67,24 @@ def pydantic_errors(
     """Turn each pydantic error into a located diagnostic."""
     # Drop union-member tags (`k.int`, `k.list[int]`): a value failing `int | list[int]` is one
     # mistake, reported once at its field, by the most specific member (`stride.1`, not `stride`).
-    errors = []
+    errors: list[tuple[tuple[int | str, ...], Any]] = []
     for err in exc.errors(include_url=False):
-        path = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+        path = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))
+        )
         if all(path != p for p, _ in errors):
             errors.append((path, err))
     deeper = {p[:n] for p, _ in errors for n in range(len(p))}
     for path, err in errors:
         if path in deeper and err["type"] not in ("extra_forbidden", "missing"):
             continue
-        path = list(path)
         node, loc = tree, getattr(tree, "loc", fallback)
         parent, last = None, None
         for part in path:
             if isinstance(node, (LMap, LSeq)) and _has(node, part):
                 parent, last = node, part
                 loc = loc_of(node, part, loc)
-                node = node[part]
+                node = node[part]  # type: ignore[index]  # _has checked the key's kind
             else:
                 break
         kind = err["type"]

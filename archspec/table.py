@@ -8,21 +8,21 @@ if TYPE_CHECKING:
     from .check import Report
 
 
-def human_number(n: int | float) -> str:
+def human_number(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.2f}{unit}"
     return str(n)
 
 
-def human_bytes(n: int | float) -> str:
+def human_bytes(n: float) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{int(n)} B"
 
 
-def render_table(report: "Report") -> str:
+def render_table(report: Report) -> str:
     rows = report.layer_rows()
     memory = report.memory
     headers = ["path", "op", "output", "params", "MACs", "RF"]
@@ -42,18 +42,24 @@ def render_table(report: "Report") -> str:
         if memory is not None:
             cells.append(human_bytes(r["saved_bytes"]) if r["saved_bytes"] else "-")
         body.append(cells)
-    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(headers)
+    ]
     right = {3, 4, 5, 6}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line(c) for c in body]
     variant = f" ({report.variant})" if report.variant else ""
     shape = "x".join(map(str, report.input or ()))
     out.append("")
-    out.append(f"{report.name}{variant}: input {shape} -> output {'x'.join(map(str, report.output or ()))}")
+    out.append(
+        f"{report.name}{variant}: input {shape} -> output {'x'.join(map(str, report.output or ()))}"
+    )
     out.append(f"params: {report.params:,} ({human_number(report.params or 0)})")
     out.append(f"MACs:   {report.macs:,} ({human_number(report.macs or 0)}) per sample")
     aux = report.network.aux_layers if report.network is not None else []

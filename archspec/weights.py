@@ -36,24 +36,45 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise _error(name, f"no such weights file: {name}", None) from None
     except IsADirectoryError:
         raise _error(name, f"{name} is a directory, not a weights file", None) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+    ) as e:
         if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
             # not torch's text: it advises re-running with weights_only=False, wrong for a file
             # that may be hostile. A GLOBAL is a class or function the pickle would call.
-            what = ("it holds Python objects, not just tensors; refusing to unpickle it"
-                    if "GLOBAL" in str(e) else "not a pickle of tensors")
-            raise _error(name, f"cannot read weights from {name}: {what}",
-                         "pass a file written by torch.save(model.state_dict(), path)") from None
+            what = (
+                "it holds Python objects, not just tensors; refusing to unpickle it"
+                if "GLOBAL" in str(e)
+                else "not a pickle of tensors"
+            )
+            raise _error(
+                name,
+                f"cannot read weights from {name}: {what}",
+                "pass a file written by torch.save(model.state_dict(), path)",
+            ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _error(name, f"cannot read weights from {name}: {first[:200]}",
-                     "pass a file written by torch.save(model.state_dict(), path)") from None
+        raise _error(
+            name,
+            f"cannot read weights from {name}: {first[:200]}",
+            "pass a file written by torch.save(model.state_dict(), path)",
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise _error(name, f"{name} holds no state_dict (a mapping of names to tensors)",
-                     "expected a raw state_dict, or a dict with one under `state_dict` or `model`")
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()
+    ):
+        raise _error(
+            name,
+            f"{name} holds no state_dict (a mapping of names to tensors)",
+            "expected a raw state_dict, or a dict with one under `state_dict` or `model`",
+        )
     return obj
 
 
@@ -67,8 +88,11 @@ def _read_safetensors(name: str) -> dict[str, torch.Tensor]:
         raise _error(name, f"no such weights file: {name}", None) from None
     except (SafetensorError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _error(name, f"cannot read weights from {name}: {first[:200]}",
-                     "pass a file written by safetensors, e.g. the model.safetensors of a run") from None
+        raise _error(
+            name,
+            f"cannot read weights from {name}: {first[:200]}",
+            "pass a file written by safetensors, e.g. the model.safetensors of a run",
+        ) from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
@@ -79,8 +103,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} key(s): {_some(missing)}")
@@ -89,9 +116,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es): {_some(shapes)}")
     if problems:
-        raise _error(name, f"weights in {name} do not fit the model: " + "; ".join(problems),
-                     "the spec must name and size every layer as the file's model did "
-                     "(use `name:` for module paths; check the variant and --num-classes)")
+        raise _error(
+            name,
+            f"weights in {name} do not fit the model: " + "; ".join(problems),
+            "the spec must name and size every layer as the file's model did "
+            "(use `name:` for module paths; check the variant and --num-classes)",
+        )
     model.load_state_dict(state, strict=True)
     return model
 
@@ -100,8 +130,12 @@ def _strip_prefix(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """Files saved from DataParallel/DDP or torch.compile prefix every key; drop that prefix."""
     own = model.state_dict()
     for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+        if (
+            state
+            and all(k.startswith(prefix) for k in state)
+            and not any(k.startswith(prefix) for k in own)
+        ):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 

@@ -37,7 +37,9 @@ MiB = 1 << 20
 
 
 def all_cases() -> list[tuple[str, str | None]]:
-    paths = sorted((ROOT / "specs").glob("*.yaml")) + sorted((ROOT / "specs" / "torchvision").glob("*.yaml"))
+    paths = sorted((ROOT / "specs").glob("*.yaml")) + sorted(
+        (ROOT / "specs" / "torchvision").glob("*.yaml")
+    )
     out: list[tuple[str, str | None]] = []
     for p in paths:
         rel = str(p.relative_to(ROOT))
@@ -59,17 +61,30 @@ def torchinfo_stats(model: torch.nn.Module, shape: tuple[int, ...], device: str)
         return torchinfo.summary(model, input_size=shape, verbose=0, mode="train", device=device)
 
 
-def isolated(kind: str, spec: str, variant: str | None, args: argparse.Namespace, **extra: str) -> dict:
+def isolated(
+    kind: str, spec: str, variant: str | None, args: argparse.Namespace, **extra: str
+) -> dict:
     """Run one measurement in a fresh interpreter: a few GiB of activations per spec leave the
     CPU allocator fragmented, and the next spec would be measured (or killed) on top of it."""
-    cmd = [sys.executable, __file__, "--one", kind, "--batch", str(args.batch),
-           "--threads", str(args.threads), f"{spec}:{variant or ''}"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        kind,
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        f"{spec}:{variant or ''}",
+    ]
     for k, v in extra.items():
         cmd += [f"--{k}", v]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
-        raise SystemExit(f"{spec}:{variant}: measurement failed (exit {r.returncode})\n{r.stderr[-2000:]}")
+        raise SystemExit(
+            f"{spec}:{variant}: measurement failed (exit {r.returncode})\n{r.stderr[-2000:]}"
+        )
     return json.loads(lines[-1])
 
 
@@ -86,11 +101,19 @@ def cpu_row(spec: str, variant: str | None, batch: int) -> dict:
     info = torchinfo_stats(model, tuple(x.shape), "cpu").total_output_bytes
     del model, x
     gc.collect()
-    return {"spec": spec, "variant": variant, "measured": measured, "archspec": est.activations_bytes,
-            "torchinfo": info, "seconds": t_measure}
+    return {
+        "spec": spec,
+        "variant": variant,
+        "measured": measured,
+        "archspec": est.activations_bytes,
+        "torchinfo": info,
+        "seconds": t_measure,
+    }
 
 
-def step_peak_row(spec: str, variant: str | None, batch: int, dtype: str, optimizer: str, device: str) -> dict:
+def step_peak_row(
+    spec: str, variant: str | None, batch: int, dtype: str, optimizer: str, device: str
+) -> dict:
     report = archspec.check(ROOT / spec, variant)
     assert report.ok, report.render_errors()
     est = estimate(report.network, batch, dtype, optimizer, device)
@@ -114,8 +137,16 @@ def step_peak_row(spec: str, variant: str | None, batch: int, dtype: str, optimi
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return {"spec": spec, "variant": variant, "dtype": dtype, "optimizer": optimizer, "measured": measured,
-            "archspec": est.peak_bytes, "torchinfo": info_total, "at": est.peak_at}
+    return {
+        "spec": spec,
+        "variant": variant,
+        "dtype": dtype,
+        "optimizer": optimizer,
+        "measured": measured,
+        "archspec": est.peak_bytes,
+        "torchinfo": info_total,
+        "at": est.peak_at,
+    }
 
 
 def name(row: dict) -> str:
@@ -123,8 +154,12 @@ def name(row: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cases", nargs="*", help="SPEC or SPEC:VARIANT (default: every spec and variant)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "cases", nargs="*", help="SPEC or SPEC:VARIANT (default: every spec and variant)"
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--gpu", action="store_true", help="peak of one training step on CUDA")
     ap.add_argument("--cpu-peak", action="store_true", help="peak of one training step on CPU")
@@ -140,7 +175,7 @@ def main() -> None:
     cases = [parse_case(c) for c in args.cases] or all_cases()
 
     if args.one:  # a child process: one measurement, one JSON line
-        (spec, variant), = cases
+        ((spec, variant),) = cases
         if args.one == "saved":
             row = cpu_row(spec, variant, args.batch)
         else:
@@ -150,15 +185,20 @@ def main() -> None:
 
     if not args.no_saved:
         print(f"### Activations saved for backward, batch {args.batch}, float32 (CPU)\n")
-        print("| spec | measured MiB | archspec MiB | archspec / measured | torchinfo MiB | torchinfo / measured |")
+        print(
+            "| spec | measured MiB | archspec MiB | archspec / measured | torchinfo MiB | torchinfo / measured |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         worst = 0.0
         for spec, variant in cases:
             r = isolated("saved", spec, variant, args)
             ratio = r["archspec"] / r["measured"]
             worst = max(worst, abs(ratio - 1))
-            print(f"| {name(r)} | {r['measured'] / MiB:,.1f} | {r['archspec'] / MiB:,.1f} | {ratio:.4f} | "
-                  f"{r['torchinfo'] / MiB:,.1f} | {r['torchinfo'] / r['measured']:.3f} |", flush=True)
+            print(
+                f"| {name(r)} | {r['measured'] / MiB:,.1f} | {r['archspec'] / MiB:,.1f} | {ratio:.4f} | "
+                f"{r['torchinfo'] / MiB:,.1f} | {r['torchinfo'] / r['measured']:.3f} |",
+                flush=True,
+            )
         print(f"\nlargest archspec deviation: {worst:.2%}\n")
 
     for device, wanted in (("cpu", args.cpu_peak), ("cuda", args.gpu)):
@@ -167,17 +207,26 @@ def main() -> None:
         if device == "cuda" and not torch.cuda.is_available():
             print("no CUDA device: skipping --gpu", file=sys.stderr)
             continue
-        what = "torch.cuda.max_memory_allocated" if device == "cuda" else "CPU allocator high-water mark"
+        what = (
+            "torch.cuda.max_memory_allocated"
+            if device == "cuda"
+            else "CPU allocator high-water mark"
+        )
         print(f"### Peak of one training step ({args.optimizer}), batch {args.batch}: {what}\n")
-        print("| spec | dtype | measured MiB | archspec MiB | archspec / measured | torchinfo total MiB | "
-              "torchinfo / measured | archspec's peak at |")
+        print(
+            "| spec | dtype | measured MiB | archspec MiB | archspec / measured | torchinfo total MiB | "
+            "torchinfo / measured | archspec's peak at |"
+        )
         print("|---|---|---:|---:|---:|---:|---:|---|")
         for spec, variant in cases:
             for dtype in args.dtypes.split(","):
                 r = isolated(device, spec, variant, args, dtype=dtype, optimizer=args.optimizer)
-                print(f"| {name(r)} | {dtype} | {r['measured'] / MiB:,.1f} | {r['archspec'] / MiB:,.1f} | "
-                      f"{r['archspec'] / r['measured']:.3f} | {r['torchinfo'] / MiB:,.1f} | "
-                      f"{r['torchinfo'] / r['measured']:.3f} | {r['at']} |", flush=True)
+                print(
+                    f"| {name(r)} | {dtype} | {r['measured'] / MiB:,.1f} | {r['archspec'] / MiB:,.1f} | "
+                    f"{r['archspec'] / r['measured']:.3f} | {r['torchinfo'] / MiB:,.1f} | "
+                    f"{r['torchinfo'] / r['measured']:.3f} | {r['at']} |",
+                    flush=True,
+                )
         print()
 
 

@@ -29,39 +29,39 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "CONV_ARCH",
+    "LRN_KWARGS",
+    "SEEDS",
+    "SMALL_VGG_RATIO",
+    "AlexNet",
+    "DenseBlock",
+    "Inception",
+    "InceptionA",
+    "InceptionMNIST",
+    "Net",
     "Reshape",
+    "Residual",
+    "alexnet",
+    "alexnet_cifar10",
+    "alexnet_lrn",
+    "conv_block",
+    "densenet",
+    "googlenet",
+    "inception_mnist",
     "lenet",
     "lenet_bn",
-    "alexnet",
-    "AlexNet",
-    "alexnet_cifar10",
-    "LRN_KWARGS",
-    "alexnet_lrn",
-    "vgg_block",
+    "nin",
+    "nin_block",
+    "resnet18",
+    "resnet_block",
+    "transition_block",
     "vgg",
-    "CONV_ARCH",
-    "SMALL_VGG_RATIO",
     "vgg11",
     "vgg13",
     "vgg16",
     "vgg19",
+    "vgg_block",
     "vgg_small",
-    "nin_block",
-    "nin",
-    "Inception",
-    "googlenet",
-    "InceptionA",
-    "InceptionMNIST",
-    "Net",
-    "inception_mnist",
-    "Residual",
-    "resnet_block",
-    "resnet18",
-    "conv_block",
-    "DenseBlock",
-    "transition_block",
-    "densenet",
-    "SEEDS",
 ]
 
 
@@ -82,13 +82,17 @@ def lenet(with_reshape: bool = False) -> nn.Module:
     and is a no-op for (N, 1, 28, 28) input, so it is left out unless ``with_reshape``.
     """
     layers = [
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
         nn.Linear(84, 10),
     ]
     if with_reshape:
@@ -105,13 +109,23 @@ def lenet_bn() -> nn.Module:
     train mode.
     """
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5),
+        nn.BatchNorm2d(6),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
-        nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
-        nn.Linear(84, 10))
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.BatchNorm2d(16),
+        nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(256, 120),
+        nn.BatchNorm1d(120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.BatchNorm1d(84),
+        nn.Sigmoid(),
+        nn.Linear(84, 10),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,20 +138,28 @@ def alexnet(num_classes: int = 10) -> nn.Module:
     (Fashion-MNIST) uses 10 classes, which is the default here.
     """
     return nn.Sequential(
-        nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(),
+        nn.Conv2d(96, 256, kernel_size=5, padding=2),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
         nn.Flatten(),
-        nn.Linear(6400, 4096), nn.ReLU(),
+        nn.Linear(6400, 4096),
+        nn.ReLU(),
         nn.Dropout(p=0.5),
-        nn.Linear(4096, 4096), nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
         nn.Dropout(p=0.5),
-        nn.Linear(4096, num_classes))
+        nn.Linear(4096, num_classes),
+    )
 
 
 class AlexNet(nn.Module):
@@ -150,7 +172,7 @@ class AlexNet(nn.Module):
     """
 
     def __init__(self, config=None):
-        super(AlexNet, self).__init__()
+        super().__init__()
         self._config = {"num_classes": 10} if config is None else config
         # 定义卷积层和池化层
         self.features = nn.Sequential(
@@ -178,7 +200,7 @@ class AlexNet(nn.Module):
             nn.Dropout(),
             nn.Linear(4096, 1024),
             nn.ReLU(inplace=True),
-            nn.Linear(1024, self._config['num_classes']),
+            nn.Linear(1024, self._config["num_classes"]),
         )
 
     def forward(self, x):
@@ -225,24 +247,38 @@ def alexnet_lrn(num_classes: int = 10, lrn_after_pool: bool = False) -> nn.Modul
 
     def stage(conv):
         if lrn_after_pool:
-            return [conv, nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2),
-                    nn.LocalResponseNorm(**LRN_KWARGS)]
-        return [conv, nn.ReLU(), nn.LocalResponseNorm(**LRN_KWARGS),
-                nn.MaxPool2d(kernel_size=3, stride=2)]
+            return [
+                conv,
+                nn.ReLU(),
+                nn.MaxPool2d(kernel_size=3, stride=2),
+                nn.LocalResponseNorm(**LRN_KWARGS),
+            ]
+        return [
+            conv,
+            nn.ReLU(),
+            nn.LocalResponseNorm(**LRN_KWARGS),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        ]
 
     return nn.Sequential(
         *stage(nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1)),
         *stage(nn.Conv2d(96, 256, kernel_size=5, padding=2)),
-        nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
         nn.Flatten(),
-        nn.Linear(6400, 4096), nn.ReLU(),
+        nn.Linear(6400, 4096),
+        nn.ReLU(),
         nn.Dropout(p=0.5),
-        nn.Linear(4096, 4096), nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
         nn.Dropout(p=0.5),
-        nn.Linear(4096, num_classes))
+        nn.Linear(4096, num_classes),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,8 +287,7 @@ def alexnet_lrn(num_classes: int = 10, lrn_after_pool: bool = False) -> nn.Modul
 def vgg_block(num_convs, in_channels, out_channels):
     layers = []
     for _ in range(num_convs):
-        layers.append(nn.Conv2d(in_channels, out_channels,
-                                kernel_size=3, padding=1))
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
         layers.append(nn.ReLU())
         in_channels = out_channels
     layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -265,15 +300,21 @@ def vgg(conv_arch) -> nn.Module:
     conv_blks = []
     in_channels = 1
     # 卷积层部分
-    for (num_convs, out_channels) in conv_arch:
+    for num_convs, out_channels in conv_arch:
         conv_blks.append(vgg_block(num_convs, in_channels, out_channels))
         in_channels = out_channels
     return nn.Sequential(
-        *conv_blks, nn.Flatten(),
+        *conv_blks,
+        nn.Flatten(),
         # 全连接层部分 224
-        nn.Linear(out_channels * 7 * 7, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 10))
+        nn.Linear(out_channels * 7 * 7, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 10),
+    )
 
 
 # Seed 004's ``conv_arch`` dict; "vgg11" equals seed 000's ``conv_arch`` tuple.
@@ -315,9 +356,13 @@ def vgg_small() -> nn.Module:
 # ---------------------------------------------------------------------------------------
 def nin_block(in_channels, out_channels, kernel_size, strides, padding):
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU())
+        nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.ReLU(),
+    )
 
 
 def nin() -> nn.Module:
@@ -333,7 +378,8 @@ def nin() -> nn.Module:
         # 标签类别数是10
         nin_block(384, 10, kernel_size=3, strides=1, padding=1),
         nn.AdaptiveAvgPool2d((1, 1)),
-        nn.Flatten())
+        nn.Flatten(),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -342,7 +388,7 @@ def nin() -> nn.Module:
 class Inception(nn.Module):
     # `c1`--`c4` 是每条路径的输出通道数
     def __init__(self, in_channels, c1, c2, c3, c4, **kwargs):
-        super(Inception, self).__init__(**kwargs)
+        super().__init__(**kwargs)
         # 线路1,单1 x 1卷积层
         self.p1_1 = nn.Conv2d(in_channels, c1, kernel_size=1)
         # 线路2,1 x 1卷积层后接3 x 3卷积层
@@ -372,29 +418,39 @@ def googlenet(b2_relu: bool = True) -> nn.Module:
     follows seed 004 / d2l; ``b2_relu=False`` gives seed 000's text.  Parameters and
     shapes are identical either way.
     """
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
-                       nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b2_layers = [nn.Conv2d(64, 64, kernel_size=1),
-                 nn.ReLU(),
-                 nn.Conv2d(64, 192, kernel_size=3, padding=1)]
+    b1 = nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    b2_layers = [
+        nn.Conv2d(64, 64, kernel_size=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 192, kernel_size=3, padding=1),
+    ]
     if b2_relu:
         b2_layers.append(nn.ReLU())
     b2_layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
     b2 = nn.Sequential(*b2_layers)
-    b3 = nn.Sequential(Inception(192, 64, (96, 128), (16, 32), 32),
-                       Inception(256, 128, (128, 192), (32, 96), 64),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b4 = nn.Sequential(Inception(480, 192, (96, 208), (16, 48), 64),
-                       Inception(512, 160, (112, 224), (24, 64), 64),
-                       Inception(512, 128, (128, 256), (24, 64), 64),
-                       Inception(512, 112, (144, 288), (32, 64), 64),
-                       Inception(528, 256, (160, 320), (32, 128), 128),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    b5 = nn.Sequential(Inception(832, 256, (160, 320), (32, 128), 128),
-                       Inception(832, 384, (192, 384), (48, 128), 128),
-                       nn.AdaptiveAvgPool2d((1, 1)),
-                       nn.Flatten())
+    b3 = nn.Sequential(
+        Inception(192, 64, (96, 128), (16, 32), 32),
+        Inception(256, 128, (128, 192), (32, 96), 64),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    b4 = nn.Sequential(
+        Inception(480, 192, (96, 208), (16, 48), 64),
+        Inception(512, 160, (112, 224), (24, 64), 64),
+        Inception(512, 128, (128, 256), (24, 64), 64),
+        Inception(512, 112, (144, 288), (32, 64), 64),
+        Inception(528, 256, (160, 320), (32, 128), 128),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    b5 = nn.Sequential(
+        Inception(832, 256, (160, 320), (32, 128), 128),
+        Inception(832, 384, (192, 384), (48, 128), 128),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+    )
     return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))
 
 
@@ -411,7 +467,7 @@ class InceptionA(nn.Module):
     """
 
     def __init__(self, in_channels):
-        super(InceptionA, self).__init__()
+        super().__init__()
         self.branch1X1 = nn.Conv2d(in_channels, 16, kernel_size=1)
         self.branch5X5_1 = nn.Conv2d(in_channels, 16, kernel_size=1)
         self.branch5X5_2 = nn.Conv2d(16, 24, kernel_size=5, padding=2)
@@ -443,7 +499,7 @@ class InceptionMNIST(nn.Module):
     """
 
     def __init__(self):
-        super(InceptionMNIST, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(88, 20, kernel_size=5)
         self.incep1 = InceptionA(in_channels=10)
@@ -483,16 +539,16 @@ class Residual(nn.Module):
     ``unused_relu=False`` drops it (seed 004).
     """
 
-    def __init__(self, input_channels, num_channels,
-                 use_1x1conv=False, strides=1, unused_relu=True):
+    def __init__(
+        self, input_channels, num_channels, use_1x1conv=False, strides=1, unused_relu=True
+    ):
         super().__init__()
-        self.conv1 = nn.Conv2d(input_channels, num_channels,
-                               kernel_size=3, padding=1, stride=strides)
-        self.conv2 = nn.Conv2d(num_channels, num_channels,
-                               kernel_size=3, padding=1)
+        self.conv1 = nn.Conv2d(
+            input_channels, num_channels, kernel_size=3, padding=1, stride=strides
+        )
+        self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1)
         if use_1x1conv:
-            self.conv3 = nn.Conv2d(input_channels, num_channels,
-                                   kernel_size=1, stride=strides)
+            self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1, stride=strides)
         else:
             self.conv3 = None
         self.bn1 = nn.BatchNorm2d(num_channels)
@@ -510,13 +566,19 @@ class Residual(nn.Module):
 
 
 # num_residuals是表示使用几个block组成一个Stage
-def resnet_block(input_channels, num_channels, num_residuals,
-                 first_block=False, unused_relu=True):
+def resnet_block(input_channels, num_channels, num_residuals, first_block=False, unused_relu=True):
     blk = []
     for i in range(num_residuals):
         if i == 0 and not first_block:
-            blk.append(Residual(input_channels, num_channels,
-                                use_1x1conv=True, strides=2, unused_relu=unused_relu))
+            blk.append(
+                Residual(
+                    input_channels,
+                    num_channels,
+                    use_1x1conv=True,
+                    strides=2,
+                    unused_relu=unused_relu,
+                )
+            )
         else:
             blk.append(Residual(num_channels, num_channels, unused_relu=unused_relu))
     return blk
@@ -524,16 +586,19 @@ def resnet_block(input_channels, num_channels, num_residuals,
 
 def resnet18(unused_relu: bool = True) -> nn.Module:
     """d2l ResNet-18, input 1x96x96 (seed prints block shapes for 224), 10 classes."""
-    b1 = nn.Sequential(nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
-                       nn.BatchNorm2d(64), nn.ReLU(),
-                       nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    b1 = nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
     b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True, unused_relu=unused_relu))
     b3 = nn.Sequential(*resnet_block(64, 128, 2, unused_relu=unused_relu))
     b4 = nn.Sequential(*resnet_block(128, 256, 2, unused_relu=unused_relu))
     b5 = nn.Sequential(*resnet_block(256, 512, 2, unused_relu=unused_relu))
-    return nn.Sequential(b1, b2, b3, b4, b5,
-                         nn.AdaptiveAvgPool2d((1, 1)),
-                         nn.Flatten(), nn.Linear(512, 10))
+    return nn.Sequential(
+        b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, 10)
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -541,17 +606,18 @@ def resnet18(unused_relu: bool = True) -> nn.Module:
 # ---------------------------------------------------------------------------------------
 def conv_block(input_channels, num_channels):
     return nn.Sequential(
-        nn.BatchNorm2d(input_channels), nn.ReLU(),
-        nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1))
+        nn.BatchNorm2d(input_channels),
+        nn.ReLU(),
+        nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1),
+    )
 
 
 class DenseBlock(nn.Module):
     def __init__(self, num_convs, input_channels, num_channels):
-        super(DenseBlock, self).__init__()
+        super().__init__()
         layer = []
         for i in range(num_convs):
-            layer.append(conv_block(
-                num_channels * i + input_channels, num_channels))
+            layer.append(conv_block(num_channels * i + input_channels, num_channels))
         self.net = nn.Sequential(*layer)
 
     def forward(self, X):
@@ -564,9 +630,11 @@ class DenseBlock(nn.Module):
 
 def transition_block(input_channels, num_channels):
     return nn.Sequential(
-        nn.BatchNorm2d(input_channels), nn.ReLU(),
+        nn.BatchNorm2d(input_channels),
+        nn.ReLU(),
         nn.Conv2d(input_channels, num_channels, kernel_size=1),
-        nn.AvgPool2d(kernel_size=2, stride=2))
+        nn.AvgPool2d(kernel_size=2, stride=2),
+    )
 
 
 def densenet() -> nn.Module:
@@ -578,8 +646,10 @@ def densenet() -> nn.Module:
     """
     b1 = nn.Sequential(
         nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
-        nn.BatchNorm2d(64), nn.ReLU(),
-        nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
     num_channels, growth_rate = 64, 32
     num_convs_in_dense_blocks = [4, 4, 4, 4]
     blks = []
@@ -592,11 +662,14 @@ def densenet() -> nn.Module:
             blks.append(transition_block(num_channels, num_channels // 2))
             num_channels = num_channels // 2
     return nn.Sequential(
-        b1, *blks,
-        nn.BatchNorm2d(num_channels), nn.ReLU(),
+        b1,
+        *blks,
+        nn.BatchNorm2d(num_channels),
+        nn.ReLU(),
         nn.AdaptiveMaxPool2d((1, 1)),
         nn.Flatten(),
-        nn.Linear(num_channels, 10))
+        nn.Linear(num_channels, 10),
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ SPECS = sorted(str(p) for p in Path("specs").rglob("*.yaml"))
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archspec", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "archspec", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_table_lists_layers_and_totals():
@@ -31,7 +37,17 @@ def test_json_matches_the_contract():
     r = run("check", "specs/resnet18.yaml", "--json")
     assert r.returncode == 0
     obj = json.loads(r.stdout)
-    assert set(obj) >= {"spec", "name", "variant", "input", "output", "params", "macs", "layers", "errors"}
+    assert set(obj) >= {
+        "spec",
+        "name",
+        "variant",
+        "input",
+        "output",
+        "params",
+        "macs",
+        "layers",
+        "errors",
+    }
     assert obj["input"] == [1, 96, 96] and obj["output"] == [10]
     assert obj["errors"] == [] and obj["variant"] is None and obj["memory"] is None
     assert obj["params"] == sum(layer["params"] for layer in obj["layers"]) == 11_178_378
@@ -50,7 +66,19 @@ def test_json_paths_are_module_paths_of_the_built_model():
 
 
 def test_variant_and_overrides():
-    obj = json.loads(run("check", "specs/vgg.yaml", "--variant", "small", "--input", "1,64,64", "--num-classes", "7", "--json").stdout)
+    obj = json.loads(
+        run(
+            "check",
+            "specs/vgg.yaml",
+            "--variant",
+            "small",
+            "--input",
+            "1,64,64",
+            "--num-classes",
+            "7",
+            "--json",
+        ).stdout
+    )
     assert obj["variant"] == "small" and obj["input"] == [1, 64, 64] and obj["output"] == [7]
     assert obj["layers"][0]["output"] == [16, 64, 64]  # width 0.25 of 64
 
@@ -64,10 +92,19 @@ def test_spec_error_exits_1_with_located_message(tmp_path):
     assert "help:" in r.stderr and "Traceback" not in r.stderr
     obj = json.loads(run("check", str(bad), "--json").stdout)
     assert obj["output"] is None and obj["params"] is None
-    assert [(e["line"], e["column"], e["code"]) for e in obj["errors"]] == [(4, 7, "E-SHAPE-COLLAPSE")]
+    assert [(e["line"], e["column"], e["code"]) for e in obj["errors"]] == [
+        (4, 7, "E-SHAPE-COLLAPSE")
+    ]
 
 
-@pytest.mark.parametrize("args", [("specs/nope.yaml",), ("specs/vgg.yaml", "--variant", "vgg12"), ("specs/vgg.yaml", "--input", "a,b")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("specs/nope.yaml",),
+        ("specs/vgg.yaml", "--variant", "vgg12"),
+        ("specs/vgg.yaml", "--input", "a,b"),
+    ],
+)
 def test_usage_errors_exit_2(args):
     r = run("check", *args)
     assert r.returncode == 2, r
@@ -89,7 +126,9 @@ def test_check_never_imports_torch():
         "import archspec\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -9,7 +9,12 @@ import torch
 
 import archspec
 
-BRANCHY = ["specs/googlenet.yaml", "specs/resnet18.yaml", "specs/densenet.yaml", "specs/inception_mnist.yaml"]
+BRANCHY = [
+    "specs/googlenet.yaml",
+    "specs/resnet18.yaml",
+    "specs/densenet.yaml",
+    "specs/inception_mnist.yaml",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +67,13 @@ def test_generated_forward_is_straight_line_code():
 
 def test_state_dict_keys_follow_the_spec_names():
     keys = set(archspec.build("specs/resnet18.yaml").state_dict())
-    assert {"b1.0.weight", "b2.0.conv1.weight", "b3.0.conv3.weight", "b3.0.bn1.running_mean", "head.2.bias"} <= keys
+    assert {
+        "b1.0.weight",
+        "b2.0.conv1.weight",
+        "b3.0.conv3.weight",
+        "b3.0.bn1.running_mean",
+        "head.2.bias",
+    } <= keys
     assert not any(k.startswith("b2.0.conv3") for k in keys)  # identity shortcut: no projection
     keys = set(archspec.build("specs/googlenet.yaml").state_dict())
     assert "b3.0.p2_2.weight" in keys
@@ -82,7 +93,9 @@ def test_build_on_meta_device_allocates_nothing():
 
 def test_invalid_spec_raises_specerror_with_all_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ninput: [1, 8, 8]\nstages:\n  a: [conv: {out: 4, k: 9}, relu: {inplcae: true}]\n")
+    bad.write_text(
+        "name: x\ninput: [1, 8, 8]\nstages:\n  a: [conv: {out: 4, k: 9}, relu: {inplcae: true}]\n"
+    )
     with pytest.raises(archspec.SpecError) as e:
         archspec.build(bad)
     assert [d.code for d in e.value.diagnostics] == ["E-SHAPE-COLLAPSE", "E-UNKNOWN-KEY"]
@@ -122,7 +135,14 @@ def test_stage_keys_name_modules_and_check_paths_are_module_paths(tmp_path):
     spec.write_text(NAMING)
     paths = [layer.path for layer in archspec.check(spec).layers]
     assert paths == [
-        "one.first", "tpl.inner.0", "tpl.inner.1", "flat.0", "flat.1", "res.0", "head.0", "head.1"
+        "one.first",
+        "tpl.inner.0",
+        "tpl.inner.1",
+        "flat.0",
+        "flat.1",
+        "res.0",
+        "head.0",
+        "head.1",
     ]
     model = archspec.build(spec)
     modules = dict(model.named_modules())

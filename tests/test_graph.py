@@ -44,7 +44,7 @@ def test_one_node_per_layer_in_forward_order():
 
 
 def test_every_stage_is_a_cluster():
-    dot, report = dot_of("resnet18.yaml")
+    dot, _report = dot_of("resnet18.yaml")
     labels = [label for _, label in clusters(dot)]
     for stage in ("b1", "b2", "b3", "b4", "b5", "head"):
         assert stage in labels
@@ -66,7 +66,7 @@ def test_inception_branches_hang_side_by_side_from_ranked_labels():
 
 
 def test_residual_shortcut_and_projection_are_drawn():
-    dot, report = dot_of("resnet18.yaml")
+    dot, _report = dot_of("resnet18.yaml")
     assert dot.count('label="identity"') == 5  # b2.0, b2.1, b3.1, b4.1, b5.1
     assert 'tooltip="b3.0.conv3"' in dot  # the 1x1 projection of the first block of b3
     adds = re.findall(r'(n\d+) \[label="add\\n', dot)

@@ -74,8 +74,11 @@ def zoo_cases() -> list[tuple[Path, str | None]]:
     if os.environ.get("ARCHSPEC_MEMORY_ALL"):
         return every
     firsts = {p: v for p, v in reversed(every)}
-    return [(p, v) for p, v in every
-            if firsts[p] == v or (archspec.check(p, v).params or 0) < 30_000_000]
+    return [
+        (p, v)
+        for p, v in every
+        if firsts[p] == v or (archspec.check(p, v).params or 0) < 30_000_000
+    ]
 
 
 @pytest.mark.parametrize("case", zoo_cases(), ids=case_id)
@@ -345,9 +348,13 @@ def _plan(monkeypatch, free: int, batch_size: int | str):
 
     monkeypatch.setattr(archspec.memory, "available_bytes", lambda device="cpu": free)
     report = archspec.check(ROOT / "specs" / "resnet18.yaml")
-    loaded = SimpleNamespace(train=[0] * 50_000, test=SimpleNamespace())  # 50,000 images, not resident
+    loaded = SimpleNamespace(
+        train=[0] * 50_000, test=SimpleNamespace()
+    )  # 50,000 images, not resident
     recipe = Recipe(batch_size=64 if batch_size == "auto" else batch_size, optimizer="sgd")
-    return report, _plan_batch(report, recipe, torch.device("cpu"), loaded, auto=batch_size == "auto")
+    return report, _plan_batch(
+        report, recipe, torch.device("cpu"), loaded, auto=batch_size == "auto"
+    )
 
 
 def test_train_batch_size_auto_takes_the_largest_power_of_two_that_fits(monkeypatch, capsys):

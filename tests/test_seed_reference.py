@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import seed_reference as R  # noqa: E402
+import seed_reference as R
 
 
 def n_params(model: nn.Module) -> int:
@@ -113,13 +113,17 @@ def test_forward(key):
 def test_lenet_shapes():
     shapes = trace(R.lenet(), torch.rand(1, 1, 28, 28))
     assert shapes == [
-        ("Conv2d", (1, 6, 28, 28)), ("Sigmoid", (1, 6, 28, 28)),
+        ("Conv2d", (1, 6, 28, 28)),
+        ("Sigmoid", (1, 6, 28, 28)),
         ("AvgPool2d", (1, 6, 14, 14)),
-        ("Conv2d", (1, 16, 10, 10)), ("Sigmoid", (1, 16, 10, 10)),
+        ("Conv2d", (1, 16, 10, 10)),
+        ("Sigmoid", (1, 16, 10, 10)),
         ("AvgPool2d", (1, 16, 5, 5)),  # seed: "#输出为16*5*5"
-        ("Flatten", (1, 400)),          # seed: "1x400"
-        ("Linear", (1, 120)), ("Sigmoid", (1, 120)),
-        ("Linear", (1, 84)), ("Sigmoid", (1, 84)),
+        ("Flatten", (1, 400)),  # seed: "1x400"
+        ("Linear", (1, 120)),
+        ("Sigmoid", (1, 120)),
+        ("Linear", (1, 84)),
+        ("Sigmoid", (1, 84)),
         ("Linear", (1, 10)),
     ]
 
@@ -134,9 +138,22 @@ def test_lenet_bn_shapes_and_train_mode():
     m = R.lenet_bn()
     types = [type(l).__name__ for l in m]
     assert types == [
-        "Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d",
-        "Conv2d", "BatchNorm2d", "Sigmoid", "AvgPool2d", "Flatten",
-        "Linear", "BatchNorm1d", "Sigmoid", "Linear", "BatchNorm1d", "Sigmoid", "Linear",
+        "Conv2d",
+        "BatchNorm2d",
+        "Sigmoid",
+        "AvgPool2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "Sigmoid",
+        "AvgPool2d",
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Linear",
+        "BatchNorm1d",
+        "Sigmoid",
+        "Linear",
     ]
     assert m[0].padding == (0, 0)
     shapes = {i: s for i, (_, s) in enumerate(trace(m.eval(), torch.rand(1, 1, 28, 28)))}
@@ -154,9 +171,14 @@ def test_alexnet_shapes():
     shapes = trace(R.alexnet().eval(), torch.rand(1, 1, 224, 224))
     convs_pools = [s for n, s in shapes if n in ("Conv2d", "MaxPool2d")]
     assert convs_pools == [
-        (1, 96, 54, 54), (1, 96, 26, 26),
-        (1, 256, 26, 26), (1, 256, 12, 12),
-        (1, 384, 12, 12), (1, 384, 12, 12), (1, 256, 12, 12), (1, 256, 5, 5),
+        (1, 96, 54, 54),
+        (1, 96, 26, 26),
+        (1, 256, 26, 26),
+        (1, 256, 12, 12),
+        (1, 384, 12, 12),
+        (1, 384, 12, 12),
+        (1, 256, 12, 12),
+        (1, 256, 5, 5),
     ]
     assert ("Flatten", (1, 6400)) in shapes
     assert shapes[-1] == ("Linear", (1, 10))
@@ -170,13 +192,29 @@ def test_alexnet_cifar10_structure_and_shapes():
     relus = [l for l in m.modules() if isinstance(l, nn.ReLU)]
     assert len(relus) == 7 and all(r.inplace for r in relus)
     convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0])
-            for c in convs] == [(3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1),
-                                (384, 256, 3, 1, 1), (256, 256, 3, 1, 1)]
+    assert [
+        (c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs
+    ] == [
+        (3, 64, 11, 4, 2),
+        (64, 192, 5, 1, 2),
+        (192, 384, 3, 1, 1),
+        (384, 256, 3, 1, 1),
+        (256, 256, 3, 1, 1),
+    ]
     assert [type(l).__name__ for l in m.classifier] == [
-        "Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
-    assert [(l.in_features, l.out_features) for l in m.classifier
-            if isinstance(l, nn.Linear)] == [(9216, 4096), (4096, 1024), (1024, 10)]
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
+    assert [(l.in_features, l.out_features) for l in m.classifier if isinstance(l, nn.Linear)] == [
+        (9216, 4096),
+        (4096, 1024),
+        (1024, 10),
+    ]
     x = torch.rand(1, 3, 96, 96)
     f = m.features(x)
     assert f.shape == (1, 256, 2, 2)
@@ -195,8 +233,7 @@ def test_alexnet_lrn_placement():
         if isinstance(l, nn.LocalResponseNorm):
             assert (l.size, l.alpha, l.beta, l.k) == (5, 1e-4, 0.75, 2.0)
     alt = [type(l).__name__ for l in R.alexnet_lrn(lrn_after_pool=True)]
-    assert alt == plain[:3] + ["LocalResponseNorm"] + plain[3:6] + ["LocalResponseNorm"] \
-        + plain[6:]
+    assert alt == plain[:3] + ["LocalResponseNorm"] + plain[3:6] + ["LocalResponseNorm"] + plain[6:]
     shapes = trace(m.eval(), torch.rand(1, 1, 224, 224))
     assert shapes[2] == ("LocalResponseNorm", (1, 96, 54, 54))
     assert shapes[6] == ("LocalResponseNorm", (1, 256, 26, 26))
@@ -227,8 +264,7 @@ def test_conv_arch_table():
     }
 
 
-@pytest.mark.parametrize("name,depth", [("vgg11", 11), ("vgg13", 13), ("vgg16", 16),
-                                        ("vgg19", 19)])
+@pytest.mark.parametrize("name,depth", [("vgg11", 11), ("vgg13", 13), ("vgg16", 16), ("vgg19", 19)])
 def test_vgg_depth(name, depth):
     # seed 000: "该网络使用 8 个卷积层和 3 个全连接层,因此它被称为 VGG-11"
     with torch.device("meta"):
@@ -243,8 +279,13 @@ def test_vgg11_shapes_and_first_fc():
     m = R.vgg11().eval()
     shapes = trace(m, torch.rand(1, 1, 224, 224))
     assert [s for n, s in shapes[:6]] == [
-        (1, 64, 112, 112), (1, 128, 56, 56), (1, 256, 28, 28), (1, 512, 14, 14),
-        (1, 512, 7, 7), (1, 25088)]
+        (1, 64, 112, 112),
+        (1, 128, 56, 56),
+        (1, 256, 28, 28),
+        (1, 512, 14, 14),
+        (1, 512, 7, 7),
+        (1, 25088),
+    ]
     # seed 002: "512x7x7x4096=102M"
     assert m[6].weight.numel() == 512 * 7 * 7 * 4096 == 102_760_448
 
@@ -255,11 +296,19 @@ def test_vgg_small():
     assert [c.out_channels for c in convs] == [16, 32, 64, 64, 128, 128, 128, 128]
     fcs = [l for l in m if isinstance(l, nn.Linear)]
     assert [(l.in_features, l.out_features) for l in fcs] == [
-        (6272, 4096), (4096, 4096), (4096, 10)]
+        (6272, 4096),
+        (4096, 4096),
+        (4096, 10),
+    ]
     shapes = trace(m, torch.rand(1, 1, 224, 224))
     assert [s for n, s in shapes[:6]] == [
-        (1, 16, 112, 112), (1, 32, 56, 56), (1, 64, 28, 28), (1, 128, 14, 14),
-        (1, 128, 7, 7), (1, 6272)]
+        (1, 16, 112, 112),
+        (1, 32, 56, 56),
+        (1, 64, 28, 28),
+        (1, 128, 14, 14),
+        (1, 128, 7, 7),
+        (1, 6272),
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -301,7 +350,14 @@ def test_googlenet_shapes_96():
 def test_inception_block():
     blk = R.Inception(192, 64, (96, 128), (16, 32), 32)
     assert [n for n, _ in blk.named_children()] == [
-        "p1_1", "p2_1", "p2_2", "p3_1", "p3_2", "p4_1", "p4_2"]
+        "p1_1",
+        "p2_1",
+        "p2_2",
+        "p3_1",
+        "p3_2",
+        "p4_1",
+        "p4_2",
+    ]
     y = blk(torch.rand(2, 192, 12, 12))
     assert y.shape == (2, 64 + 128 + 32 + 32, 12, 12)
     assert (y >= 0).all()  # every path ends in F.relu
@@ -311,8 +367,10 @@ def test_googlenet_inception_channels():
     m = R.googlenet()
     incs = [l for l in m.modules() if isinstance(l, R.Inception)]
     assert len(incs) == 9
-    outs = [l.p1_1.out_channels + l.p2_2.out_channels + l.p3_2.out_channels
-            + l.p4_2.out_channels for l in incs]
+    outs = [
+        l.p1_1.out_channels + l.p2_2.out_channels + l.p3_2.out_channels + l.p4_2.out_channels
+        for l in incs
+    ]
     ins = [l.p1_1.in_channels for l in incs]
     assert outs == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
     assert ins == [192, 256, 480, 512, 512, 512, 528, 832, 832]
@@ -321,9 +379,18 @@ def test_googlenet_inception_channels():
 def test_googlenet_b2_relu_variant():
     with_relu, without = R.googlenet(), R.googlenet(b2_relu=False)
     assert [type(l).__name__ for l in with_relu[1]] == [
-        "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"]          # seed 004 / d2l
+        "Conv2d",
+        "ReLU",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+    ]  # seed 004 / d2l
     assert [type(l).__name__ for l in without[1]] == [
-        "Conv2d", "ReLU", "Conv2d", "MaxPool2d"]                  # seed 000 text
+        "Conv2d",
+        "ReLU",
+        "Conv2d",
+        "MaxPool2d",
+    ]  # seed 000 text
     assert n_params(without) == n_params(with_relu)
 
 
@@ -345,19 +412,25 @@ def test_inception_mnist_intermediate_shapes():
         getattr(m, name).register_forward_hook(post(name))
     y = m(torch.rand(2, 1, 28, 28))
     assert y.shape == (2, 10)
-    assert seen["incep1.in"] == (2, 10, 12, 12)   # seed (1)
+    assert seen["incep1.in"] == (2, 10, 12, 12)  # seed (1)
     # seed prose (2) says (batch,88,8,8); the seed code keeps H,W: 88x12x12
     assert seen["incep1.out"] == (2, 88, 12, 12)
-    assert seen["incep2.in"] == (2, 20, 4, 4)     # seed (3)
-    assert seen["incep2.out"] == (2, 88, 4, 4)    # seed (4)
-    assert seen["fc.in"] == (2, 1408)             # seed (5)
+    assert seen["incep2.in"] == (2, 20, 4, 4)  # seed (3)
+    assert seen["incep2.out"] == (2, 88, 4, 4)  # seed (4)
+    assert seen["fc.in"] == (2, 1408)  # seed (5)
 
 
 def test_inception_a_block():
     blk = R.InceptionA(in_channels=10)
     assert [n for n, _ in blk.named_children()] == [
-        "branch1X1", "branch5X5_1", "branch5X5_2", "branch3X3_1", "branch3X3_2",
-        "branch3X3_3", "branch_pool"]
+        "branch1X1",
+        "branch5X5_1",
+        "branch5X5_2",
+        "branch3X3_1",
+        "branch3X3_2",
+        "branch3X3_3",
+        "branch_pool",
+    ]
     assert blk(torch.rand(2, 10, 12, 12)).shape == (2, 88, 12, 12)
     # 72 1x1 filters over in_channels (+72 biases) + 5x5 9624 + 3x3 3480 + 3x3 5208
     assert n_params(blk) == 19_104
@@ -395,28 +468,45 @@ def test_resnet18_block_shapes_224_seed000():
 
 def test_resnet18_block_shapes_96():
     assert [s for _, s in trace(R.resnet18().eval(), torch.rand(1, 1, 96, 96))] == [
-        (1, 64, 24, 24), (1, 64, 24, 24), (1, 128, 12, 12), (1, 256, 6, 6),
-        (1, 512, 3, 3), (1, 512, 1, 1), (1, 512), (1, 10)]
+        (1, 64, 24, 24),
+        (1, 64, 24, 24),
+        (1, 128, 12, 12),
+        (1, 256, 6, 6),
+        (1, 512, 3, 3),
+        (1, 512, 1, 1),
+        (1, 512),
+        (1, 10),
+    ]
 
 
 def test_resnet18_structure():
     m = R.resnet18()
     res = [l for l in m.modules() if isinstance(l, R.Residual)]
     assert len(res) == 8
-    assert [l.conv3 is not None for l in res] == [False, False, True, False,
-                                                   True, False, True, False]
+    assert [l.conv3 is not None for l in res] == [
+        False,
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
     assert [l.conv1.stride[0] for l in res] == [1, 1, 2, 1, 2, 1, 2, 1]
     # 1 stem conv + 16 block convs + 1 fc = 18 weighted layers (1x1 shortcuts not counted)
-    n3x3_or_stem = sum(isinstance(l, nn.Conv2d) and l.kernel_size != (1, 1)
-                       for l in m.modules())
+    n3x3_or_stem = sum(isinstance(l, nn.Conv2d) and l.kernel_size != (1, 1) for l in m.modules())
     assert n3x3_or_stem + 1 == 18
 
 
 def test_resnet18_unused_relu_variant_is_equivalent():
     a = R.resnet18().eval()
     b = R.resnet18(unused_relu=False).eval()
-    assert all(isinstance(l.relu, nn.ReLU) and l.relu.inplace
-               for l in a.modules() if isinstance(l, R.Residual))
+    assert all(
+        isinstance(l.relu, nn.ReLU) and l.relu.inplace
+        for l in a.modules()
+        if isinstance(l, R.Residual)
+    )
     assert not any(hasattr(l, "relu") for l in b.modules() if isinstance(l, R.Residual))
     b.load_state_dict(a.state_dict())  # same keys, strict
     x = torch.rand(2, 1, 96, 96)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import archspec
 from seed_reference import SEEDS
 from torch_compare import copy_in_execution_order, execution_order, observed_layers
+
+import archspec
 
 # seed key -> (spec file, variant)
 SPECS = {
@@ -63,24 +63,47 @@ def stage_shapes(path, variant=None, input_shape=None):
 def test_nin_stage_shapes_printed_by_the_seed():
     # seed 002: "Sequential output shape: torch.Size([1, 96, 54, 54])" ...
     assert stage_shapes("specs/nin.yaml", input_shape=(1, 224, 224)) == [
-        [96, 54, 54], [96, 26, 26], [256, 26, 26], [256, 12, 12], [384, 12, 12],
-        [384, 5, 5], [384, 5, 5], [10, 5, 5], [10, 1, 1], [10],
+        [96, 54, 54],
+        [96, 26, 26],
+        [256, 26, 26],
+        [256, 12, 12],
+        [384, 12, 12],
+        [384, 5, 5],
+        [384, 5, 5],
+        [10, 5, 5],
+        [10, 1, 1],
+        [10],
     ]
 
 
 def test_resnet_stage_shapes_printed_by_the_seed():
     # seed 000 at 224: 64x56x56, 64x56x56, 128x28x28, 256x14x14, 512x7x7, then 10 logits
     assert stage_shapes("specs/resnet18.yaml", input_shape=(1, 224, 224)) == [
-        [64, 56, 56], [64, 56, 56], [128, 28, 28], [256, 14, 14], [512, 7, 7], [10],
+        [64, 56, 56],
+        [64, 56, 56],
+        [128, 28, 28],
+        [256, 14, 14],
+        [512, 7, 7],
+        [10],
     ]
     assert stage_shapes("specs/resnet18.yaml") == [
-        [64, 24, 24], [64, 24, 24], [128, 12, 12], [256, 6, 6], [512, 3, 3], [10],
+        [64, 24, 24],
+        [64, 24, 24],
+        [128, 12, 12],
+        [256, 6, 6],
+        [512, 3, 3],
+        [10],
     ]
 
 
 def test_googlenet_stage_shapes_at_96():
     assert stage_shapes("specs/googlenet.yaml") == [
-        [64, 24, 24], [192, 12, 12], [480, 6, 6], [832, 3, 3], [1024], [10],
+        [64, 24, 24],
+        [192, 12, 12],
+        [480, 6, 6],
+        [832, 3, 3],
+        [1024],
+        [10],
     ]
 
 
@@ -109,7 +132,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("path,variant,size", CASES, ids=[f"{p[6:-5]}-{v}-{s}" for p, v, s in CASES])
+@pytest.mark.parametrize(
+    "path,variant,size", CASES, ids=[f"{p[6:-5]}-{v}-{s}" for p, v, s in CASES]
+)
 def test_checker_agrees_with_torch_layer_by_layer(path, variant, size):
     if variant == "cifar10" and size is not None:
         size = (3, *size[1:])

@@ -42,8 +42,17 @@ for _ in range(300):
     g = rng.choice([1, 1, 2, 3])
     cin = g * rng.randint(1, 3)
     CONV_CASES.append(
-        ((cin, rng.randint(1, 33), rng.randint(1, 33)), dict(out=g * rng.randint(1, 3), k=list(k),
-         stride=stride, pad=pad, dilation=list(d), groups=g))
+        (
+            (cin, rng.randint(1, 33), rng.randint(1, 33)),
+            {
+                "out": g * rng.randint(1, 3),
+                "k": list(k),
+                "stride": stride,
+                "pad": pad,
+                "dilation": list(d),
+                "groups": g,
+            },
+        )
     )
 
 
@@ -61,8 +70,12 @@ POOL_CASES = []
 for _ in range(300):
     op = rng.choice(["maxpool", "avgpool"])
     k = rng.randint(1, 6)
-    params = dict(k=[k, rng.randint(1, 6)], stride=[rng.randint(1, 4), rng.randint(1, 4)],
-                  pad=[rng.randint(0, 3), rng.randint(0, 3)], ceil_mode=rng.random() < 0.5)
+    params = {
+        "k": [k, rng.randint(1, 6)],
+        "stride": [rng.randint(1, 4), rng.randint(1, 4)],
+        "pad": [rng.randint(0, 3), rng.randint(0, 3)],
+        "ceil_mode": rng.random() < 0.5,
+    }
     if op == "maxpool":
         params["dilation"] = [rng.randint(1, 2), rng.randint(1, 2)]
     POOL_CASES.append((op, (2, rng.randint(1, 25), rng.randint(1, 25)), params))
@@ -78,7 +91,12 @@ def test_pool_rule_matches_torch_including_ceil_mode(op, shape, params):
         # torch refuses it too (at construction or on the first call)
         k = params["k"]
         torch_cls = nn.MaxPool2d if op == "maxpool" else nn.AvgPool2d
-        kwargs = dict(kernel_size=k, stride=params["stride"], padding=params["pad"], ceil_mode=params["ceil_mode"])
+        kwargs = {
+            "kernel_size": k,
+            "stride": params["stride"],
+            "padding": params["pad"],
+            "ceil_mode": params["ceil_mode"],
+        }
         if op == "maxpool":
             kwargs["dilation"] = params["dilation"]
         with pytest.raises(RuntimeError):
@@ -91,7 +109,9 @@ def test_pool_rule_matches_torch_including_ceil_mode(op, shape, params):
 def test_adaptive_pools_give_the_requested_size(size, out):
     for op in ("adaptive_avgpool", "adaptive_maxpool"):
         p = OPS[op].Params.model_validate({"out": out})
-        assert infer(op, (4, size, size + 1), out=out).out == torch_shape(OPS[op].build(p, (4, size, size + 1)), (4, size, size + 1))
+        assert infer(op, (4, size, size + 1), out=out).out == torch_shape(
+            OPS[op].build(p, (4, size, size + 1)), (4, size, size + 1)
+        )
 
 
 def test_collapse_names_the_sizes():

@@ -39,7 +39,9 @@ def execution_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple,
         if own and not list(module.children()):
 
             def hook(mod, inp, out, own=own):
-                calls.append((type(mod).__name__, tuple(tuple(p.shape) for p in own), tuple(out.shape)))
+                calls.append(
+                    (type(mod).__name__, tuple(tuple(p.shape) for p in own), tuple(out.shape))
+                )
 
             hooks.append(module.register_forward_hook(hook))
     try:
@@ -59,7 +61,8 @@ def copy_in_execution_order(src: nn.Module, dst: nn.Module, x: torch.Tensor) -> 
         hooks = [
             m.register_forward_hook(lambda mod, i, o: order.append(mod))
             for m in model.modules()
-            if not list(m.children()) and (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
+            if not list(m.children())
+            and (list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)))
         ]
         with torch.no_grad():
             model(x)
