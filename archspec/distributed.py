@@ -80,14 +80,26 @@ def session(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Itera
     )
     try:
         yield device
-    except BaseException:
+    except BaseException as e:
         # gloo's threads must be joined, or the exit aborts ("terminate called without an
         # active exception"); NCCL's teardown can block once a peer died: exiting is enough.
         if device.type != "cuda":
+            if isinstance(e, SystemExit):  # an error the ranks agreed on (NaN): leave together
+                _leave_together()
             dist.destroy_process_group()
         raise
     dist.barrier()  # a clean end: leave together, not while rank 0 still writes the run
     dist.destroy_process_group()
+
+
+def _leave_together(timeout_s: float = 10.0) -> None:
+    """Wait (briefly) for the other ranks before tearing gloo down: one rank closing its
+    connections while a peer still uses them aborts that peer. A rank that fails alone, or
+    a dead peer, makes the barrier time out instead of hanging."""
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError:
+        pass  # the others are gone or failing on their own: nothing left to wait for
 
 
 def shard(order: torch.Tensor, batch_size: int, w: World) -> torch.Tensor:
