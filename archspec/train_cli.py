@@ -207,7 +207,9 @@ class _BatchSize(click.ParamType):
         return n
 
 
-def _plan_batch(report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool, ranks: int = 1) -> Any:
+def _plan_batch(
+    report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool, ranks: int = 1, bf16: bool = False
+) -> Any:
     """`--batch-size auto` from the static memory estimate (docs/memory.md), or a warning before
     the first step when the given batch size is estimated not to fit. Under torchrun the
     estimate is per process, and the global batch is ``ranks`` times its share."""
@@ -217,8 +219,8 @@ def _plan_batch(report: Any, recipe: Any, dev: Any, loaded: Any, auto: bool, ran
     from archspec.table import human_bytes
     from archspec.train import _budget
 
-    # the runner's step: bf16 autocast on CUDA, float32 on CPU; its SGD has momentum
-    dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    # the runner's step: bf16 autocast where `uses_bf16` says so, else float32; SGD has momentum
+    dtype = "bfloat16" if bf16 else "float32"
     optimizer = "adamw" if recipe.optimizer == "adamw" else "momentum"
     free = available_bytes(str(dev))
     # the runner keeps the data set resident on the device when it fits its budget
@@ -326,6 +328,14 @@ def _data_options(f: Any) -> Any:
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model")
 @click.option(
+    "--precision",
+    type=click.Choice(["auto", "bf16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast on CUDA, float32 on a CPU (bf16 pays on CPUs with AMX: "
+    "1.2-1.8x); weights and optimizer state stay float32",
+)
+@click.option(
     "--threads",
     type=click.IntRange(1),
     default=None,
@@ -369,20 +379,37 @@ def train(nproc: int, sync_bn: bool, dist_timeout: int, **options: Any) -> None:
     from archspec import distributed
 
     try:
-        with distributed.session(dev, dist_timeout) as rank_device:
-            status = _train(dev=rank_device, sync_bn=sync_bn, **options)
-    except distributed.DistributedError as e:
-        _fail(str(e))
-    except RuntimeError as e:
-        if not distributed.lost_peer(e):
-            raise
-        _fail(
-            f"lost contact with the other processes ({str(e).strip().splitlines()[0][:160]}); "
-            "another rank failed or was killed: its message says why",
-            every_rank=True,
-        )
+        try:
+            with distributed.session(dev, dist_timeout) as rank_device:
+                status = _train(dev=rank_device, sync_bn=sync_bn, **options)
+        except distributed.DistributedError as e:
+            _fail(str(e))
+        except RuntimeError as e:
+            if not distributed.lost_peer(e):
+                raise
+            _fail(
+                f"lost contact with the other processes ({str(e).strip().splitlines()[0][:160]}); "
+                "another rank failed or was killed: its message says why",
+                every_rank=True,
+            )
+    except SystemExit as e:
+        if distributed.launched():
+            _worker_exit(e.code if isinstance(e.code, int) else 0 if e.code is None else 1)
+        raise
+    if distributed.launched():
+        _worker_exit(status)
     if status:
         sys.exit(status)
+
+
+def _worker_exit(code: int) -> NoReturn:
+    """A torchrun worker ends with os._exit once its files are written and closed: gloo's
+    threads can still be joinable when the interpreter tears down its C++ objects, and the
+    process then aborts ("terminate called without an active exception"), failing a run that
+    has finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _given_args() -> list[str]:
@@ -472,6 +499,7 @@ def _train(
     quiet: bool,
     sync_bn: bool,
     threads: int | None,
+    precision: str,
     **recipe_options: Any,
 ) -> int:
     """The run; its exit status (128 + the signal that stopped it), returned rather than
@@ -487,7 +515,7 @@ def _train(
 
     from archspec import distributed
     from archspec.data import DataError
-    from archspec.train import Recipe, fit, saved_recipe
+    from archspec.train import Recipe, fit, saved_recipe, uses_bf16
 
     errors = _runtime_errors()
     given = {k: v for k, v in {**recipe_options, "data": data}.items() if v is not None}
@@ -530,7 +558,15 @@ def _train(
         _load_init(model, init)
     w = distributed.world()
     recipe = distributed.from_main(
-        lambda: _plan_batch(report, recipe, dev, loaded, auto_batch and not resume, w.size)
+        lambda: _plan_batch(
+            report,
+            recipe,
+            dev,
+            loaded,
+            auto_batch and not resume,
+            w.size,
+            uses_bf16(dev, precision),
+        )
     )
     try:
         run.mkdir(parents=True, exist_ok=True)
@@ -561,6 +597,7 @@ def _train(
             initialise=init is None,
             sync_bn=sync_bn,
             threads=threads,
+            precision=precision,
         )
     except errors as e:  # a diverged run, a checkpoint: every rank's alike; a file: one rank's
         _fail(str(e), every_rank=isinstance(e, DataError))
@@ -617,7 +654,7 @@ def eval_cmd(
     report = _check_spec(spec, variant, input_shape, num_classes)
     dev = _device(device)
     from archspec.checkpoint import load_weights
-    from archspec.train import evaluate, prepare_data
+    from archspec.train import evaluate, prepare_data, uses_bf16
 
     errors = _runtime_errors()
     loaded = _data(data or "mnist-mini", data_root, download, report)
@@ -634,7 +671,8 @@ def eval_cmd(
         model.to(dev)
         train_feed, test_feed, adapter = prepare_data(loaded, tuple(report.input), dev, False, norm)
         feed = test_feed if split == "test" else train_feed
-        result = evaluate(model, feed, adapter, batch_size, dev)
+        # the precision the run trained and tested in, so eval repeats its test figures
+        result = evaluate(model, feed, adapter, batch_size, dev, uses_bf16(dev))
     except errors as e:
         _fail(str(e))
     except (RuntimeError, MemoryError) as e:
