@@ -41,6 +41,7 @@ DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
 OPTIMIZERS = tuple(DEFAULT_LR)
 SCHEDULES = ("onecycle", "cosine", "none")
 CHECKPOINT_EVERY_S = 600.0  # mid-epoch checkpoints for long epochs
+PLAIN_PROGRESS_EVERY_S = 30.0  # off a terminal (a log file): a progress line this often
 SMALL_MODEL_FLOPS = 20e6  # per image forward; below it a CPU run uses one thread
 
 
@@ -645,7 +646,7 @@ def fit(
         while epoch < epochs:
             steps_here = min(spe, total - epoch * spe)
             t0 = time.perf_counter()
-            last_save = time.monotonic()
+            last_save = last_line = time.monotonic()
             order = distributed.shard(epoch_order(n, recipe.seed, epoch), bs, w)
             desc = f"epoch {epoch + 1}/{epochs}"
             with log.bar(desc, steps_here * min(bs, n), k * min(bs, n)) as bar:
@@ -684,6 +685,14 @@ def fit(
                             bar.set_postfix(
                                 loss=f"{loss_sum / prog.seen:.4f}",
                                 acc=f"{int(prog.correct) / prog.seen:.4f}",
+                            )
+                        elif time.monotonic() - last_line > PLAIN_PROGRESS_EVERY_S:
+                            last_line = time.monotonic()  # a long epoch in a log file
+                            rate = prog.seen * w.size / (prog.seconds + time.perf_counter() - t0)
+                            log.line(
+                                f"{desc}  step {k}/{steps_here}  "
+                                f"loss {loss_sum / prog.seen:.4f}  "
+                                f"acc {int(prog.correct) / prog.seen:.4f}  {rate:.0f} img/s"
                             )
                         if save_due and _finite(model):  # same params, same answer on all ranks
                             last_save = time.monotonic()

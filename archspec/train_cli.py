@@ -342,7 +342,13 @@ def _data_options(f: Any) -> Any:
     help="torch threads on a CPU [default: all; for a small model the faster of 1 and all, "
     "timed at the start; OMP_NUM_THREADS when set]",
 )
-@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="no progress output (else: a bar per epoch on a terminal; in a log, a line per epoch "
+    "and one every 30 s within it)",
+)
 @click.option(
     "--nproc",
     type=click.IntRange(1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -335,3 +336,29 @@ def test_thread_count_is_timed_for_small_models_and_kept_on_resume(
     timed.clear()
     _fit(spec, npz, tmp_path / "env", threads=None)
     assert timed == [2]  # OMP_NUM_THREADS wins: nothing timed
+
+
+def test_a_long_epoch_off_a_terminal_prints_progress_lines(
+    spec: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import archspec.train as runner
+
+    # every look is "30 s later": each step of this tiny run stands for a long epoch's minute
+    monkeypatch.setattr(runner, "PLAIN_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(runner._Cadence, "PERIOD_S", 0.0)
+    report = archspec.check(spec)
+    fit(
+        archspec.build(spec),
+        load(str(npz)),
+        Recipe(data=str(npz), epochs=1, batch_size=16),
+        tmp_path / "run",
+        input_shape=report.input,
+        spec_hash=report.spec_hash,
+        threads=1,
+    )
+    err = capsys.readouterr().err
+    steps = re.findall(
+        r"^epoch 1/1  step (\d+)/6  loss [\d.]+  acc [\d.]+  \d+ img/s$", err, re.MULTILINE
+    )
+    assert [int(s) for s in steps] == [1, 2, 3, 4, 5, 6], err
+    assert re.search(r"^epoch 1/1  loss [\d.]+  acc [\d.]+  test [\d.]+", err, re.MULTILINE), err
