@@ -27,6 +27,7 @@ import torch
 from fuzz_reference import TORCH_ERRORS, Stricter, TorchRef
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch_compare import forward_with_hooks
 
 import archspec
 
@@ -314,22 +315,19 @@ def observe(model: torch.nn.Module, paths: list[str], x: torch.Tensor) -> list[t
     """Run the built model with a hook on every reported layer: (output shape, params) each."""
     modules = dict(model.named_modules())
     seen: dict[str, tuple] = {}
-    hooks = []
-    for path in paths:
-        assert path in modules, f"reported layer `{path}` is not a module of the built model"
+
+    def recorder(path: str):
         numel = sum(p.numel() for p in modules[path].parameters())
 
-        def hook(mod, inp, out, path=path, numel=numel):
+        def hook(mod, inp, out):
             assert path not in seen, f"`{path}` ran twice"
             seen[path] = (tuple(out.shape[1:]), numel)
 
-        hooks.append(modules[path].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+        return hook
+
+    for path in paths:
+        assert path in modules, f"reported layer `{path}` is not a module of the built model"
+    forward_with_hooks(model, x, [(modules[path], recorder(path)) for path in paths])
     return [seen.get(p) for p in paths]
 
 
