@@ -273,16 +273,7 @@ class _Converter:
         seen = self.done.get(id(node))
         if seen is not None:
             value, size, height = seen
-            self.count += size
-            if self.count > MAX_NODES:
-                raise self.fail(
-                    node,
-                    "E-YAML-BOMB",
-                    f"the file expands to more than {MAX_NODES:,} nodes (aliases?)",
-                    "write the structure out instead of nesting anchors and aliases",
-                )
-            if depth + height > MAX_DEPTH:
-                raise self.fail(node, "E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels")
+            self.grow(node, size, depth + height)
             self.deepest = max(self.deepest, depth + height)
             return value
         if isinstance(node, ScalarNode):
@@ -293,10 +284,10 @@ class _Converter:
         self.deepest = max(outer, self.deepest)
         return value
 
-    def convert_new(self, node: Any, depth: int) -> Any:
-        from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
-
-        self.count += 1
+    def grow(self, node: Any, nodes: int, depth: int) -> None:
+        """Count ``nodes`` more nodes, the deepest at ``depth``: an alias bomb or a too deep
+        nesting is refused at ``node``."""
+        self.count += nodes
         if self.count > MAX_NODES:
             raise self.fail(
                 node,
@@ -306,6 +297,11 @@ class _Converter:
             )
         if depth > MAX_DEPTH:
             raise self.fail(node, "E-YAML-DEPTH", f"nesting deeper than {MAX_DEPTH} levels")
+
+    def convert_new(self, node: Any, depth: int) -> Any:
+        from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+        self.grow(node, 1, depth)
         tag = node.tag if isinstance(node.tag, str) else getattr(node.tag, "value", None)
         if tag is not None and tag not in _ALLOWED_TAGS:
             raise self.fail(
