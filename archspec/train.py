@@ -508,9 +508,8 @@ def fit(
     bf16 = uses_bf16(device, precision)
     if device.type != "cpu":
         threads = torch.get_num_threads()
-    elif threads is None:
-        threads = state["threads"] if state and state.get("threads") else None
-        threads = threads or _cpu_threads(
+    elif threads is None:  # a resumed run keeps the count its first part timed
+        threads = (state or {}).get("threads") or _cpu_threads(
             model, train_feed, adapter, recipe.batch_size // w.size, flops, bf16
         )
 
