@@ -26,6 +26,9 @@ COMBINATORS = ("parallel", "residual", "dense", "seq", "aux")
 REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
 MAX_REPEAT = 1024
 MAX_LAYERS = 100_000
+# Items inside items once templates are expanded. A fixed bound, not Python's recursion limit,
+# which torch.compile and others raise at will: the same spec must fail the same way everywhere.
+MAX_NESTING = 100
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 DOLLAR_NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 UNSET = object()  # a template parameter an earlier error left without a value: reading it is silent
@@ -138,6 +141,7 @@ class Lowerer:
         self.defaults = spec.defaults
         self.stack: list[str] = []
         self.count = 0
+        self.depth = 0  # items being lowered, one inside the other
         self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
 
     # ------------------------------------------------------------------ helpers
@@ -204,6 +208,24 @@ class Lowerer:
         self.count += 1
         if self.count > MAX_LAYERS:
             raise _TooBig(loc)
+        if self.depth >= MAX_NESTING:
+            raise _TooDeep(loc, list(self.stack))
+        self.depth += 1
+        try:
+            return self._item(item, loc, state, env, scope, name, splice)
+        finally:
+            self.depth -= 1
+
+    def _item(
+        self,
+        item: Any,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        splice: bool,
+    ) -> Node:
         if isinstance(item, str):
             return self.named_thing(item, None, loc, loc, state, env, scope, name)
         if isinstance(item, list):
@@ -1053,6 +1075,11 @@ class _TooBig(Exception):
         self.loc = loc
 
 
+class _TooDeep(Exception):
+    def __init__(self, loc: Loc, templates: list[str]):
+        self.loc, self.templates = loc, templates
+
+
 def _after(node: Node) -> State:
     return getattr(node, "_state", UNKNOWN)
 
@@ -1257,6 +1284,21 @@ def lower(
             "E-TOO-BIG",
             f"the spec expands to more than {MAX_LAYERS:,} layers",
             "lower the `repeat` counts",
+        )
+        return None
+    except _TooDeep as e:
+        chain = (
+            " -> ".join(
+                e.templates[:4] + (["..."] if len(e.templates) > 5 else []) + e.templates[-1:]
+            )
+            if e.templates
+            else ""
+        )
+        out.add(
+            e.loc,
+            "E-TOO-DEEP",
+            f"the spec nests more than {MAX_NESTING} layers deep when expanded",
+            f"templates inside templates: {chain}" if chain else "flatten some of the nesting",
         )
         return None
     _finish(rootnode, state)

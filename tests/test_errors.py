@@ -3,6 +3,7 @@ the mistake, and a `help:` line where one helps; all the mistakes of a file come
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -342,3 +343,33 @@ def test_rendered_error_shows_the_line_and_a_caret(tmp_path: Path):
         "  |                             ^^^^",
     ]
     assert "help: did you mean `relu`?" in text
+
+
+def template_chain(n: int) -> str:
+    lines = [f"  t{i}: {{body: [t{i + 1}]}}" for i in range(n)]
+    return (
+        HEAD + "stages: {s: t0}\ntemplates:\n" + "\n".join(lines) + f"\n  t{n}: {{body: [relu]}}\n"
+    )
+
+
+@pytest.mark.parametrize("recursion_limit", [1000, 20000])
+def test_too_deep_nesting_fails_the_same_whatever_the_recursion_limit(
+    tmp_path: Path, recursion_limit: int
+):
+    # torch.compile raises the interpreter's limit: the verdict must not depend on it.
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(recursion_limit)
+    try:
+        d = one(tmp_path, template_chain(200))
+    finally:
+        sys.setrecursionlimit(before)
+    assert where(d) == ("E-TOO-DEEP", 55, 16)
+    assert d.help.startswith("templates inside templates: t0 -> t1") and d.help.endswith("t49")
+
+
+def test_a_long_but_reasonable_template_chain_is_fine(tmp_path: Path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(template_chain(40))
+    report = archspec.check(path)
+    assert report.ok, report.errors
+    assert len(report.layer_rows()) == 1
