@@ -695,7 +695,12 @@ class Lowerer:
         ploc = loc_of(body, "projection", loc)
         allowed = ("bn", "bias", "name")
         if not isinstance(opts, dict):
-            self.error(ploc, "E-TYPE", "`projection` takes a mapping {bn, bias, name}", None)
+            self.error(
+                ploc,
+                "E-TYPE",
+                "`projection` takes a mapping {bn, bias, name}",
+                "`shortcut: auto` picks identity or projection; `projection` only tunes the latter",
+            )
             opts = {}
         self.options(opts, ploc, allowed, "projection")
         assert state.shape is not None and mstate.shape is not None
