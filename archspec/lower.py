@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -23,7 +23,18 @@ from .source import LMap, LSeq, Source, loc_of, merge, to_plain
 from .spec import SpecModel, pydantic_errors
 
 COMBINATORS = ("parallel", "residual", "dense", "seq", "aux")
-REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
+REPEAT_KEYS = {
+    "use",
+    "body",
+    "with",
+    "repeat",
+    "first",
+    "at",
+    "prefix",
+    "start",
+    "name",
+    "inline",
+}
 MAX_REPEAT = 1024
 MAX_LAYERS = 100_000
 # Items inside items once templates are expanded. A fixed bound, not Python's recursion limit,
@@ -79,7 +90,14 @@ RESERVED = {
     "pop",
     "aux_heads",
 }
-TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "any": object}
+TYPES = {
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+    "str": str,
+    "list": list,
+    "any": object,
+}
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,20 @@ class Scope:
         self.key_locs: dict[str, Loc] = {}  # the model's scope: where each stage's name is written
 
 
+class Site(NamedTuple):
+    """Where an op or combinator is written and what it receives: the key's and the body's
+    positions, the incoming state, the expression environment, the module it registers on and
+    its name (None: the next position), and whether it splices into that module."""
+
+    key_loc: Loc
+    body_loc: Loc
+    state: State
+    env: dict
+    scope: Scope
+    name: str | None
+    inline: bool = False
+
+
 class Lowerer:
     def __init__(self, src: Source, doc: LMap, spec: SpecModel, out: Collector):
         self.src = src
@@ -142,7 +174,10 @@ class Lowerer:
         self.stack: list[str] = []
         self.count = 0
         self.depth = 0  # items being lowered, one inside the other
-        self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
+        self.globals: dict[str, Any] = {
+            "num_classes": spec.num_classes,
+            "width": spec.width,
+        }
 
     # ------------------------------------------------------------------ helpers
 
@@ -286,19 +321,21 @@ class Lowerer:
         inline: bool = False,
     ) -> Node:
         if head in OPS:
-            return self.layer(head, body, key_loc, body_loc, state, env, scope, name)
+            return self.layer(head, body, Site(key_loc, body_loc, state, env, scope, name))
         if head in COMBINATORS:
             if not isinstance(body, dict) and head not in ("seq", "aux"):
                 self.error(body_loc, "E-ITEM", f"`{head}` takes a mapping of options", None)
                 return self.dead(key_loc, state, scope, name)
-            return getattr(self, "comb_" + head)(
-                body, key_loc, body_loc, state, env, scope, name, inline
-            )
+            at = Site(key_loc, body_loc, state, env, scope, name, inline)
+            return getattr(self, "comb_" + head)(body, at)
         if head in self.templates:
             args = body if isinstance(body, dict) else LMap()
             if body is not None and not isinstance(body, dict):
                 self.error(
-                    body_loc, "E-TYPE", f"template `{head}` takes a mapping of arguments", None
+                    body_loc,
+                    "E-TYPE",
+                    f"template `{head}` takes a mapping of arguments",
+                    None,
                 )
             if "name" in args:
                 name = str(args["name"])
@@ -306,9 +343,32 @@ class Lowerer:
             return self.instantiate(head, args, key_loc, body_loc, state, env, scope, name)
         known = [*OPS, *COMBINATORS, *self.templates]
         self.error(
-            key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known)
+            key_loc,
+            "E-UNKNOWN-OP",
+            f"unknown op or template `{head}`",
+            did_you_mean(head, known),
         )
         return self.dead(key_loc, state, scope, name)
+
+    def container(
+        self,
+        kind: str,
+        loc: Loc,
+        state: State,
+        scope: Scope,
+        name: str | None,
+        inline: bool,
+        merge: str = "concat",
+    ) -> tuple[Node, Scope]:
+        """A composite node and the scope its children register on: its own module, named on
+        `scope`, or with `inline` none, its children then registering on `scope` directly."""
+        if not inline:
+            name = self.claim(scope, name, loc)
+        name = name or ""
+        node = Node(
+            kind, name, join(scope.path, name), loc, state.shape, inline=inline, merge=merge
+        )
+        return node, scope if inline else Scope(node.path)
 
     def dead(self, loc: Loc, state: State, scope: Scope, name: str | None) -> Node:
         name = name or "?"
@@ -316,17 +376,8 @@ class Lowerer:
 
     # ------------------------------------------------------------------ layers
 
-    def layer(
-        self,
-        opname: str,
-        body: Any,
-        key_loc: Loc,
-        body_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-    ) -> Node:
+    def layer(self, opname: str, body: Any, at: Site) -> Node:
+        key_loc, body_loc, state, env, scope, name, _ = at
         op = OPS[opname]
         raw = dict(self.defaults.get(opname, {}))
         if body is not None and not isinstance(body, dict):
@@ -373,7 +424,12 @@ class Lowerer:
             params = op.Params.model_validate(values)
         except ValidationError as exc:
             pydantic_errors(
-                exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
+                exc,
+                body,
+                body_loc,
+                self.out,
+                what=f"`{opname}`",
+                known_keys=op.Params.model_fields,
             )
             return node
         node.params = params
@@ -411,11 +467,7 @@ class Lowerer:
         inline: bool,
         prefix: str | None = None,
     ) -> Node:
-        if not inline:
-            name = self.claim(scope, name, loc)
-        name = name or ""
-        node = Node(SEQ, name, join(scope.path, name), loc, state.shape, inline=inline)
-        inner = scope if inline else Scope(node.path)
+        node, inner = self.container(SEQ, loc, state, scope, name, inline)
         if not isinstance(items, list):
             items = LSeq([items])
             items.item_locs = [loc]
@@ -423,23 +475,19 @@ class Lowerer:
             self.error(loc, "E-ITEM", "empty layer list", "remove it or add layers")
         for i, it in enumerate(items):
             child = self.item(
-                it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}" if prefix else None
+                it,
+                loc_of(items, i, loc),
+                state,
+                env,
+                inner,
+                f"{prefix}{i}" if prefix else None,
             )
             node.children.append(child)
             state = _after(child)
         return _finish(node, state)
 
-    def comb_seq(
-        self,
-        body: Any,
-        key_loc: Loc,
-        body_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        inline: bool,
-    ) -> Node:
+    def comb_seq(self, body: Any, at: Site) -> Node:
+        key_loc, body_loc, state, env, scope, name, inline = at
         items = body.get("layers") if isinstance(body, dict) else body
         if isinstance(body, dict):
             name = self.item_name(body, body_loc, env, name)
@@ -457,21 +505,12 @@ class Lowerer:
             return self.dead(key_loc, state, scope, name)
         return self.seq(items, body_loc, state, env, scope, name, inline)
 
-    def comb_aux(
-        self,
-        body: Any,
-        key_loc: Loc,
-        body_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        inline: bool,
-    ) -> Node:
+    def comb_aux(self, body: Any, at: Site) -> Node:
         """An auxiliary head (GoogLeNet's aux1, Inception v3's AuxLogits): a module whose layers
         read the current tensor, but whose output leaves the main path: the next stage gets this
         stage's input. It runs in training only (see compile.py); only a stage can be one, so the
         model's forward can hand its output back next to the main one."""
+        key_loc, body_loc, state, env, scope, name, inline = at
         items = body
         if isinstance(body, dict):
             self.options(body, body_loc, ("layers", "name"), "aux")
@@ -502,17 +541,8 @@ class Lowerer:
                     did_you_mean(str(k), allowed),
                 )
 
-    def comb_parallel(
-        self,
-        body: dict,
-        key_loc: Loc,
-        body_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        inline: bool,
-    ) -> Node:
+    def comb_parallel(self, body: dict, at: Site) -> Node:
+        key_loc, body_loc, state, env, scope, name, inline = at
         self.options(body, body_loc, ("branches", "merge", "flat", "name", "inline"), "parallel")
         name = self.item_name(body, body_loc, env, name)
         inline = bool(body.get("inline", inline))
@@ -526,19 +556,8 @@ class Lowerer:
                 None,
             )
             merge_kind = "concat"
-        if not inline:
-            name = self.claim(scope, name, key_loc)
-        name = name or ""
-        node = Node(
-            PARALLEL,
-            name,
-            join(scope.path, name),
-            key_loc,
-            state.shape,
-            inline=inline,
-            merge=merge_kind,
-        )
-        inner = scope if inline else Scope(node.path)
+        node, inner = self.container(PARALLEL, key_loc, state, scope, name, inline, merge_kind)
+        name = node.name
         branches = body.get("branches")
         bloc = loc_of(body, "branches", body_loc)
         if isinstance(branches, list):
@@ -597,29 +616,18 @@ class Lowerer:
         out = (sum(s[0] for s in shapes), *first[1:])
         return State(out, rf, jump)  # type: ignore[arg-type]
 
-    def comb_residual(
-        self,
-        body: dict,
-        key_loc: Loc,
-        body_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        inline: bool,
-    ) -> Node:
+    def comb_residual(self, body: dict, at: Site) -> Node:
+        key_loc, body_loc, state, env, scope, name, inline = at
         self.options(
-            body, body_loc, ("main", "shortcut", "projection", "post", "name", "inline"), "residual"
+            body,
+            body_loc,
+            ("main", "shortcut", "projection", "post", "name", "inline"),
+            "residual",
         )
         inline = bool(body.get("inline", inline))
         name = self.item_name(body, body_loc, env, name)
-        if not inline:
-            name = self.claim(scope, name, key_loc)
-        name = name or ""
-        node = Node(
-            RESIDUAL, name, join(scope.path, name), key_loc, state.shape, inline=inline, merge="add"
-        )
-        inner = scope if inline else Scope(node.path)
+        node, inner = self.container(RESIDUAL, key_loc, state, scope, name, inline, "add")
+        name = node.name
         prefix = f"{name}_" if inline and name else ""
         if "main" not in body:
             self.error(
@@ -674,7 +682,12 @@ class Lowerer:
                 after = State(mstate.shape, rf, mstate.jump)  # type: ignore[arg-type]
         if "post" in body and body["post"] is not None:
             node.post = self.item(
-                body["post"], loc_of(body, "post", body_loc), after, env, inner, f"{prefix}post"
+                body["post"],
+                loc_of(body, "post", body_loc),
+                after,
+                env,
+                inner,
+                f"{prefix}post",
             )
             after = _after(node.post)
         return _finish(node, after)
@@ -706,7 +719,10 @@ class Lowerer:
         assert state.shape is not None and mstate.shape is not None
         if len(state.shape) != 3 or len(mstate.shape) != 3:
             self.error(
-                loc, "E-SHAPE-RANK", "`shortcut: auto` needs image tensors on both paths", None
+                loc,
+                "E-SHAPE-RANK",
+                "`shortcut: auto` needs image tensors on both paths",
+                None,
             )
             return self.dead(loc, UNKNOWN, scope, f"{prefix}shortcut")
         stride = tuple(max(1, mstate.jump[i] // max(1, state.jump[i])) for i in (0, 1))
@@ -729,27 +745,25 @@ class Lowerer:
         saved, self.spec = self.spec, self.spec.model_copy(update={"width": 1.0})
         try:
             if not use_bn:
-                return self.layer("conv", conv, loc, ploc, state, env, scope, name)
+                return self.layer("conv", conv, Site(loc, ploc, state, env, scope, name))
             items = LSeq([{"conv": conv}, "bn"])
             items.loc, items.item_locs = ploc, [ploc, ploc]
             return self.seq(items, loc, state, env, scope, name, inline=False)
         finally:
             self.spec = saved
 
-    def comb_dense(
-        self,
-        body: dict,
-        key_loc: Loc,
-        body_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        inline: bool,
-    ) -> Node:
+    def comb_dense(self, body: dict, at: Site) -> Node:
         """Each layer sees the concatenation of the block input and all earlier layer outputs."""
-        node = self.repeat(body, body_loc, state, env, scope, name, dense=True, head_loc=key_loc)
-        return node
+        return self.repeat(
+            body,
+            at.body_loc,
+            at.state,
+            at.env,
+            at.scope,
+            at.name,
+            dense=True,
+            head_loc=at.key_loc,
+        )
 
     # ------------------------------------------------------------------ repeat / templates
 
@@ -778,7 +792,11 @@ class Lowerer:
             )
             return self.dead(loc, state, scope, name)
         args = item.get("with") or LMap()
-        for key in ("with", "first", "at"):  # mappings, or the repetitions would read garbage
+        for key in (
+            "with",
+            "first",
+            "at",
+        ):  # mappings, or the repetitions would read garbage
             if item.get(key) is not None and not isinstance(item[key], dict):
                 self.error(
                     loc_of(item, key, loc),
@@ -879,7 +897,10 @@ class Lowerer:
             for k, v in call.items():
                 try:
                     scope_env[k] = self.resolve(
-                        v, located.val_locs.get(k) or loc_of(item, "with", loc), local, st
+                        v,
+                        located.val_locs.get(k) or loc_of(item, "with", loc),
+                        local,
+                        st,
                     )
                 except _Located as e:
                     self.out.problem(e.loc, e.problem)
@@ -890,18 +911,9 @@ class Lowerer:
 
         if times is None and not dense:
             return one(None, state, scope, name)
-        if not inline:
-            name = self.claim(scope, name, head_loc or loc)
-        name = name or ""
-        node = Node(
-            DENSE if dense else SEQ,
-            name,
-            join(scope.path, name),
-            head_loc or loc,
-            state.shape,
-            inline=inline,
+        node, inner = self.container(
+            DENSE if dense else SEQ, head_loc or loc, state, scope, name, inline
         )
-        inner = scope if inline else Scope(node.path)
         prefix = item.get("prefix")
         start = item.get("start", 0)
         start = start if isinstance(start, int) else 0
@@ -1019,7 +1031,10 @@ class Lowerer:
                         f"parameter `{p}` of `{tname}` must be {tn}, got {_kind(value)}",
                         f"declared at line {ploc.line}",
                     )
-                    ok, value = False, UNSET  # said once here, not again wherever it is read
+                    ok, value = (
+                        False,
+                        UNSET,
+                    )  # said once here, not again wherever it is read
                 local[p] = value
             elif required:
                 self.error(
@@ -1049,7 +1064,12 @@ class Lowerer:
                 None,
             )
         if body_key is None:
-            self.error(tloc, "E-TEMPLATE", f"template `{tname}` has no body", "add `body: [...]`")
+            self.error(
+                tloc,
+                "E-TEMPLATE",
+                f"template `{tname}` has no body",
+                "add `body: [...]`",
+            )
             return self.dead(key_loc, state, scope, name)
         body = template[body_key] if body_key == "body" else LMap({body_key: template[body_key]})
         if body_key != "body":
