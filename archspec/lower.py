@@ -7,8 +7,10 @@ failed) is still validated structurally, so one run reports every mistake in the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -243,61 +245,44 @@ class Lowerer:
         self.count += 1
         if self.count > MAX_LAYERS:
             raise _TooBig(loc)
-        if self.depth >= MAX_NESTING:
-            raise _TooDeep(loc, list(self.stack))
-        self.depth += 1
-        try:
-            return self._item(item, loc, state, env, scope, name, splice)
-        finally:
-            self.depth -= 1
-
-    def _item(
-        self,
-        item: Any,
-        loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        splice: bool,
-    ) -> Node:
-        if isinstance(item, str):
-            return self.named_thing(item, None, loc, loc, state, env, scope, name)
-        if isinstance(item, list):
-            return self.seq(item, loc, state, env, scope, name, inline=splice)
-        if not isinstance(item, dict) or not item:
-            self.error(
-                loc,
-                "E-ITEM",
-                f"expected a layer, got {_kind(item)}",
-                "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list",
+        with self.deeper(loc):
+            if isinstance(item, str):
+                return self.named_thing(item, None, loc, loc, state, env, scope, name)
+            if isinstance(item, list):
+                return self.seq(item, loc, state, env, scope, name, inline=splice)
+            if not isinstance(item, dict) or not item:
+                self.error(
+                    loc,
+                    "E-ITEM",
+                    f"expected a layer, got {_kind(item)}",
+                    "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list",
+                )
+                return self.dead(loc, state, scope, name)
+            keys = set(item)
+            if keys & {"use", "body", "repeat"}:
+                return self.repeat(item, loc, state, env, scope, name)
+            name = self.item_name(item, loc, env, name)
+            heads = [k for k in item if k not in ("name", "inline")]
+            if len(heads) != 1:
+                self.error(
+                    loc,
+                    "E-ITEM",
+                    f"a layer mapping needs exactly one op, got {', '.join(map(str, heads)) or 'none'}",
+                    "write each layer as its own list item: `- conv: {...}`",
+                )
+                return self.dead(loc, state, scope, name)
+            head = heads[0]
+            return self.named_thing(
+                str(head),
+                item[head],
+                loc_of(item, head, loc, key_loc=True),
+                loc_of(item, head, loc),
+                state,
+                env,
+                scope,
+                name,
+                inline=bool(item.get("inline", False)),
             )
-            return self.dead(loc, state, scope, name)
-        keys = set(item)
-        if keys & {"use", "body", "repeat"}:
-            return self.repeat(item, loc, state, env, scope, name)
-        name = self.item_name(item, loc, env, name)
-        heads = [k for k in item if k not in ("name", "inline")]
-        if len(heads) != 1:
-            self.error(
-                loc,
-                "E-ITEM",
-                f"a layer mapping needs exactly one op, got {', '.join(map(str, heads)) or 'none'}",
-                "write each layer as its own list item: `- conv: {...}`",
-            )
-            return self.dead(loc, state, scope, name)
-        head = heads[0]
-        return self.named_thing(
-            str(head),
-            item[head],
-            loc_of(item, head, loc, key_loc=True),
-            loc_of(item, head, loc),
-            state,
-            env,
-            scope,
-            name,
-            inline=bool(item.get("inline", False)),
-        )
 
     def item_name(self, item: dict, loc: Loc, env: dict, default: str | None) -> str | None:
         if "name" not in item:
@@ -349,6 +334,17 @@ class Lowerer:
             did_you_mean(head, known),
         )
         return self.dead(key_loc, state, scope, name)
+
+    @contextlib.contextmanager
+    def deeper(self, loc: Loc) -> Iterator[None]:
+        """One more level of items inside items; past MAX_NESTING the spec is refused."""
+        if self.depth >= MAX_NESTING:
+            raise _TooDeep(loc, list(self.stack))
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def container(
         self,
