@@ -25,18 +25,7 @@ from .source import LMap, LSeq, Source, loc_of, merge, to_plain
 from .spec import SpecModel, pydantic_errors
 
 COMBINATORS = ("parallel", "residual", "dense", "seq", "aux")
-REPEAT_KEYS = {
-    "use",
-    "body",
-    "with",
-    "repeat",
-    "first",
-    "at",
-    "prefix",
-    "start",
-    "name",
-    "inline",
-}
+REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
 MAX_REPEAT = 1024
 MAX_LAYERS = 100_000
 # Items inside items once templates are expanded. A fixed bound, not Python's recursion limit,
