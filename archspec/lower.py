@@ -81,14 +81,7 @@ RESERVED = {
     "pop",
     "aux_heads",
 }
-TYPES = {
-    "int": int,
-    "float": (int, float),
-    "bool": bool,
-    "str": str,
-    "list": list,
-    "any": object,
-}
+TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "any": object}
 
 
 @dataclass(frozen=True)
@@ -165,10 +158,7 @@ class Lowerer:
         self.stack: list[str] = []
         self.count = 0
         self.depth = 0  # items being lowered, one inside the other
-        self.globals: dict[str, Any] = {
-            "num_classes": spec.num_classes,
-            "width": spec.width,
-        }
+        self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
 
     # ------------------------------------------------------------------ helpers
 
@@ -306,10 +296,7 @@ class Lowerer:
             args = body if isinstance(body, dict) else LMap()
             if body is not None and not isinstance(body, dict):
                 self.error(
-                    body_loc,
-                    "E-TYPE",
-                    f"template `{head}` takes a mapping of arguments",
-                    None,
+                    body_loc, "E-TYPE", f"template `{head}` takes a mapping of arguments", None
                 )
             if "name" in args:
                 name = str(args["name"])
@@ -317,10 +304,7 @@ class Lowerer:
             return self.instantiate(head, args, key_loc, body_loc, state, env, scope, name)
         known = [*OPS, *COMBINATORS, *self.templates]
         self.error(
-            key_loc,
-            "E-UNKNOWN-OP",
-            f"unknown op or template `{head}`",
-            did_you_mean(head, known),
+            key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known)
         )
         return self.dead(key_loc, state, scope, name)
 
@@ -409,12 +393,7 @@ class Lowerer:
             params = op.Params.model_validate(values)
         except ValidationError as exc:
             pydantic_errors(
-                exc,
-                body,
-                body_loc,
-                self.out,
-                what=f"`{opname}`",
-                known_keys=op.Params.model_fields,
+                exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
             )
             return node
         node.params = params
@@ -460,12 +439,7 @@ class Lowerer:
             self.error(loc, "E-ITEM", "empty layer list", "remove it or add layers")
         for i, it in enumerate(items):
             child = self.item(
-                it,
-                loc_of(items, i, loc),
-                state,
-                env,
-                inner,
-                f"{prefix}{i}" if prefix else None,
+                it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}" if prefix else None
             )
             node.children.append(child)
             state = _after(child)
@@ -604,10 +578,7 @@ class Lowerer:
     def comb_residual(self, body: dict, at: Site) -> Node:
         key_loc, body_loc, state, env, scope, name, inline = at
         self.options(
-            body,
-            body_loc,
-            ("main", "shortcut", "projection", "post", "name", "inline"),
-            "residual",
+            body, body_loc, ("main", "shortcut", "projection", "post", "name", "inline"), "residual"
         )
         inline = bool(body.get("inline", inline))
         name = self.item_name(body, body_loc, env, name)
@@ -667,12 +638,7 @@ class Lowerer:
                 after = State(mstate.shape, rf, mstate.jump)  # type: ignore[arg-type]
         if "post" in body and body["post"] is not None:
             node.post = self.item(
-                body["post"],
-                loc_of(body, "post", body_loc),
-                after,
-                env,
-                inner,
-                f"{prefix}post",
+                body["post"], loc_of(body, "post", body_loc), after, env, inner, f"{prefix}post"
             )
             after = _after(node.post)
         return _finish(node, after)
@@ -704,10 +670,7 @@ class Lowerer:
         assert state.shape is not None and mstate.shape is not None
         if len(state.shape) != 3 or len(mstate.shape) != 3:
             self.error(
-                loc,
-                "E-SHAPE-RANK",
-                "`shortcut: auto` needs image tensors on both paths",
-                None,
+                loc, "E-SHAPE-RANK", "`shortcut: auto` needs image tensors on both paths", None
             )
             return self.dead(loc, UNKNOWN, scope, f"{prefix}shortcut")
         stride = tuple(max(1, mstate.jump[i] // max(1, state.jump[i])) for i in (0, 1))
@@ -740,14 +703,7 @@ class Lowerer:
     def comb_dense(self, body: dict, at: Site) -> Node:
         """Each layer sees the concatenation of the block input and all earlier layer outputs."""
         return self.repeat(
-            body,
-            at.body_loc,
-            at.state,
-            at.env,
-            at.scope,
-            at.name,
-            dense=True,
-            head_loc=at.key_loc,
+            body, at.body_loc, at.state, at.env, at.scope, at.name, dense=True, head_loc=at.key_loc
         )
 
     # ------------------------------------------------------------------ repeat / templates
@@ -777,11 +733,7 @@ class Lowerer:
             )
             return self.dead(loc, state, scope, name)
         args = item.get("with") or LMap()
-        for key in (
-            "with",
-            "first",
-            "at",
-        ):  # mappings, or the repetitions would read garbage
+        for key in ("with", "first", "at"):  # mappings, or the repetitions would read garbage
             if item.get(key) is not None and not isinstance(item[key], dict):
                 self.error(
                     loc_of(item, key, loc),
@@ -882,10 +834,7 @@ class Lowerer:
             for k, v in call.items():
                 try:
                     scope_env[k] = self.resolve(
-                        v,
-                        located.val_locs.get(k) or loc_of(item, "with", loc),
-                        local,
-                        st,
+                        v, located.val_locs.get(k) or loc_of(item, "with", loc), local, st
                     )
                 except _Located as e:
                     self.out.problem(e.loc, e.problem)
@@ -1016,10 +965,7 @@ class Lowerer:
                         f"parameter `{p}` of `{tname}` must be {tn}, got {_kind(value)}",
                         f"declared at line {ploc.line}",
                     )
-                    ok, value = (
-                        False,
-                        UNSET,
-                    )  # said once here, not again wherever it is read
+                    ok, value = False, UNSET  # said once here, not again wherever it is read
                 local[p] = value
             elif required:
                 self.error(
@@ -1049,12 +995,7 @@ class Lowerer:
                 None,
             )
         if body_key is None:
-            self.error(
-                tloc,
-                "E-TEMPLATE",
-                f"template `{tname}` has no body",
-                "add `body: [...]`",
-            )
+            self.error(tloc, "E-TEMPLATE", f"template `{tname}` has no body", "add `body: [...]`")
             return self.dead(key_loc, state, scope, name)
         body = template[body_key] if body_key == "body" else LMap({body_key: template[body_key]})
         if body_key != "body":
@@ -1297,18 +1238,13 @@ def lower(
         )
         return None
     except _TooDeep as e:
-        chain = (
-            " -> ".join(
-                e.templates[:4] + (["..."] if len(e.templates) > 5 else []) + e.templates[-1:]
-            )
-            if e.templates
-            else ""
-        )
+        t = e.templates
+        chain = " -> ".join(t if len(t) <= 5 else [*t[:4], "...", t[-1]])
         out.add(
             e.loc,
             "E-TOO-DEEP",
             f"the spec nests more than {MAX_NESTING} layers deep when expanded",
-            f"templates inside templates: {chain}" if chain else "flatten some of the nesting",
+            f"templates inside templates: {chain}" if t else "flatten some of the nesting",
         )
         return None
     _finish(rootnode, state)

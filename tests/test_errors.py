@@ -373,3 +373,17 @@ def test_a_long_but_reasonable_template_chain_is_fine(tmp_path: Path):
     report = archspec.check(path)
     assert report.ok, report.errors
     assert len(report.layer_rows()) == 1
+
+
+def test_too_deep_help_names_a_short_template_chain_once(tmp_path: Path):
+    # Two templates, each 50 lists deep: too deep with a chain of only two names.
+    nested = "[" * 50 + "{}" + "]" * 50
+    text = (
+        HEAD
+        + "stages: {s: a}\ntemplates:\n"
+        + f"  a: {{body: {nested.format('b')}}}\n"
+        + f"  b: {{body: {nested.format('relu')}}}\n"
+    )
+    d = one(tmp_path, text)
+    assert d.code == "E-TOO-DEEP"
+    assert d.help == "templates inside templates: a -> b"
