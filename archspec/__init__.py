@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .check import Report, check
-from .errors import Diagnostic, SpecError
+from archspec.analysis.report import Report, check
+from archspec.lang.errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -27,15 +27,15 @@ def build(
     **options: Any,
 ) -> nn.Module:
     """Compile a spec into an `nn.Module`; raises SpecError carrying every error of the spec."""
-    from .compile import build as _build
+    from archspec.backend.compile import build as _build
 
     return _build(path, variant, input_shape, num_classes, **options)
 
 
 def variants(path: str | Path) -> list[str]:
     """The variant names a spec defines (raises SpecError if the file cannot be read)."""
-    from .errors import Loc
-    from .source import SourceError, read_source
+    from archspec.lang.errors import Loc
+    from archspec.lang.source import SourceError, read_source
 
     try:
         src = read_source(path)

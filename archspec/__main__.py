@@ -1,3 +1,3 @@
-from .cli import main
+from archspec.cli import main
 
 main()

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Loc
-from .ops import Inferred, Shape
+from archspec.lang.errors import Loc
+from archspec.ops import Inferred, Shape
 
 # Composite kinds. A composite either owns a module (`inline=False`) or lends its children to
 # the module of its nearest owning ancestor (`inline=True`), which is how a spec reproduces

@@ -3,7 +3,7 @@
 For every spec in specs/ and specs/torchvision/ and each of its variants, at one batch size:
 
   measured     bytes of the distinct storages autograd saves in one training-mode forward
-               (archspec.measure.saved_bytes; CPU, parameters and buffers excluded)
+               (archspec.backend.measure.saved_bytes; CPU, parameters and buffers excluded)
   archspec     `archspec check --batch N` activations_bytes (no torch, no forward pass)
   torchinfo    torchinfo.summary(...).total_output_bytes, its "Forward/backward pass size"
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 import archspec
-from archspec.measure import cpu_step_peak, make_optimizer, saved_bytes, train_step
-from archspec.memory import estimate
+from archspec.analysis.memory import estimate
+from archspec.backend.measure import cpu_step_peak, make_optimizer, saved_bytes, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20

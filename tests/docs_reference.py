@@ -276,7 +276,7 @@ def op_reference() -> str:
 
 
 def top_level_reference() -> str:
-    from archspec.spec import SpecModel
+    from archspec.lang.spec import SpecModel
 
     out = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key, f in SpecModel.model_fields.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import archspec
-from archspec.catalog import catalog, find_specs
+from archspec.analysis.catalog import catalog, find_specs
 from archspec.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

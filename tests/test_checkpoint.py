@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from archspec import checkpoint
-from archspec.checkpoint import CheckpointError
+from archspec.run import checkpoint
+from archspec.run.checkpoint import CheckpointError
 
 
 class Foreign:
@@ -84,7 +84,7 @@ def test_other_files_are_not_checkpoints(tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
-    from archspec.train import save_weights
+    from archspec.run.train import save_weights
 
     path = tmp_path / "model.safetensors"
     save_weights(nn.Sequential(nn.Linear(3, 2)), path, {"mean": [0.5]})

@@ -8,8 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import archspec
+from archspec.analysis.diff import Layer, diff_layers, layers_of
 from archspec.cli import main
-from archspec.compare import Layer, diff_layers, layers_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

@@ -99,7 +99,7 @@ def run_measured(args: list[str], cwd: Path) -> tuple[int, str, str, float, floa
 @pytest.fixture(scope="module")
 def budget() -> float:
     """Seconds a hostile file may take to be refused on this machine, at least MAX_SECONDS."""
-    from archspec.source import read_source
+    from archspec.lang.source import read_source
 
     def once() -> float:
         start = time.perf_counter()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from archspec import data as D
-from archspec.data import Adapter, DataError, Feed
+from archspec.run import data as D
+from archspec.run.data import Adapter, DataError, Feed
 
 SHARED_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k.npz"
 

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from test_train import TINY, _fit, interrupted
 
 import archspec
-from archspec import checkpoint, distributed
-from archspec.data import epoch_order
-from archspec.train_cli import train
+from archspec.cli.train import train
+from archspec.run import checkpoint, distributed
+from archspec.run.data import epoch_order
 
 ROOT = Path(__file__).resolve().parents[1]
 # test_train's spec less BatchNorm and dropout: one process and two must then agree to rounding.

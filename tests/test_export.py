@@ -13,8 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import archspec
-from archspec.cli import main
-from archspec.export import (
+from archspec.backend.export import (
     CHECK_BATCH,
     TRACE_BATCH,
     ExportError,
@@ -23,6 +22,7 @@ from archspec.export import (
     export_torchscript,
     load_weights,
 )
+from archspec.cli import main
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`torch.jit:FutureWarning"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import archspec
-from archspec import graph
+from archspec.analysis import graph
 from archspec.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import archspec
-from archspec.errors import Problem
-from archspec.expr import Shape, evaluate
+from archspec.lang.errors import Problem
+from archspec.lang.expr import Shape, evaluate
 
 SETTINGS = settings(
     max_examples=400,

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import archspec
-from archspec.train import AUX_WEIGHT, _loss
-from archspec.train_cli import train
+from archspec.cli.train import train
+from archspec.run.train import AUX_WEIGHT, _loss
 
 SPECS = Path(__file__).resolve().parents[1] / "specs" / "torchvision"
 

@@ -1,6 +1,6 @@
 """The static training-memory estimate (archspec/memory.py) against what torch really keeps.
 
-"Activations saved for backward" is measured, not modelled: archspec.measure.saved_bytes runs
+"Activations saved for backward" is measured, not modelled: archspec.backend.measure.saved_bytes runs
 the built model's forward in training mode under torch.autograd.graph.saved_tensors_hooks and
 sums the distinct storages the pack hook sees, parameters and buffers excluded. The estimate
 must match it for every spec and variant (the acceptance bar is 5%; the rules are exact on CPU,
@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import archspec
-from archspec.measure import make_optimizer, optimizer_state_bytes, saved_bytes, train_step
-from archspec.memory import auto_batch_size, estimate, fits
+from archspec.analysis.memory import auto_batch_size, estimate, fits
+from archspec.backend.measure import make_optimizer, optimizer_state_bytes, saved_bytes, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -217,7 +217,7 @@ def test_params_grads_and_optimizer_state_are_exact(optimizer, buffers):
 
 
 def test_peak_is_the_step_high_water_mark_on_cpu():
-    from archspec.measure import cpu_step_peak
+    from archspec.backend.measure import cpu_step_peak
 
     spec = ROOT / "specs" / "resnet18.yaml"
     report = archspec.check(spec)
@@ -342,11 +342,11 @@ def _plan(monkeypatch, free: int, batch_size: int | str):
     """The runner's batch planning (train_cli._plan_batch) with `free` bytes on the CPU."""
     from types import SimpleNamespace
 
-    import archspec.memory
-    from archspec.train import Recipe
-    from archspec.train_cli import _plan_batch
+    import archspec.analysis.memory
+    from archspec.cli.train import _plan_batch
+    from archspec.run.train import Recipe
 
-    monkeypatch.setattr(archspec.memory, "available_bytes", lambda device="cpu": free)
+    monkeypatch.setattr(archspec.analysis.memory, "available_bytes", lambda device="cpu": free)
     report = archspec.check(ROOT / "specs" / "resnet18.yaml")
     loaded = SimpleNamespace(
         train=[0] * 50_000, test=SimpleNamespace()

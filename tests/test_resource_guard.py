@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import archspec
-import archspec.compile as compile_mod
+import archspec.backend.compile as compile_mod
 
 # 100,000 features into 100,000 outputs: 10,000,100,000 parameters, 40 GB of float32.
 HUGE = "name: huge\ninput: [1, 100, 1000]\nstages:\n  head: [flatten, linear: {out: 100000}]\n"

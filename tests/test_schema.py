@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from ruamel.yaml import YAML
 
+from archspec.analysis.schema import build_schema, schema_text
 from archspec.cli import main
 from archspec.lower import COMBINATORS, REPEAT_KEYS
 from archspec.ops import OPS
-from archspec.schema import build_schema, schema_text
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "archspec.schema.json"

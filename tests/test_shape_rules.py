@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from archspec.errors import Problem
+from archspec.lang.errors import Problem
 from archspec.ops import OPS
 
 

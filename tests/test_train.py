@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner
 
 import archspec
-from archspec import checkpoint
-from archspec.data import load
-from archspec.train import Recipe, TrainError, fit, lr_factor
-from archspec.train_cli import eval_cmd, train
+from archspec.cli.train import eval_cmd, train
+from archspec.run import checkpoint
+from archspec.run.data import load
+from archspec.run.train import Recipe, TrainError, fit, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,7 +312,7 @@ def test_sigterm_leaves_loadable_checkpoint(spec: Path, npz: Path, tmp_path: Pat
 def test_thread_count_is_timed_for_small_models_and_kept_on_resume(
     spec: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import archspec.train as runner
+    import archspec.run.train as runner
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a 2-core machine, whatever runs this
@@ -341,7 +341,7 @@ def test_thread_count_is_timed_for_small_models_and_kept_on_resume(
 def test_a_long_epoch_off_a_terminal_prints_progress_lines(
     spec: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import archspec.train as runner
+    import archspec.run.train as runner
 
     # every look is "30 s later": each step of this tiny run stands for a long epoch's minute
     monkeypatch.setattr(runner, "PLAIN_PROGRESS_EVERY_S", 0.0)

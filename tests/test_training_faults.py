@@ -27,9 +27,9 @@ from click.testing import CliRunner
 from test_train import TINY
 from torch import nn
 
-from archspec import checkpoint
-from archspec.train import _write_text, save_weights, write_curves
-from archspec.train_cli import eval_cmd, train
+from archspec.cli.train import eval_cmd, train
+from archspec.run import checkpoint
+from archspec.run.train import _write_text, save_weights, write_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 10  # x 192 steps of batch 8: about 0.2 s an epoch on one thread
@@ -193,7 +193,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted_run(
 
 WRITER = """\
 import sys, torch
-from archspec import checkpoint
+from archspec.run import checkpoint
 path, v = sys.argv[1], int(sys.argv[2])
 while True:  # 8 MB a version: most of the time is spent inside a write
     checkpoint.save({"v": v, "x": torch.full((2_000_000,), float(v))}, path)

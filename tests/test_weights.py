@@ -1,4 +1,4 @@
-"""archspec.weights: state_dict files load strictly, or fail with one clear E-WEIGHTS error."""
+"""archspec.backend.weights: state_dict files load strictly, or fail with one clear E-WEIGHTS error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import archspec
-from archspec.weights import load_weights, read_state_dict
+from archspec.backend.weights import load_weights, read_state_dict
 
 SPEC = """\
 name: small

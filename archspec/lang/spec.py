@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import Collector, Loc, did_you_mean
-from .source import LMap, LSeq, loc_of
+from archspec.lang.errors import Collector, Loc, did_you_mean
+from archspec.lang.source import LMap, LSeq, loc_of
 
 MAX_INPUT = 1 << 16
 

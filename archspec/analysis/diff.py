@@ -11,9 +11,9 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from .check import Report
-from .ir import Node
-from .ops import OPS, fmt
+from archspec.analysis.report import Report
+from archspec.ir import Node
+from archspec.ops import OPS, fmt
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def diff_json(ra: Report, rb: Report, rows: list[Row], everything: bool = False)
 
 
 def render(ra: Report, rb: Report, rows: list[Row], everything: bool = False) -> str:
-    from .table import human_number
+    from archspec.analysis.table import human_number
 
     def shown(x: Layer | None, key: str) -> str:
         if x is None:

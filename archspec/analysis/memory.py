@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
-from .ops import OPS, Saved, numel
+from archspec.ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.ops import OPS, Saved, numel
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "bool": 1}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -80,7 +80,7 @@ class MemoryReport:
         }
 
     def render_lines(self) -> list[str]:
-        from .table import human_bytes
+        from archspec.analysis.table import human_bytes
 
         mode = "autocast " + self.dtype if self.dtype != "float32" else "float32"
         rows = [

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .check import check
-from .errors import SpecError
+from archspec.analysis.report import check
+from archspec.lang.errors import SpecError
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -48,7 +48,7 @@ def find_specs(root: str | Path) -> list[Path]:
 
 def entries(path: str | Path) -> list[Entry]:
     """One entry for the spec's default and one per variant."""
-    from . import variants
+    from archspec import variants
 
     try:
         names: list[str | None] = [None, *variants(path)]

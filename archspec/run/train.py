@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, distributed
-from .data import Adapter, Data, Feed, channel_stats, decode, epoch_order, materialise
+from archspec.run import checkpoint, distributed
+from archspec.run.data import Adapter, Data, Feed, channel_stats, decode, epoch_order, materialise
 
 # Defaults chosen so every seed spec trains: AdamW is insensitive to the sigmoid LeNet's
 # vanishing gradients that stall plain SGD, and one-cycle warm-up keeps the deeper ReLU
@@ -456,7 +456,7 @@ def fit(
     ``on_step(global_step)`` is called after every step (tests use it to interrupt).
     ``initialise=False`` keeps the model's weights (``archspec train --init FILE``).
 
-    In a process group (``archspec.distributed.session`` under torchrun) the model is wrapped
+    In a process group (``archspec.run.distributed.session`` under torchrun) the model is wrapped
     in DistributedDataParallel and each rank trains on its slice of every global batch of
     ``recipe.batch_size``, so the numbers mean what they mean in one process; rank 0 alone
     reads and writes files. ``sync_bn`` makes BatchNorm use the statistics of the global

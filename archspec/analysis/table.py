@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .check import Report
+    from archspec.analysis.report import Report
 
 
 def human_number(n: float) -> str:

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Collector, Diagnostic, Loc
-from .ir import Network, Node
-from .lower import lower
-from .source import SourceError, read_source
+from archspec.ir import Network, Node
+from archspec.lang.errors import Collector, Diagnostic, Loc
+from archspec.lang.source import SourceError, read_source
+from archspec.lower import lower
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from .check import Report, check
-from .table import human_number, render_table
+from archspec.analysis.report import Report, check
+from archspec.analysis.table import human_number, render_table
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
 USAGE_CODES = {"E-VARIANT", "E-IO"}
@@ -89,7 +89,7 @@ def check_cmd(
         _usage_failure(spec, variant, shape, as_json, f"no such spec file: {spec}")
     report = check(spec, variant=variant, input_shape=shape, num_classes=num_classes)
     if batch is not None and report.ok and report.network is not None:
-        from .memory import estimate
+        from archspec.analysis.memory import estimate
 
         report.memory = estimate(report.network, batch, dtype, optimizer)
     code = EXIT_OK if report.ok else EXIT_SPEC
@@ -109,7 +109,7 @@ def check_cmd(
 def _usage_failure(spec: str, variant: str | None, shape, as_json: bool, message: str) -> None:
     if as_json:
         report = Report(spec, variant, requested_input=shape)
-        from .errors import Diagnostic, Loc
+        from archspec.lang.errors import Diagnostic, Loc
 
         report.errors = [Diagnostic(Loc(spec), "E-IO", message, None)]
         click.echo(json.dumps(report.to_json()))
@@ -121,7 +121,8 @@ def _usage_failure(spec: str, variant: str | None, shape, as_json: bool, message
 def _register_commands() -> None:
     """The other commands live in modules of their own; importing them stays torch-free (torch
     is imported inside the commands that need it), so `archspec check` stays light."""
-    from . import tools_cli, train_cli
+    from archspec.cli import tools as tools_cli
+    from archspec.cli import train as train_cli
 
     for cmd in (
         train_cli.train,

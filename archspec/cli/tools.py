@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import click
 
-from .check import Report, check
+from archspec.analysis.report import Report, check
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
 
@@ -44,7 +44,7 @@ def _checked(
 
 
 def _shape(value: str | None) -> tuple[int, ...] | None:
-    from .cli import parse_shape
+    from archspec.cli import parse_shape
 
     return parse_shape(value)
 
@@ -69,7 +69,7 @@ def schema_cmd(output: str | None) -> None:
     Put `# yaml-language-server: $schema=PATH/archspec.schema.json` on a spec's first line and
     VS Code (YAML extension) completes and validates it while you type.
     """
-    from .schema import schema_text
+    from archspec.analysis.schema import schema_text
 
     text = schema_text()
     if output is None:
@@ -97,7 +97,7 @@ def schema_cmd(output: str | None) -> None:
 )
 def graph_cmd(spec: str, variant: str | None, input_shape: str | None, output: str | None) -> None:
     """Draw SPEC: stages as boxes, parallel branches side by side, each layer with its shape."""
-    from . import graph
+    from archspec.analysis import graph
 
     if output is not None:
         try:
@@ -180,9 +180,9 @@ def export_cmd(
     fmt = fmt or _format_from_suffix(output)
     shape = _shape(input_shape)
     _checked(spec, variant, shape, num_classes)  # errors printed like `check` prints them
-    from .compile import build
-    from .errors import SpecError
-    from .export import ExportError, export, load_weights
+    from archspec.backend.compile import build
+    from archspec.backend.export import ExportError, export, load_weights
+    from archspec.lang.errors import SpecError
 
     try:
         model = build(spec, variant, shape, num_classes)
@@ -237,9 +237,9 @@ def _format_from_suffix(path: str) -> str:
 def list_cmd(folder: str, as_json: bool) -> None:
     """List the specs under FOLDER (default: specs/) with every variant: params, MACs, status.
     Exits 1 if any spec or variant has errors."""
-    from .catalog import catalog
-    from .compare import columns
-    from .table import human_number
+    from archspec.analysis.catalog import catalog
+    from archspec.analysis.diff import columns
+    from archspec.analysis.table import human_number
 
     if not Path(folder).exists():
         _fail(f"no such folder: {folder}")
@@ -317,7 +317,7 @@ def diff_cmd(
     Layers are matched by module path and op kind; shows added, removed and changed layers
     (op, output shape, params) and the change in total params and MACs. Exits 0 whatever
     differs."""
-    from .compare import diff_json, diff_layers, layers_of, render
+    from archspec.analysis.diff import diff_json, diff_layers, layers_of, render
 
     if len(specs) > 2:
         _fail("give one spec (with --variant) or two specs to compare")

@@ -13,8 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
-from .ops import OPS, fmt
+from archspec.ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.ops import OPS, fmt
 
 RENDERED = ("svg", "png", "pdf")
 AUX = "aux"  # ir.AUX: an auxiliary head, whose output leaves the main path

@@ -52,8 +52,8 @@ class ExportResult:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load weights strictly (weights.py): a `.safetensors` file such as the `model.safetensors`
     of `archspec train`, or a torch-saved state_dict or checkpoint (`weights_only=True`)."""
-    from .errors import SpecError
-    from .weights import load_weights as load
+    from archspec.backend.weights import load_weights as load
+    from archspec.lang.errors import SpecError
 
     try:
         load(model, path)

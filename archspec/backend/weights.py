@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import Diagnostic, Loc, SpecError
+from archspec.lang.errors import Diagnostic, Loc, SpecError
 
 SHOWN = 5  # keys listed per kind of mismatch
 

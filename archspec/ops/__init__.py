@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import Problem
-from .shapes import adaptive_window, pair, pool_out, same_pad
+from archspec.lang.errors import Problem
+from archspec.ops.shapes import adaptive_window, pair, pool_out, same_pad
 
 Shape = tuple[int, ...]
 MAX_CHANNELS = 1 << 20

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import Problem, did_you_mean
+from archspec.lang.errors import Problem, did_you_mean
 
 MAX_LEN = 300
 MAX_MAGNITUDE = 10**15

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Loc, Problem
+from archspec.lang.errors import Loc, Problem
 
 MAX_BYTES = 1024 * 1024  # a real spec is a few KB; the pure-Python parser reads ~3 MB/s
 MAX_YAML_NODES = 5_000  # nodes as written (the seed specs have < 400); 50-100 us each to compose

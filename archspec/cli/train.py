@@ -74,7 +74,7 @@ def _started_recipe(run: Path) -> Any:
     """The recipe in the config.json of a run that has no checkpoint yet (else defaults)."""
     import dataclasses
 
-    from archspec.train import Recipe
+    from archspec.run.train import Recipe
 
     try:
         saved = json.loads((run / "config.json").read_text())["recipe"]
@@ -87,7 +87,7 @@ def _started_recipe(run: Path) -> Any:
 def _os_error(e: OSError, run: Path) -> str:
     """One line for a failed write (or read) of a run, and whether its checkpoint survived:
     writes are atomic, so a full disk leaves the last checkpoint as it was."""
-    from archspec.checkpoint import CheckpointError, load
+    from archspec.run.checkpoint import CheckpointError, load
 
     text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
     try:
@@ -102,7 +102,7 @@ def _os_error(e: OSError, run: Path) -> str:
 
 
 def _data(source: str, root: str | None, download: bool, report: Any) -> Any:
-    from archspec.data import DataError, load
+    from archspec.run.data import DataError, load
 
     try:
         data = load(source, root, download, input_shape=tuple(report.input))
@@ -132,7 +132,7 @@ def _build(spec: str, report: Any, num_classes: int) -> Any:
 def _load_init(model: Any, path: str) -> None:
     """`--init`: a state_dict (torchvision's .pth files included) loaded strictly."""
     import archspec
-    from archspec.weights import load_weights
+    from archspec.backend.weights import load_weights
 
     try:
         load_weights(model, path)
@@ -144,8 +144,8 @@ def _load_init(model: Any, path: str) -> None:
 def _dump_spec(report: Any, spec: str, path: Path) -> None:
     from ruamel.yaml import YAML
 
-    from archspec import distributed
-    from archspec.checkpoint import write_atomic
+    from archspec.run import distributed
+    from archspec.run.checkpoint import write_atomic
 
     if not distributed.world().main:
         return
@@ -166,9 +166,9 @@ def _dump_spec(report: Any, spec: str, path: Path) -> None:
 
 
 def _runtime_errors() -> tuple[type[BaseException], ...]:
-    from archspec.checkpoint import CheckpointError
-    from archspec.data import DataError
-    from archspec.train import TrainError
+    from archspec.run.checkpoint import CheckpointError
+    from archspec.run.data import DataError
+    from archspec.run.train import TrainError
 
     return (CheckpointError, DataError, TrainError)
 
@@ -215,9 +215,9 @@ def _plan_batch(
     estimate is per process, and the global batch is ``ranks`` times its share."""
     import dataclasses
 
-    from archspec.memory import DEFAULT_MARGIN, auto_batch_size, available_bytes, estimate
-    from archspec.table import human_bytes
-    from archspec.train import _budget
+    from archspec.analysis.memory import DEFAULT_MARGIN, auto_batch_size, available_bytes, estimate
+    from archspec.analysis.table import human_bytes
+    from archspec.run.train import _budget
 
     # the runner's step: bf16 autocast where `uses_bf16` says so, else float32; SGD has momentum
     dtype = "bfloat16" if bf16 else "float32"
@@ -382,7 +382,7 @@ def train(nproc: int, sync_bn: bool, dist_timeout: int, **options: Any) -> None:
     if nproc > 1:
         _launch(nproc, dev, options)
 
-    from archspec import distributed
+    from archspec.run import distributed
 
     try:
         try:
@@ -455,7 +455,7 @@ def _launch(nproc: int, dev: Any, options: dict[str, Any]) -> NoReturn:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from archspec import distributed
+    from archspec.run import distributed
 
     if distributed.launched():
         raise click.UsageError("--nproc starts torchrun: under torchrun, leave it out")
@@ -519,9 +519,9 @@ def _train(
 
     import torch
 
-    from archspec import distributed
-    from archspec.data import DataError
-    from archspec.train import Recipe, fit, saved_recipe, uses_bf16
+    from archspec.run import distributed
+    from archspec.run.data import DataError
+    from archspec.run.train import Recipe, fit, saved_recipe, uses_bf16
 
     errors = _runtime_errors()
     given = {k: v for k, v in {**recipe_options, "data": data}.items() if v is not None}
@@ -659,8 +659,8 @@ def eval_cmd(
     """Evaluate SPEC with trained --weights; print one JSON object (loss, accuracy, examples)."""
     report = _check_spec(spec, variant, input_shape, num_classes)
     dev = _device(device)
-    from archspec.checkpoint import load_weights
-    from archspec.train import evaluate, prepare_data, uses_bf16
+    from archspec.run.checkpoint import load_weights
+    from archspec.run.train import evaluate, prepare_data, uses_bf16
 
     errors = _runtime_errors()
     loaded = _data(data or "mnist-mini", data_root, download, report)

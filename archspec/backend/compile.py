@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .check import check
-from .errors import Diagnostic, Loc, SpecError
-from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
-from .ops import OPS
+from archspec.analysis.report import check
+from archspec.ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.lang.errors import Diagnostic, Loc, SpecError
+from archspec.ops import OPS
 
 DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", "2000000000"))
 
@@ -88,7 +88,7 @@ def build(
     with torch.device(device) if device is not None else _nullcontext():
         model = compile_network(report.network)
     if weights is not None:
-        from .weights import load_weights
+        from archspec.backend.weights import load_weights
 
         load_weights(model, weights)
     return model
@@ -157,7 +157,7 @@ def _generated(kind: str, source: str, cls_name: str, base: type) -> type:
         namespace: dict[str, Any] = {"torch": torch}
         exec(compile(source, filename, "exec"), namespace)  # noqa: S102  # our generated code, never spec text
         cls = type(cls_name, (base,), {"forward": namespace["forward"]})
-        cls.__module__ = "archspec.compile"
+        cls.__module__ = "archspec.backend.compile"
         _CLASSES[key] = cls
     return _CLASSES[key]
 

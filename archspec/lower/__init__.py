@@ -16,13 +16,13 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from .errors import Collector, Loc, Problem, did_you_mean
-from .expr import Shape as ExprShape
-from .expr import evaluate, is_expression
-from .ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
-from .ops import OPS, Shape, Window, fmt
-from .source import LMap, LSeq, Source, loc_of, merge, to_plain
-from .spec import SpecModel, pydantic_errors
+from archspec.ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.lang.errors import Collector, Loc, Problem, did_you_mean
+from archspec.lang.expr import Shape as ExprShape
+from archspec.lang.expr import evaluate, is_expression
+from archspec.lang.source import LMap, LSeq, Source, loc_of, merge, to_plain
+from archspec.lang.spec import SpecModel, pydantic_errors
+from archspec.ops import OPS, Shape, Window, fmt
 
 COMBINATORS = ("parallel", "residual", "dense", "seq", "aux")
 REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}

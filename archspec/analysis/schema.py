@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .lower import COMBINATORS, MAX_REPEAT, REPEAT_KEYS, TYPES
-from .ops import OPS
-from .spec import SpecModel
+from archspec.lang.spec import SpecModel
+from archspec.lower import COMBINATORS, MAX_REPEAT, REPEAT_KEYS, TYPES
+from archspec.ops import OPS
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 REF_ITEM = {"$ref": "#/$defs/item"}
