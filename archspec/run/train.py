@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archspec.backend.init import init_weights
 from archspec.run import checkpoint, distributed
 from archspec.run.data import Adapter, Data, Feed, channel_stats, decode, epoch_order, materialise
 
@@ -122,26 +123,6 @@ class _Progress:
 
 
 # ---------------------------------------------------------------- recipe
-
-
-def init_weights(model: nn.Module) -> None:
-    """Glorot for sigmoid/tanh nets, He (fan-out) for nets with ReLU-family activations;
-    zero biases, BatchNorm at identity."""
-    relu = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
-    he = any(isinstance(m, relu) for m in model.modules())
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            if he and isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif he:
-                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
-            else:
-                nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:

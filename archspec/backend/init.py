@@ -1,0 +1,25 @@
+"""The initialisation `archspec train` gives a freshly built model (not used when weights are loaded)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def init_weights(model: nn.Module) -> None:
+    """Glorot for sigmoid/tanh nets, He (fan-out) for nets with ReLU-family activations;
+    zero biases, BatchNorm at identity."""
+    relu = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
+    he = any(isinstance(m, relu) for m in model.modules())
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            if he and isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif he:
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
