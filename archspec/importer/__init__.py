@@ -1,0 +1,160 @@
+"""`archspec import`: a PyTorch model -> a readable spec that builds the same network.
+
+trace (torch.fx, module stacks) -> structure (trace.Recover) -> YAML form with settled module
+names (emit.Emitter) -> templates and repeats (templates.py) -> YAML text (emit.to_text).
+The result is checked before it is returned: its built model's state_dict keys and shapes
+equal the source's, or the import fails (never a silently different network)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from archspec.importer.emit import Emitter, Marker, Names, to_text
+from archspec.importer.trace import It, Located, Recover, has_state, trace
+
+SCHEMA = "https://raw.githubusercontent.com/archspec/archspec/main/docs/archspec.schema.json"
+
+
+class ImportFailure(Exception):
+    """What the language cannot express, one `Located` per place."""
+
+    def __init__(self, problems: list[Located]):
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def import_module(
+    model: Any,
+    input_shape: tuple[int, ...] | list[int],
+    *,
+    name: str | None = None,
+    source: str | None = None,
+    partial: bool = False,
+    schema: str = SCHEMA,
+) -> str:
+    """The YAML text of a spec that builds `model` (same module paths, so its state_dict loads
+    strictly). Raises ImportFailure naming every module path the language cannot express; with
+    `partial`, those places are written as `# archspec import: cannot express ...` comments."""
+    text, problems = _import(model, tuple(input_shape), name, source, partial, schema)
+    if problems and not partial:
+        raise ImportFailure(problems)
+    return text
+
+
+def _import(model, shape, name, source, partial, schema) -> tuple[str, list[Located]]:
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            gm = trace(model, shape)
+            rec = Recover(gm, model, partial)
+            items = rec.root()
+            aux = _aux_heads(model, shape, rec, partial)
+        except Located as e:
+            if not partial:
+                raise ImportFailure([e]) from None
+            return _failed_text(model, shape, name, source, schema, e), [e]
+        problems = list(rec.problems)
+        for path, mod in model.named_children():
+            if path not in rec.called and path not in aux and has_state(mod):
+                err = Located(path, type(mod).__qualname__, "never called, but has weights")
+                if not partial:
+                    raise ImportFailure([err])
+                problems.append(err)
+        doc = _document(model, shape, name, items, aux)
+    finally:
+        model.train(was_training)
+    from archspec.importer.templates import templatize
+
+    templatize(doc)
+    return to_text(doc, _header(model, source, schema, problems)), problems
+
+
+def _header(model, source, schema, problems) -> list[str]:
+    src = source or f"{type(model).__module__}.{type(model).__qualname__}"
+    lines = [
+        f"# yaml-language-server: $schema={schema}",
+        f"# Imported by `archspec import` from {src}.",
+        "# Module paths are the source model's, so its state_dict loads strictly.",
+    ]
+    if problems:
+        lines.append(f"# archspec import: PARTIAL, {len(problems)} place(s) could not be expressed:")
+        lines += [f"#   {p.path} ({p.what}){': ' + p.why if p.why else ''}" for p in problems]
+    return lines
+
+
+def _failed_text(model, shape, name, source, schema, e: Located) -> str:
+    doc = {"name": name or _default_name(model), "input": list(shape), "stages": {}}
+    text = to_text(doc, _header(model, source, schema, [e]))
+    return text + f"  # archspec import: cannot express {e.path} ({e.what})\n"
+
+
+def _default_name(model) -> str:
+    import re
+
+    return re.sub(r"\W", "_", type(model).__name__.lower()) or "imported"
+
+
+def _document(model, shape, name, items: list[It], aux: dict[str, tuple[str, It]]) -> dict:
+    em = Emitter()
+    from archspec.importer.emit import claims
+
+    names = Names(claims(items) | set(aux))
+    stages: dict[str, Any] = {}
+    for it in items:
+        if it.kind == "marker":
+            key, _ = names.claim(None, None, "unsupported")
+            stages[key] = Marker(it.text)
+            continue
+        if it.inline:
+            raise Located("", it.kind, f"a {it.kind} at the top level of the model")
+        key, _ = names.claim(it.name, it.op if it.name is None and it.op else None, it.op or it.kind)
+        stages[key] = em.body(it, Names(_own(it)), None)
+        for aname, (after, head) in aux.items():
+            if after == key:
+                names.claim(aname)
+                stages[aname] = {"aux": em.body(head, Names(_own(head)), None)}
+    doc: dict[str, Any] = {"name": name or _default_name(model), "input": list(shape)}
+    doc["stages"] = stages
+    return doc
+
+
+def _own(it: It) -> set[str]:
+    from archspec.importer.emit import own_claims
+
+    return own_claims(it)
+
+
+def _aux_heads(model, shape, rec: Recover, partial: bool) -> dict[str, tuple[str, It]]:
+    """Top-level children with weights that the eval-mode forward never calls (GoogLeNet's
+    aux1/aux2, Inception v3's AuxLogits): traced in training mode, each becomes an `aux` stage
+    after the stage whose output it reads."""
+    missing = [
+        p for p, m in model.named_children() if p not in rec.called and has_state(m)
+    ]
+    if not missing:
+        return {}
+    twin = copy.deepcopy(model).train()
+    try:
+        gm = trace(twin, shape, batch=2)
+    except Located:
+        return {}
+    trec = Recover(gm, twin, partial)
+    from archspec.importer.trace import stack_of
+
+    nodes = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    units = trec.units(nodes, 0)
+    producer = {u.out: u for u in units if u.out is not None}
+    out: dict[str, tuple[str, It]] = {}
+    for u in units:
+        if u.path not in missing or len(u.ins) != 1:
+            continue
+        src = producer.get(u.ins[0])
+        if src is None or not src.path or src.path not in rec.called:
+            continue
+        inner = trec.scope(u.path, u.nodes, 1, u.ins[0], u.out)
+        head = It("list", items=inner)
+        out[u.path] = (src.path, head)
+    del stack_of
+    return out

@@ -1,0 +1,246 @@
+"""Leaf modules and functional calls -> archspec ops: `(op, params)` with only the parameters
+that differ from the op's defaults, or `Unsupported` naming what the language cannot say.
+
+A mapping is exact or refused: an option the op cannot reproduce (a padding mode, a pooling
+divisor, a GELU approximation) is refused rather than dropped, so an import never builds a
+silently different network."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Each op's defaults, as the spec language documents them (docs/language.md): a parameter equal
+# to its default is left out of the written spec.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "conv": {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": True},
+    "maxpool": {"stride": None, "pad": 0, "dilation": 1, "ceil_mode": False},
+    "avgpool": {"stride": None, "pad": 0, "ceil_mode": False, "count_include_pad": True},
+    "linear": {"bias": True},
+    "bn": {"eps": 1e-05, "momentum": 0.1, "affine": True},
+    "lrn": {"alpha": 0.0001, "beta": 0.75, "k": 1.0},
+    "dropout": {"p": 0.5, "inplace": False},
+    "relu": {"inplace": False},
+    "relu6": {"inplace": False},
+    "leaky_relu": {"slope": 0.01, "inplace": False},
+    "silu": {"inplace": False},
+    "hardswish": {"inplace": False},
+}
+
+
+class Unsupported(Exception):
+    """What the spec language cannot express: `what` names the op (`nn.LSTM`, `operator.mul`)."""
+
+    def __init__(self, what: str, why: str = ""):
+        super().__init__(what)
+        self.what = what
+        self.why = why
+
+
+def op(name: str, **params: Any) -> tuple[str, dict[str, Any]]:
+    """The op with its non-default parameters (pairs of equal values written as one number)."""
+    defaults = DEFAULTS.get(name, {})
+    out = {}
+    for k, v in params.items():
+        v = pair(v)
+        if k in defaults and v == defaults[k]:
+            continue
+        out[k] = v
+    return name, out
+
+
+def pair(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        v = list(v)
+        if len(v) == 2 and v[0] == v[1]:
+            return v[0]
+    return v
+
+
+def module_name(m: nn.Module) -> str:
+    cls = type(m)
+    return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn") else cls.__qualname__
+
+
+def _no(m: nn.Module, why: str) -> Unsupported:
+    return Unsupported(module_name(m), why)
+
+
+def match_module(m: nn.Module) -> tuple[str, dict[str, Any]]:
+    """A leaf module -> (op, params)."""
+    t = type(m)
+    if t is nn.Conv2d:
+        if m.padding_mode != "zeros":
+            raise _no(m, f"padding_mode={m.padding_mode!r}")
+        pad = m.padding if isinstance(m.padding, str) else pair(m.padding)
+        return op(
+            "conv",
+            out=m.out_channels,
+            k=m.kernel_size,
+            stride=m.stride,
+            pad=pad,
+            dilation=m.dilation,
+            groups=m.groups,
+            bias=m.bias is not None,
+        )
+    if t is nn.MaxPool2d:
+        if m.return_indices:
+            raise _no(m, "return_indices=True")
+        return _pool("maxpool", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    if t is nn.AvgPool2d:
+        if m.divisor_override:
+            raise _no(m, "divisor_override")
+        return _avgpool(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+    if t in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d):
+        return _adaptive("avg" if t is nn.AdaptiveAvgPool2d else "max", m.output_size, m)
+    if t is nn.Flatten:
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise _no(m, f"start_dim={m.start_dim}, end_dim={m.end_dim}")
+        return op("flatten")
+    if t is nn.Linear:
+        return op("linear", out=m.out_features, bias=m.bias is not None)
+    if t in (nn.BatchNorm2d, nn.BatchNorm1d):
+        if not m.track_running_stats or m.momentum is None:
+            raise _no(m, "without running statistics or with cumulative momentum")
+        return op("bn", eps=m.eps, momentum=m.momentum, affine=m.affine)
+    if t is nn.LocalResponseNorm:
+        return op("lrn", size=m.size, alpha=m.alpha, beta=m.beta, k=float(m.k))
+    if t is nn.Dropout:
+        return op("dropout", p=m.p, inplace=m.inplace)
+    if t in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish):
+        name = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish"}
+        return op(name[t], inplace=m.inplace)
+    if t is nn.LeakyReLU:
+        return op("leaky_relu", slope=m.negative_slope, inplace=m.inplace)
+    if t is nn.GELU:
+        if m.approximate != "none":
+            raise _no(m, f"approximate={m.approximate!r}")
+        return op("gelu")
+    if t in (nn.Sigmoid, nn.Tanh, nn.Identity):
+        return op({nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}[t])
+    raise _no(m, "no archspec op")
+
+
+def _pool(name, k, stride, pad, dilation, ceil_mode):
+    k, stride = pair(k), pair(stride) if stride is not None else None
+    if stride == k or stride in (None, [], ()):
+        stride = None
+    return op(name, k=k, stride=stride, pad=pad, dilation=dilation, ceil_mode=ceil_mode)
+
+
+def _avgpool(k, stride, pad, ceil_mode, count_include_pad):
+    k, stride = pair(k), pair(stride) if stride is not None else None
+    if stride == k or stride in (None, [], ()):
+        stride = None
+    return op(
+        "avgpool", k=k, stride=stride, pad=pad, ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )  # fmt: skip
+
+
+def _adaptive(kind: str, size: Any, what: Any) -> tuple[str, dict[str, Any]]:
+    size = pair(size)
+    if size is None or (isinstance(size, list) and None in size):
+        raise Unsupported(str(what), "an adaptive pool that keeps a dimension (None)")
+    if size == 1:
+        return op("gap" if kind == "avg" else "gmp")
+    return op(f"adaptive_{kind}pool", out=size)
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any) -> Any:
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
+ACTIVATIONS = {
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "silu",
+    F.hardswish: "hardswish", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu", F.leaky_relu: "leaky_relu",
+}  # fmt: skip
+INPLACE = {torch.relu_: "relu", F.relu_: "relu"}
+METHOD_ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+ADDS = (operator.add, operator.iadd, torch.add)
+CATS = (torch.cat, torch.concat)
+
+
+def describe(target: Any) -> str:
+    """A function or method target as a user reads it: `torch.cat`, `operator.mul`, `.view`."""
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", str(target))
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if mod.startswith("torch") or mod == "":
+        return f"torch.{name}"
+    return f"{mod}.{name}"
+
+
+def match_function(target: Any, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]]:
+    """A single-input functional call (args[0] is the tensor) -> (op, params)."""
+    if target in ACTIVATIONS:
+        name = ACTIVATIONS[target]
+        if name == "gelu" and kwargs.get("approximate", "none") != "none":
+            raise Unsupported("F.gelu", "approximate")
+        if name == "leaky_relu":
+            return op(name, slope=_arg(args, kwargs, 1, "negative_slope", 0.01),
+                      inplace=_arg(args, kwargs, 2, "inplace", False))  # fmt: skip
+        if name in DEFAULTS and "inplace" in DEFAULTS[name]:
+            return op(name, inplace=bool(_arg(args, kwargs, 1, "inplace", False)))
+        return op(name)
+    if target in INPLACE:
+        return op(INPLACE[target], inplace=True)
+    if target is F.max_pool2d:
+        if _arg(args, kwargs, 6, "return_indices", False):
+            raise Unsupported("F.max_pool2d", "return_indices=True")
+        return _pool(
+            "maxpool",
+            _arg(args, kwargs, 1, "kernel_size", None),
+            _arg(args, kwargs, 2, "stride", None),
+            _arg(args, kwargs, 3, "padding", 0),
+            _arg(args, kwargs, 4, "dilation", 1),
+            _arg(args, kwargs, 5, "ceil_mode", False),
+        )
+    if target is F.avg_pool2d:
+        if _arg(args, kwargs, 6, "divisor_override", None):
+            raise Unsupported("F.avg_pool2d", "divisor_override")
+        return _avgpool(
+            _arg(args, kwargs, 1, "kernel_size", None),
+            _arg(args, kwargs, 2, "stride", None),
+            _arg(args, kwargs, 3, "padding", 0),
+            _arg(args, kwargs, 4, "ceil_mode", False),
+            _arg(args, kwargs, 5, "count_include_pad", True),
+        )
+    if target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        if target is F.adaptive_max_pool2d and _arg(args, kwargs, 2, "return_indices", False):
+            raise Unsupported("F.adaptive_max_pool2d", "return_indices=True")
+        kind = "avg" if target is F.adaptive_avg_pool2d else "max"
+        return _adaptive(kind, _arg(args, kwargs, 1, "output_size", None), describe(target))
+    if target is torch.flatten:
+        if _arg(args, kwargs, 1, "start_dim", 0) != 1 or _arg(args, kwargs, 2, "end_dim", -1) != -1:
+            raise Unsupported("torch.flatten", "only flatten(x, 1) keeps the batch")
+        return op("flatten")
+    if target is F.dropout:
+        if _arg(args, kwargs, 3, "inplace", False):
+            return op("dropout", p=_arg(args, kwargs, 1, "p", 0.5), inplace=True)
+        return op("dropout", p=_arg(args, kwargs, 1, "p", 0.5))
+    raise Unsupported(describe(target), "no archspec op")
+
+
+def match_method(name: str, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]]:
+    if name in METHOD_ACTIVATIONS:
+        return op(METHOD_ACTIVATIONS[name])
+    if name in ("relu_",):
+        return op("relu", inplace=True)
+    if name == "flatten":
+        if _arg(args, kwargs, 1, "start_dim", 0) != 1 or _arg(args, kwargs, 2, "end_dim", -1) != -1:
+            raise Unsupported("Tensor.flatten", "only flatten(1) keeps the batch")
+        return op("flatten")
+    raise Unsupported(f"Tensor.{name}", "no archspec op")

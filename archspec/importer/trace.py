@@ -1,0 +1,482 @@
+"""Trace a module with torch.fx and recover the spec's structure from the graph.
+
+The graph is flat (one node per leaf module call or functional op); every node carries the stack
+of modules it was called in (`nn_module_stack`). Each module is rebuilt from the nodes inside it:
+its direct children and its own functional ops form a small graph of *units*, which is read as a
+chain of layers where every fork rejoins at an `add` (a residual, or a parallel that adds) or a
+`torch.cat` (a parallel that concatenates, or a dense block). Anything else — a tensor used by
+two layers that never rejoin, a shared module with weights, an op without an archspec op — is an
+`Unsupported` at its module path, never a guess."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from archspec.importer import match
+from archspec.importer.match import Unsupported
+
+
+class Located(Exception):
+    """An Unsupported with the module path where it happened."""
+
+    def __init__(self, path: str, what: str, why: str = ""):
+        super().__init__(f"{path or '<model>'} ({what})")
+        self.path = path or "<model>"
+        self.what = what
+        self.why = why
+
+
+@dataclass
+class It:
+    """One item of the recovered structure (before names are settled and YAML is written)."""
+
+    kind: str  # op | list | residual | parallel | dense | marker
+    name: str | None = None  # wanted module name, relative to the enclosing module; None: any
+    op: str = ""
+    params: dict = field(default_factory=dict)
+    items: list[It] = field(default_factory=list)  # list layers, residual main, dense body (1)
+    shortcut: Any = "identity"  # identity | auto | It
+    projection: dict | None = None
+    post: It | None = None
+    branches: list[list[It]] = field(default_factory=list)
+    keys: list[str] | None = None  # branch names of a parallel of whole modules
+    merge: str = "concat"
+    inline: bool = False
+    repeat: int = 0
+    prefix: str | None = None
+    start: int = 0
+    text: str = ""  # marker: what could not be expressed
+    in_c: int | None = None  # residual: channels before and after (to decide `shortcut: auto`)
+    out_c: int | None = None
+
+
+@dataclass
+class Unit:
+    key: str
+    path: str  # module path; "" for a functional op
+    nodes: list[fx.Node]
+    module: nn.Module | None = None
+    ins: list[fx.Node] = field(default_factory=list)
+    out: fx.Node | None = None
+
+
+class _Tracer(fx.Tracer):
+    """torch.nn modules are leaves (archspec ops, or unsupported ones such as nn.LSTM); user
+    modules and containers are traced through. A failure names the module it happened in."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return False
+        return type(m).__module__.startswith("torch.nn")
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Located:
+            raise
+        except Exception as e:  # noqa: BLE001  # any failure inside user code: located here
+            path = self.path_of_module(m)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise Located(path, match.module_name(m), f"cannot trace: {msg}") from None
+
+
+def trace(model: nn.Module, shape: tuple[int, ...], batch: int = 1) -> fx.GraphModule:
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Located:
+        raise
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Located("", type(model).__qualname__, f"cannot trace: {msg}") from None
+    gm = fx.GraphModule(tracer.root, graph)
+    x = torch.randn(batch, *shape)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(x)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Located("", type(model).__qualname__, f"does not run on {list(shape)}: {msg}") from None
+    return gm
+
+
+def is_tensor(n: Any) -> bool:
+    return isinstance(n, fx.Node) and isinstance(n.meta.get("tensor_meta"), TensorMetadata)
+
+
+def shape_of(n: fx.Node) -> tuple[int, ...]:
+    return tuple(n.meta["tensor_meta"].shape)
+
+
+def stack_of(n: fx.Node) -> list[tuple[str, str]]:
+    """(call key, module path) of every module the node runs in, outermost first."""
+    return [(k, v[0]) for k, v in (n.meta.get("nn_module_stack") or {}).items()]
+
+
+def has_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+
+
+class Recover:
+    """Rebuild the It tree of a traced model."""
+
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, partial: bool):
+        self.gm = gm
+        self.model = model
+        self.partial = partial
+        self.problems: list[Located] = []
+        self.users: dict[fx.Node, int] = {}
+        self.called: set[str] = set()
+
+    # ---------------------------------------------------------------- scopes and units
+
+    def units(self, nodes: list[fx.Node], depth: int) -> list[Unit]:
+        units: dict[str, Unit] = {}
+        for n in nodes:
+            st = stack_of(n)
+            if len(st) <= depth:
+                units[n.name] = Unit(n.name, "", [n])
+            else:
+                key, path = st[depth]
+                if key not in units:
+                    units[key] = Unit(key, path, [], self.model.get_submodule(path))
+                units[key].nodes.append(n)
+        for u in units.values():
+            inside = set(u.nodes)
+            for n in u.nodes:
+                for a in n.all_input_nodes:
+                    if a not in inside and is_tensor(a) and a not in u.ins:
+                        u.ins.append(a)
+            outs = [n for n in u.nodes if any(x not in inside for x in n.users)]
+            if u.path:
+                self.called.add(u.path)
+            if len(outs) > 1:
+                raise Located(u.path, self.what(u), "returns more than one tensor")
+            u.out = outs[0] if outs else None
+        return list(units.values())
+
+    def what(self, u: Unit) -> str:
+        if u.module is not None:
+            return match.module_name(u.module)
+        n = u.nodes[0]
+        return match.describe(n.target)
+
+    def located(self, scope: str, u: Unit, e: Unsupported) -> Located:
+        path = u.path or scope
+        return Located(path, e.what if not u.path else self.what(u), e.why)
+
+    def fail(self, err: Located) -> It:
+        if not self.partial:
+            raise err
+        self.problems.append(err)
+        return It("marker", text=f"cannot express {err.path} ({err.what})")
+
+    # ---------------------------------------------------------------- the walk
+
+    def root(self) -> list[It]:
+        nodes = [n for n in self.gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+        for n in self.gm.graph.nodes:
+            if n.op == "get_attr":
+                raise Located(str(n.target).rsplit(".", 1)[0], "a parameter used directly", "")
+        x = next(n for n in self.gm.graph.nodes if n.op == "placeholder")
+        out = next(n for n in self.gm.graph.nodes if n.op == "output").args[0]
+        if not is_tensor(out):
+            raise Located("", type(self.model).__qualname__, "returns more than one tensor")
+        return self.scope("", nodes, 0, x, out)
+
+    def scope(self, path: str, nodes: list[fx.Node], depth: int, entry: fx.Node, exit_: fx.Node) -> list[It]:
+        units = self.units(nodes, depth)
+        producer = {u.out: u for u in units if u.out is not None}
+        users: dict[fx.Node, int] = {}
+        for u in units:
+            for a in u.ins:
+                users[a] = users.get(a, 0) + 1
+        # immediate dominators of values (unit outputs), from the scope's entry
+        idom: dict[fx.Node, fx.Node] = {entry: entry}
+        depth_of: dict[fx.Node, int] = {entry: 0}
+        for u in units:
+            if u.out is None or not is_tensor(u.out):
+                continue
+            parents = [a for a in u.ins if a in idom]
+            if not parents or len(parents) != len(u.ins):
+                continue
+            d = parents[0]
+            for p in parents[1:]:
+                d = self._lca(d, p, idom, depth_of)
+            idom[u.out] = d if len(parents) > 1 else parents[0]
+            depth_of[u.out] = depth_of[idom[u.out]] + 1
+        ctx = _Ctx(path, depth, units, producer, users, idom, depth_of, set())
+        items = self.chain(ctx, entry, exit_, top=True)
+        for u in units:
+            if u.key not in ctx.seen and u.out is not None and is_tensor(u.out):
+                raise Located(u.path or path, self.what(u), "its output never reaches the model's output")
+        return items
+
+    @staticmethod
+    def _lca(a, b, idom, depth_of):
+        while a is not b:
+            if depth_of[a] >= depth_of[b]:
+                a = idom[a]
+            else:
+                b = idom[b]
+        return a
+
+    def chain(self, ctx: _Ctx, entry: fx.Node, v: fx.Node, top: bool = False) -> list[It]:
+        items: list[It] = []
+        first = True
+        while v is not entry:
+            u = ctx.producer.get(v)
+            if u is None:
+                raise Located(ctx.path, "a tensor from outside the module", "reads an input it was not given")
+            if not first and ctx.users.get(v, 0) != 1:
+                raise Located(u.path or ctx.path, self.what(u), "its output is used by more than one layer")
+            first = False
+            ctx.seen.add(u.key)
+            merge = self.merge_kind(u)
+            if merge:
+                item, v = self.merged(ctx, u, merge)
+                if item is not None:
+                    item.inline = item.kind != "marker"  # registers on the enclosing module
+                    items.insert(0, item)
+                first = True  # the fork: read by every branch of this merge
+                continue
+            if len(u.ins) != 1:
+                items.insert(0, self.fail(Located(u.path or ctx.path, self.what(u), "takes more than one tensor")))
+                break
+            items.insert(0, self.unit(ctx, u, u.ins[0]))
+            v = u.ins[0]
+        return items
+
+    def merge_kind(self, u: Unit) -> str | None:
+        if u.path or len(u.nodes) != 1:
+            return None
+        n = u.nodes[0]
+        if n.op == "call_function" and n.target in match.CATS:
+            return "cat"
+        if n.op == "call_function" and n.target in match.ADDS and len(u.ins) == 2:
+            return "add"
+        if n.op == "call_method" and n.target in ("add", "add_") and len(u.ins) == 2:
+            return "add"
+        return None
+
+    def merged(self, ctx: _Ctx, u: Unit, kind: str) -> tuple[It | None, fx.Node]:
+        n = u.nodes[0]
+        scope = ctx.path
+        if kind == "cat":
+            tensors = n.args[0] if n.args else n.kwargs.get("tensors")
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            rank = len(shape_of(n))
+            if dim not in (1, 1 - rank) or not isinstance(tensors, (list, tuple)):
+                return self.fail(Located(scope, "torch.cat", f"along dim {dim}")), tensors[0] if tensors else u.ins[0]
+            ins = list(tensors)
+            if len(ins) == 1:
+                return None, ins[0]
+        else:
+            if n.kwargs.get("alpha", 1) != 1 or len(n.args) != 2 or not all(is_tensor(a) for a in n.args):
+                return self.fail(Located(scope, match.describe(n.target), "only tensor + tensor")), u.ins[0]
+            ins = list(n.args)
+            if shape_of(ins[0]) != shape_of(ins[1]):
+                return self.fail(Located(scope, match.describe(n.target), "broadcasting add")), u.ins[0]
+        if any(a not in ctx.idom for a in ins):
+            raise Located(scope, match.describe(n.target), "reads a tensor from outside the module")
+        fork = ins[0]
+        for a in ins[1:]:
+            fork = self._lca(fork, a, ctx.idom, ctx.depth_of)
+        if kind == "cat":
+            dense = self.torchvision_dense(ctx, ins, fork)
+            if dense is not None:
+                return dense, fork
+        branches = []
+        for a in ins:
+            if a is fork:
+                branches.append([])
+            else:
+                if ctx.users.get(a, 0) != 1:
+                    raise Located(scope, match.describe(n.target), "a branch output is used twice")
+                branches.append(self.chain(ctx, fork, a))
+        if kind == "add":
+            return self.residual(branches, fork, n), fork
+        item = It("parallel", merge="concat", branches=branches)
+        return item, fork
+
+    def residual(self, branches: list[list[It]], fork: fx.Node, n: fx.Node) -> It:
+        a, b = branches
+        in_c, out_c = shape_of(fork)[0 if len(shape_of(fork)) == 1 else 1], shape_of(n)[1]
+        if not b or not a:
+            main = a or b
+            return It("residual", items=main, shortcut="identity", in_c=in_c, out_c=out_c)
+        if len(b) == 1 and b[0].name is not None and len(a) > 1:
+            return It("residual", items=a, shortcut=b[0], in_c=in_c, out_c=out_c)
+        if len(a) == 1 and a[0].name is not None and len(b) > 1:
+            return It("residual", items=b, shortcut=a[0], in_c=in_c, out_c=out_c)
+        return It("parallel", merge="add", branches=[a, b])
+
+    def torchvision_dense(self, ctx: _Ctx, ins: list[fx.Node], fork: fx.Node) -> It | None:
+        """torchvision's _DenseBlock: layer i takes the list [x, y1, ..., y(i-1)] and concatenates
+        it itself; the block returns cat([x, y1, ..., yn])."""
+        if ins[0] is not fork or len(ins) < 2:
+            return None
+        layers = []
+        for i, a in enumerate(ins[1:], start=1):
+            u = ctx.producer.get(a)
+            if u is None or not u.path or u.ins != ins[:i]:
+                return None
+            inner = [x for x in u.nodes if x.op == "call_function" and x.target in match.CATS]
+            if not inner or list(inner[0].args[0]) != ins[:i]:
+                return None
+            layers.append((u, inner[0]))
+        body = []
+        for u, cat in layers:
+            ctx.seen.add(u.key)
+            item = self.module(ctx, u, cat)
+            body.append(item)
+        return It("dense", items=body)
+
+    def unit(self, ctx: _Ctx, u: Unit, entry: fx.Node) -> It:
+        if not u.path:
+            return self.function(ctx, u)
+        return self.module(ctx, u, entry)
+
+    def rel(self, ctx: _Ctx, path: str) -> str:
+        return path[len(ctx.path) + 1 :] if ctx.path else path
+
+    def module(self, ctx: _Ctx, u: Unit, entry: fx.Node) -> It:
+        m = u.module
+        name = self.rel(ctx, u.path)
+        calls = [n for n in u.nodes if n.op == "call_module" and n.target == u.path]
+        if calls and len(u.nodes) == 1:
+            if "@" in u.key and has_state(m):
+                return self.fail(Located(u.path, match.module_name(m), "called more than once (shared weights)"))
+            try:
+                opname, params = match.match_module(m)
+            except Unsupported as e:
+                return self.fail(Located(u.path, e.what, e.why))
+            return It("op", name=name, op=opname, params=params)
+        if "@" in u.key and has_state(m):
+            return self.fail(Located(u.path, match.module_name(m), "called more than once (shared weights)"))
+        inner = self.scope(u.path, u.nodes, ctx.depth + 1, entry, u.out)
+        return shape_scope(inner, name)
+
+    def function(self, ctx: _Ctx, u: Unit) -> It:
+        n = u.nodes[0]
+        try:
+            if n.op == "call_method" and n.target in ("view", "reshape"):
+                return It("op", op="flatten") if self.flattens(n) else _raise(Unsupported(f"Tensor.{n.target}", "only x.view(x.size(0), -1) (a flatten)"))
+            if n.op == "call_method":
+                opname, params = match.match_method(n.target, n.args, n.kwargs)
+            else:
+                opname, params = match.match_function(n.target, n.args, n.kwargs)
+        except Unsupported as e:
+            return self.fail(Located(ctx.path, e.what, e.why))
+        return It("op", op=opname, params=params)
+
+    def flattens(self, n: fx.Node) -> bool:
+        src = n.args[0]
+        if not is_tensor(src) or not is_tensor(n):
+            return False
+        si, so = shape_of(src), shape_of(n)
+        return len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]) and len(si) > 2
+
+
+def _raise(e: Exception):
+    raise e
+
+
+@dataclass
+class _Ctx:
+    path: str
+    depth: int
+    units: list[Unit]
+    producer: dict
+    users: dict
+    idom: dict
+    depth_of: dict
+    seen: set
+
+
+def shape_scope(items: list[It], name: str | None) -> It:
+    """A module's items -> the module: a combinator when that is all it holds (its layers then
+    register on it, as torchvision's blocks do), else a list; residual + one layer -> `post`."""
+    items = group_dotted(dense_steps(items))
+    if len(items) == 2 and items[0].kind == "residual" and items[1].kind == "op":
+        items[0].post = items[1]
+        items = items[:1]
+    if len(items) == 1 and items[0].kind in ("residual", "parallel", "dense") and items[0].name is None:
+        items[0].name = name
+        items[0].inline = False
+        return items[0]
+    if not items:
+        items = [It("op", op="identity")]
+    return It("list", name=name, items=items)
+
+
+def dense_steps(items: list[It]) -> list[It]:
+    """x = cat(x, f(x)) repeated (d2l's DenseBlock) -> one dense block, when every f is the same
+    layer list registered under one parent (net.0, net.1, ...)."""
+    out: list[It] = []
+    run: list[It] = []
+
+    def flush():
+        if len(run) >= 2:
+            d = as_dense([r.branches[1][0] for r in run])
+            if d is not None:
+                out.append(d)
+                run.clear()
+                return
+        out.extend(run)
+        run.clear()
+
+    for it in items:
+        if it.kind == "parallel" and it.merge == "concat" and len(it.branches) == 2 and not it.branches[0] and len(it.branches[1]) == 1 and it.branches[1][0].name:
+            run.append(it)
+        else:
+            flush()
+            out.append(it)
+    flush()
+    return out
+
+
+def as_dense(layers: list[It]) -> It | None:
+    names = [x.name or "" for x in layers]
+    parent = names[0].rsplit(".", 1)[0] if "." in names[0] else None
+    if parent is None or any(not n.startswith(parent + ".") for n in names):
+        return None
+    tails = [n[len(parent) + 1 :] for n in names]
+    if tails != [str(i) for i in range(len(tails))]:
+        return None
+    body = []
+    for x in layers:
+        y = copy.copy(x)
+        y.name = None
+        body.append(y)
+    return It("dense", name=parent, items=body)
+
+
+def group_dotted(items: list[It]) -> list[It]:
+    """Layers of a child module that is never called itself (a ModuleList, or a Sequential used
+    by index): `net.0`, `net.1` -> a list `net` holding `0`, `1`."""
+    out: list[It] = []
+    for it in items:
+        if it.name and "." in it.name:
+            head, tail = it.name.split(".", 1)
+            it.name = tail
+            if out and out[-1].kind == "list" and out[-1].name == head and getattr(out[-1], "_virtual", False):
+                out[-1].items.append(it)
+            else:
+                grp = It("list", name=head, items=[it])
+                grp._virtual = True  # type: ignore[attr-defined]
+                out.append(grp)
+        else:
+            out.append(it)
+    for it in out:
+        if getattr(it, "_virtual", False):
+            it.items = group_dotted(it.items)
+    return out
