@@ -15,7 +15,7 @@ from archspec.lang.errors import Diagnostic, SpecError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Diagnostic", "Report", "SpecError", "build", "check", "variants"]
+__all__ = ["Diagnostic", "Report", "SpecError", "build", "check", "import_module", "variants"]
 __version__ = "0.1.0"
 
 
@@ -50,3 +50,14 @@ def variants(path: str | Path) -> list[str]:
     root = src.root
     found = root.get("variants") if isinstance(root, dict) else None
     return [str(k) for k in found] if isinstance(found, dict) else []
+
+
+def import_module(
+    model: nn.Module, input_shape: tuple[int, ...] | list[int], **options: Any
+) -> str:
+    """A spec (YAML text) that builds `model` with the same module paths, so its state_dict
+    loads strictly; raises archspec.importer.ImportFailure naming each module path the language
+    cannot express (`partial=True` writes those places as comments instead)."""
+    from archspec.importer import import_module as _import_module
+
+    return _import_module(model, input_shape, **options)

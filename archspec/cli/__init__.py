@@ -121,6 +121,7 @@ def _usage_failure(spec: str, variant: str | None, shape, as_json: bool, message
 def _register_commands() -> None:
     """The other commands live in modules of their own; importing them stays torch-free (torch
     is imported inside the commands that need it), so `archspec check` stays light."""
+    from archspec.cli import importer as import_cli
     from archspec.cli import tools as tools_cli
     from archspec.cli import train as train_cli
 
@@ -132,6 +133,7 @@ def _register_commands() -> None:
         tools_cli.export_cmd,
         tools_cli.list_cmd,
         tools_cli.diff_cmd,
+        import_cli.import_cmd,
     ):
         main.add_command(cmd)
 

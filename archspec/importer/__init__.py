@@ -13,7 +13,7 @@ from typing import Any
 from archspec.importer.emit import Emitter, Marker, Names, to_text
 from archspec.importer.trace import It, Located, Recover, has_state, trace
 
-SCHEMA = "https://raw.githubusercontent.com/archspec/archspec/main/docs/archspec.schema.json"
+SCHEMA = "archspec.schema.json"  # `archspec schema -o archspec.schema.json` writes it
 
 
 class ImportFailure(Exception):
@@ -36,13 +36,16 @@ def import_module(
     """The YAML text of a spec that builds `model` (same module paths, so its state_dict loads
     strictly). Raises ImportFailure naming every module path the language cannot express; with
     `partial`, those places are written as `# archspec import: cannot express ...` comments."""
-    text, problems = _import(model, tuple(input_shape), name, source, partial, schema)
+    text, problems = _import(model, tuple(input_shape), name, source, schema)
     if problems and not partial:
         raise ImportFailure(problems)
     return text
 
 
-def _import(model, shape, name, source, partial, schema) -> tuple[str, list[Located]]:
+def _import(model, shape, name=None, source=None, schema=SCHEMA) -> tuple[str, list[Located]]:
+    """The spec text (places the language cannot express written as comments) and those
+    places: every one of them, not only the first."""
+    partial = True
     was_training = model.training
     model.eval()
     try:
@@ -52,16 +55,13 @@ def _import(model, shape, name, source, partial, schema) -> tuple[str, list[Loca
             items = rec.root()
             aux = _aux_heads(model, shape, rec, partial)
         except Located as e:
-            if not partial:
-                raise ImportFailure([e]) from None
             return _failed_text(model, shape, name, source, schema, e), [e]
         problems = list(rec.problems)
         for path, mod in model.named_children():
             if path not in rec.called and path not in aux and has_state(mod):
-                err = Located(path, type(mod).__qualname__, "never called, but has weights")
-                if not partial:
-                    raise ImportFailure([err])
-                problems.append(err)
+                problems.append(
+                    Located(path, type(mod).__qualname__, "never called, but has weights")
+                )
         doc = _document(model, shape, name, items, aux)
     finally:
         model.train(was_training)
@@ -79,7 +79,9 @@ def _header(model, source, schema, problems) -> list[str]:
         "# Module paths are the source model's, so its state_dict loads strictly.",
     ]
     if problems:
-        lines.append(f"# archspec import: PARTIAL, {len(problems)} place(s) could not be expressed:")
+        lines.append(
+            f"# archspec import: PARTIAL, {len(problems)} place(s) could not be expressed:"
+        )
         lines += [f"#   {p.path} ({p.what}){': ' + p.why if p.why else ''}" for p in problems]
     return lines
 
@@ -109,7 +111,9 @@ def _document(model, shape, name, items: list[It], aux: dict[str, tuple[str, It]
             continue
         if it.inline:
             raise Located("", it.kind, f"a {it.kind} at the top level of the model")
-        key, _ = names.claim(it.name, it.op if it.name is None and it.op else None, it.op or it.kind)
+        key, _ = names.claim(
+            it.name, it.op if it.name is None and it.op else None, it.op or it.kind
+        )
         stages[key] = em.body(it, Names(_own(it)), None)
         for aname, (after, head) in aux.items():
             if after == key:
@@ -130,9 +134,7 @@ def _aux_heads(model, shape, rec: Recover, partial: bool) -> dict[str, tuple[str
     """Top-level children with weights that the eval-mode forward never calls (GoogLeNet's
     aux1/aux2, Inception v3's AuxLogits): traced in training mode, each becomes an `aux` stage
     after the stage whose output it reads."""
-    missing = [
-        p for p, m in model.named_children() if p not in rec.called and has_state(m)
-    ]
+    missing = [p for p, m in model.named_children() if p not in rec.called and has_state(m)]
     if not missing:
         return {}
     twin = copy.deepcopy(model).train()

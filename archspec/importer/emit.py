@@ -26,7 +26,9 @@ class Names:
         self.taken: set[str] = set()
         self.wanted = wanted
 
-    def claim(self, want: str | None, default: str | None = None, base: str = "layer") -> tuple[str, bool]:
+    def claim(
+        self, want: str | None, default: str | None = None, base: str = "layer"
+    ) -> tuple[str, bool]:
         pos = default if default is not None else str(len(self.taken))
         if want is not None and want not in self.taken:
             name = want
@@ -169,7 +171,7 @@ class Emitter:
             raise Located(name or "", "dense block", "its layers differ")
         d["repeat"] = n
         d["body"] = bodies[0]
-        return {"repeat": d.pop("repeat"), **d} if False else _order(d)
+        return _order(d)
 
 
 def _order(d: dict) -> dict:
@@ -202,7 +204,7 @@ def projection(it: It) -> dict | None:
     opts: dict[str, Any] = {}
     if len(layers) == 1:
         opts["bn"] = False
-    if conv.get("bias", True) if len(layers) == 1 else conv.get("bias", True):
+    if conv.get("bias", True):
         opts["bias"] = True
     return opts
 
@@ -216,7 +218,14 @@ def main_stride(items: list[It]) -> Any:
             s = x.params.get("stride", 1)
         elif x.kind == "op" and x.op in ("maxpool", "avgpool"):
             s = x.params.get("stride", x.params["k"])
-        elif x.kind == "op" and x.op in ("adaptive_avgpool", "adaptive_maxpool", "gap", "gmp", "flatten", "linear"):
+        elif x.kind == "op" and x.op in (
+            "adaptive_avgpool",
+            "adaptive_maxpool",
+            "gap",
+            "gmp",
+            "flatten",
+            "linear",
+        ):
             return None
         elif x.kind == "op":
             s = 1
@@ -294,11 +303,16 @@ def block(v: Any, indent: int) -> list[str]:
                 lines.append(f"{pad}# archspec import: {x.text}")
                 continue
             f = flow(x)
-            if f is not None and len(pad) + 2 + len(f) <= WIDTH and not _big(x):
+            if (
+                f is not None
+                and len(pad) + 2 + len(f) <= WIDTH
+                and not _big(x)
+                and not (isinstance(x, dict) and len(x) == 1)
+            ):
                 lines.append(f"{pad}- {f}")
                 continue
             if isinstance(x, dict) and len(x) == 1:
-                (k, y), = x.items()
+                ((k, y),) = x.items()
                 fy = flow(y)
                 if fy is not None and len(pad) + 4 + len(str(k)) + len(fy) <= WIDTH and not _big(y):
                     lines.append(f"{pad}- {scalar(k)}: {fy}")
@@ -317,11 +331,13 @@ def block(v: Any, indent: int) -> list[str]:
 def _big(v: Any) -> bool:
     """Layer lists and combinator bodies read better one layer a line."""
     if isinstance(v, list):
-        return len(v) > 1 and any(isinstance(x, (dict, list)) for x in v) and len(flow(v) or "") > 60
-    if isinstance(v, dict):
-        return any(k in ("main", "branches", "body", "layers") and _big_inner(x) for k, x in v.items()) or any(
-            isinstance(x, dict) and _big(x) for x in v.values()
+        return (
+            len(v) > 1 and any(isinstance(x, (dict, list)) for x in v) and len(flow(v) or "") > 60
         )
+    if isinstance(v, dict):
+        return any(
+            k in ("main", "branches", "body", "layers") and _big_inner(x) for k, x in v.items()
+        ) or any(isinstance(x, dict) and _big(x) for x in v.values())
     return False
 
 

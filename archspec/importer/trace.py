@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from archspec.importer import match
@@ -104,7 +103,9 @@ def trace(model: nn.Module, shape: tuple[int, ...], batch: int = 1) -> fx.GraphM
             ShapeProp(gm).propagate(x)
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise Located("", type(model).__qualname__, f"does not run on {list(shape)}: {msg}") from None
+        raise Located(
+            "", type(model).__qualname__, f"does not run on {list(shape)}: {msg}"
+        ) from None
     return gm
 
 
@@ -182,7 +183,11 @@ class Recover:
     # ---------------------------------------------------------------- the walk
 
     def root(self) -> list[It]:
-        nodes = [n for n in self.gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+        nodes = [
+            n
+            for n in self.gm.graph.nodes
+            if n.op in ("call_module", "call_function", "call_method")
+        ]
         for n in self.gm.graph.nodes:
             if n.op == "get_attr":
                 raise Located(str(n.target).rsplit(".", 1)[0], "a parameter used directly", "")
@@ -192,7 +197,9 @@ class Recover:
             raise Located("", type(self.model).__qualname__, "returns more than one tensor")
         return self.scope("", nodes, 0, x, out)
 
-    def scope(self, path: str, nodes: list[fx.Node], depth: int, entry: fx.Node, exit_: fx.Node) -> list[It]:
+    def scope(
+        self, path: str, nodes: list[fx.Node], depth: int, entry: fx.Node, exit_: fx.Node
+    ) -> list[It]:
         units = self.units(nodes, depth)
         producer = {u.out: u for u in units if u.out is not None}
         users: dict[fx.Node, int] = {}
@@ -216,8 +223,15 @@ class Recover:
         ctx = _Ctx(path, depth, units, producer, users, idom, depth_of, set())
         items = self.chain(ctx, entry, exit_, top=True)
         for u in units:
-            if u.key not in ctx.seen and u.out is not None and is_tensor(u.out):
-                raise Located(u.path or path, self.what(u), "its output never reaches the model's output")
+            if (
+                u.key not in ctx.seen
+                and u.out is not None
+                and is_tensor(u.out)
+                and u.out is not entry
+            ):
+                raise Located(
+                    u.path or path, self.what(u), "its output never reaches the model's output"
+                )
         return items
 
     @staticmethod
@@ -235,9 +249,13 @@ class Recover:
         while v is not entry:
             u = ctx.producer.get(v)
             if u is None:
-                raise Located(ctx.path, "a tensor from outside the module", "reads an input it was not given")
+                raise Located(
+                    ctx.path, "a tensor from outside the module", "reads an input it was not given"
+                )
             if not first and ctx.users.get(v, 0) != 1:
-                raise Located(u.path or ctx.path, self.what(u), "its output is used by more than one layer")
+                raise Located(
+                    u.path or ctx.path, self.what(u), "its output is used by more than one layer"
+                )
             first = False
             ctx.seen.add(u.key)
             merge = self.merge_kind(u)
@@ -249,7 +267,12 @@ class Recover:
                 first = True  # the fork: read by every branch of this merge
                 continue
             if len(u.ins) != 1:
-                items.insert(0, self.fail(Located(u.path or ctx.path, self.what(u), "takes more than one tensor")))
+                items.insert(
+                    0,
+                    self.fail(
+                        Located(u.path or ctx.path, self.what(u), "takes more than one tensor")
+                    ),
+                )
                 break
             items.insert(0, self.unit(ctx, u, u.ins[0]))
             v = u.ins[0]
@@ -275,16 +298,26 @@ class Recover:
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             rank = len(shape_of(n))
             if dim not in (1, 1 - rank) or not isinstance(tensors, (list, tuple)):
-                return self.fail(Located(scope, "torch.cat", f"along dim {dim}")), tensors[0] if tensors else u.ins[0]
+                return self.fail(Located(scope, "torch.cat", f"along dim {dim}")), tensors[
+                    0
+                ] if tensors else u.ins[0]
             ins = list(tensors)
             if len(ins) == 1:
                 return None, ins[0]
         else:
-            if n.kwargs.get("alpha", 1) != 1 or len(n.args) != 2 or not all(is_tensor(a) for a in n.args):
-                return self.fail(Located(scope, match.describe(n.target), "only tensor + tensor")), u.ins[0]
+            if (
+                n.kwargs.get("alpha", 1) != 1
+                or len(n.args) != 2
+                or not all(is_tensor(a) for a in n.args)
+            ):
+                return self.fail(
+                    Located(scope, match.describe(n.target), "only tensor + tensor")
+                ), u.ins[0]
             ins = list(n.args)
             if shape_of(ins[0]) != shape_of(ins[1]):
-                return self.fail(Located(scope, match.describe(n.target), "broadcasting add")), u.ins[0]
+                return self.fail(
+                    Located(scope, match.describe(n.target), "broadcasting add")
+                ), u.ins[0]
         if any(a not in ctx.idom for a in ins):
             raise Located(scope, match.describe(n.target), "reads a tensor from outside the module")
         fork = ins[0]
@@ -354,14 +387,18 @@ class Recover:
         calls = [n for n in u.nodes if n.op == "call_module" and n.target == u.path]
         if calls and len(u.nodes) == 1:
             if "@" in u.key and has_state(m):
-                return self.fail(Located(u.path, match.module_name(m), "called more than once (shared weights)"))
+                return self.fail(
+                    Located(u.path, match.module_name(m), "called more than once (shared weights)")
+                )
             try:
                 opname, params = match.match_module(m)
             except Unsupported as e:
                 return self.fail(Located(u.path, e.what, e.why))
             return It("op", name=name, op=opname, params=params)
         if "@" in u.key and has_state(m):
-            return self.fail(Located(u.path, match.module_name(m), "called more than once (shared weights)"))
+            return self.fail(
+                Located(u.path, match.module_name(m), "called more than once (shared weights)")
+            )
         inner = self.scope(u.path, u.nodes, ctx.depth + 1, entry, u.out)
         return shape_scope(inner, name)
 
@@ -369,7 +406,13 @@ class Recover:
         n = u.nodes[0]
         try:
             if n.op == "call_method" and n.target in ("view", "reshape"):
-                return It("op", op="flatten") if self.flattens(n) else _raise(Unsupported(f"Tensor.{n.target}", "only x.view(x.size(0), -1) (a flatten)"))
+                return (
+                    It("op", op="flatten")
+                    if self.flattens(n)
+                    else _raise(
+                        Unsupported(f"Tensor.{n.target}", "only x.view(x.size(0), -1) (a flatten)")
+                    )
+                )
             if n.op == "call_method":
                 opname, params = match.match_method(n.target, n.args, n.kwargs)
             else:
@@ -409,7 +452,11 @@ def shape_scope(items: list[It], name: str | None) -> It:
     if len(items) == 2 and items[0].kind == "residual" and items[1].kind == "op":
         items[0].post = items[1]
         items = items[:1]
-    if len(items) == 1 and items[0].kind in ("residual", "parallel", "dense") and items[0].name is None:
+    if (
+        len(items) == 1
+        and items[0].kind in ("residual", "parallel", "dense")
+        and items[0].name is None
+    ):
         items[0].name = name
         items[0].inline = False
         return items[0]
@@ -435,7 +482,14 @@ def dense_steps(items: list[It]) -> list[It]:
         run.clear()
 
     for it in items:
-        if it.kind == "parallel" and it.merge == "concat" and len(it.branches) == 2 and not it.branches[0] and len(it.branches[1]) == 1 and it.branches[1][0].name:
+        if (
+            it.kind == "parallel"
+            and it.merge == "concat"
+            and len(it.branches) == 2
+            and not it.branches[0]
+            and len(it.branches[1]) == 1
+            and it.branches[1][0].name
+        ):
             run.append(it)
         else:
             flush()
@@ -468,7 +522,12 @@ def group_dotted(items: list[It]) -> list[It]:
         if it.name and "." in it.name:
             head, tail = it.name.split(".", 1)
             it.name = tail
-            if out and out[-1].kind == "list" and out[-1].name == head and getattr(out[-1], "_virtual", False):
+            if (
+                out
+                and out[-1].kind == "list"
+                and out[-1].name == head
+                and getattr(out[-1], "_virtual", False)
+            ):
                 out[-1].items.append(it)
             else:
                 grp = It("list", name=head, items=[it])
