@@ -8,7 +8,7 @@ the same epochs and batch size with the same optimizer class (torch.optim.SGD):
   ``DataLoader`` (shuffle, d2l's 4 workers), and d2l's ``train_ch6`` loop (Xavier init,
   plain SGD at d2l's learning rate, an ``Accumulator`` read with ``float()`` every step,
   ``evaluate_accuracy_gpu`` per epoch), copied from /work/shared/seeds/000_*.txt;
-- archspec: ``archspec.run.train.fit`` with ``--optimizer sgd`` as archspec's recipe uses it (its
+- archspec: ``archspec.run.loop.fit`` with ``--optimizer sgd`` as archspec's recipe uses it (its
   default learning rate as the peak of a one-cycle schedule, Nesterov momentum 0.9, weight
   decay 5e-4 on weights, inputs normalised with the data's mean and std; d2l's lr of 0.9 is
   for plain SGD and diverges with momentum).
@@ -44,7 +44,8 @@ from torchvision import transforms
 
 import archspec
 from archspec.run.data import load
-from archspec.run.train import Recipe, fit
+from archspec.run.loop import fit
+from archspec.run.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from archspec.backend.weights import WeightsError, load_weights
 from archspec.run import checkpoint
 from archspec.run.checkpoint import CheckpointError
 
@@ -84,17 +85,17 @@ def test_other_files_are_not_checkpoints(tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
-    from archspec.run.train import save_weights
+    from archspec.run.rundir import save_weights
 
     path = tmp_path / "model.safetensors"
     save_weights(nn.Sequential(nn.Linear(3, 2)), path, {"mean": [0.5]})
     assert path.stat().st_mode & 0o044  # readable like any other output, not 0600
-    meta = checkpoint.load_weights(nn.Sequential(nn.Linear(3, 2)), path)
+    meta = load_weights(nn.Sequential(nn.Linear(3, 2)), path)
     assert meta == {"mean": [0.5]}
-    with pytest.raises(CheckpointError, match="do not fit"):
-        checkpoint.load_weights(nn.Sequential(nn.Linear(4, 2)), path)
-    with pytest.raises(CheckpointError, match="do not fit.*missing"):
-        checkpoint.load_weights(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)), path)
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_weights(nn.Sequential(nn.Linear(4, 2)), path)
+    with pytest.raises(WeightsError, match="do not fit.*missing"):
+        load_weights(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)), path)
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        checkpoint.load_weights(nn.Sequential(nn.Linear(3, 2)), path)
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        load_weights(nn.Sequential(nn.Linear(3, 2)), path)

@@ -20,8 +20,8 @@ from archspec.backend.export import (
     _compare,
     export_onnx,
     export_torchscript,
-    load_weights,
 )
+from archspec.backend.weights import WeightsError, load_weights
 from archspec.cli import main
 
 pytestmark = pytest.mark.filterwarnings(
@@ -146,7 +146,7 @@ def test_cli_exports_with_weights(trained_lenet, tmp_path, weights):
 
 def test_weights_that_do_not_fit_are_refused_clearly(trained_lenet, tmp_path):
     model = archspec.build(ROOT / "specs" / "lenet.yaml", variant="bn")
-    with pytest.raises(ExportError, match="do not fit"):
+    with pytest.raises(WeightsError, match="do not fit"):
         load_weights(model, tmp_path / "model.safetensors")
     result = CliRunner().invoke(
         main,
@@ -165,7 +165,7 @@ def test_weights_that_do_not_fit_are_refused_clearly(trained_lenet, tmp_path):
     for name in ("garbage.pt", "garbage.safetensors"):
         garbage = tmp_path / name
         garbage.write_bytes(b"not a weights file")
-        with pytest.raises(ExportError, match="cannot read weights"):
+        with pytest.raises(WeightsError, match="cannot read weights"):
             load_weights(model, garbage)
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import archspec
 from archspec.cli.train import train
-from archspec.run.train import AUX_WEIGHT, _loss
+from archspec.run.loop import AUX_WEIGHT, _loss
 
 SPECS = Path(__file__).resolve().parents[1] / "specs" / "torchvision"
 

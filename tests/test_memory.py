@@ -344,7 +344,7 @@ def _plan(monkeypatch, free: int, batch_size: int | str):
 
     import archspec.analysis.memory
     from archspec.cli.train import _plan_batch
-    from archspec.run.train import Recipe
+    from archspec.run.recipe import Recipe
 
     monkeypatch.setattr(archspec.analysis.memory, "available_bytes", lambda device="cpu": free)
     report = archspec.check(ROOT / "specs" / "resnet18.yaml")

@@ -17,10 +17,12 @@ import torch
 from click.testing import CliRunner
 
 import archspec
+from archspec.backend.weights import load_weights
 from archspec.cli.train import eval_cmd, train
 from archspec.run import checkpoint
 from archspec.run.data import load
-from archspec.run.train import Recipe, TrainError, fit, lr_factor
+from archspec.run.loop import TrainError, fit
+from archspec.run.recipe import Recipe, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def test_run_writes_well_formed_outputs(spec: Path, npz: Path, tmp_path: Path) -
     assert config["recipe"]["epochs"] == 2 and config["data"]["num_classes"] == 3
     assert "stages" in (out / "spec.yaml").read_text()
     model = archspec.build(spec)
-    meta = checkpoint.load_weights(model, out / "model.safetensors")
+    meta = load_weights(model, out / "model.safetensors")
     assert len(meta["mean"]) == 1
 
     e = CliRunner().invoke(
@@ -312,7 +314,7 @@ def test_sigterm_leaves_loadable_checkpoint(spec: Path, npz: Path, tmp_path: Pat
 def test_thread_count_is_timed_for_small_models_and_kept_on_resume(
     spec: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import archspec.run.train as runner
+    import archspec.run.loop as runner
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a 2-core machine, whatever runs this
@@ -341,7 +343,7 @@ def test_thread_count_is_timed_for_small_models_and_kept_on_resume(
 def test_a_long_epoch_off_a_terminal_prints_progress_lines(
     spec: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import archspec.run.train as runner
+    import archspec.run.loop as runner
 
     # every look is "30 s later": each step of this tiny run stands for a long epoch's minute
     monkeypatch.setattr(runner, "PLAIN_PROGRESS_EVERY_S", 0.0)

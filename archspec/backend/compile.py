@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from archspec.analysis.report import check
+from archspec.analysis.report import Report, check
 from archspec.ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
 from archspec.lang.errors import Diagnostic, Loc, SpecError
 from archspec.ops import OPS
@@ -62,13 +62,24 @@ def build(
     variant: str | None = None,
     input_shape: tuple[int, ...] | list[int] | None = None,
     num_classes: int | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Check the spec, refuse it with every error if it is invalid or too large, then build
+    (options: see `build_from_report`)."""
+    return build_from_report(check(path, variant, input_shape, num_classes), **options)
+
+
+def build_from_report(
+    report: Report,
     *,
     max_params: int | None = None,
     device: str | torch.device | None = None,
     weights: str | Path | None = None,
 ) -> nn.Module:
-    """Check the spec, refuse it with every error if it is invalid or too large, then build."""
-    report = check(path, variant, input_shape, num_classes)
+    """Build the network a `check` report lowered: commands check a spec once and build from
+    that report, never reading or lowering the file again. Raises SpecError if the report has
+    errors, if the model is over ``max_params`` (default ARCHSPEC_MAX_PARAMS), or if
+    ``weights`` (`backend.weights.load_weights`) do not fit."""
     if not report.ok:
         raise SpecError(report.errors, report.source_lines)
     assert report.network is not None and report.params is not None
@@ -77,7 +88,7 @@ def build(
         raise SpecError(
             [
                 Diagnostic(
-                    Loc(str(path)),
+                    Loc(report.spec),
                     "E-TOO-BIG",
                     f"the model has {report.params:,} parameters, over the limit of {limit:,}",
                     "raise the limit with max_params= or ARCHSPEC_MAX_PARAMS if you mean it",

@@ -49,19 +49,6 @@ class ExportResult:
         return dict(self.__dict__)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load weights strictly (weights.py): a `.safetensors` file such as the `model.safetensors`
-    of `archspec train`, or a torch-saved state_dict or checkpoint (`weights_only=True`)."""
-    from archspec.backend.weights import load_weights as load
-    from archspec.lang.errors import SpecError
-
-    try:
-        load(model, path)
-    except SpecError as e:
-        d = e.diagnostics[0]
-        raise ExportError(d.message, d.help) from None
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """torch's exporters print progress and deprecation notes the user cannot act on."""

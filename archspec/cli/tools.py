@@ -8,50 +8,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from archspec.analysis.report import Report, check
-
-EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
-
-
-def _fail(message: str, help: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    if help:
-        click.echo(f"help: {help}", err=True)
-    sys.exit(code)
-
-
-def _checked(
-    spec: str,
-    variant: str | None,
-    shape: tuple[int, ...] | None = None,
-    num_classes: int | None = None,
-) -> Report:
-    """Check a spec; on errors print them the way `check` does and exit."""
-    if not Path(spec).is_file():
-        _fail(f"no such spec file: {spec}")
-    report = check(spec, variant=variant, input_shape=shape, num_classes=num_classes)
-    if not report.ok:
-        click.echo(report.render_errors(), err=True)
-        n = len(report.errors)
-        click.echo(f"\n{n} error{'s' if n != 1 else ''} in {spec}", err=True)
-        usage = any(d.code in ("E-VARIANT", "E-IO") for d in report.errors)
-        sys.exit(EXIT_USAGE if usage else EXIT_SPEC)
-    return report
-
-
-def _shape(value: str | None) -> tuple[int, ...] | None:
-    from archspec.cli import parse_shape
-
-    return parse_shape(value)
-
-
-_variant = click.option("--variant", help="named variant of the spec")
-_input = click.option("--input", "input_shape", metavar="C,H,W", help="override the input shape")
-
+from archspec.cli.common import (
+    EXIT_OK,
+    EXIT_SPEC,
+    checked,
+    fail,
+    input_option,
+    num_classes_option,
+    parse_shape,
+    variant_option,
+)
 
 # --------------------------------------------------------------------------- schema
 
@@ -78,7 +47,7 @@ def schema_cmd(output: str | None) -> None:
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as e:
-        _fail(f"cannot write {output}: {e.strerror or e}")
+        fail(f"cannot write {output}: {e.strerror or e}")
     click.echo(f"wrote {output}", err=True)
 
 
@@ -87,8 +56,8 @@ def schema_cmd(output: str | None) -> None:
 
 @click.command("graph")
 @click.argument("spec")
-@_variant
-@_input
+@variant_option
+@input_option
 @click.option(
     "-o",
     "--output",
@@ -103,8 +72,8 @@ def graph_cmd(spec: str, variant: str | None, input_shape: str | None, output: s
         try:
             graph.output_format(output)
         except ValueError as e:
-            _fail(str(e))
-    report = _checked(spec, variant, _shape(input_shape))
+            fail(str(e))
+    report = checked(spec, variant, parse_shape(input_shape))
     assert report.network is not None
     dot = graph.to_dot(report.network)
     if output is None:
@@ -113,9 +82,9 @@ def graph_cmd(spec: str, variant: str | None, input_shape: str | None, output: s
     try:
         kind = graph.write(dot, output)
     except graph.GraphvizMissing as e:
-        _fail(str(e), graph.INSTALL_HINT)
+        fail(str(e), graph.INSTALL_HINT)
     except (RuntimeError, OSError) as e:
-        _fail(str(e), code=EXIT_SPEC)
+        fail(str(e), code=EXIT_SPEC)
     click.echo(f"wrote {output} ({kind}, {len(report.layers)} layers)", err=True)
 
 
@@ -124,9 +93,9 @@ def graph_cmd(spec: str, variant: str | None, input_shape: str | None, output: s
 
 @click.command("export")
 @click.argument("spec")
-@_variant
-@_input
-@click.option("--num-classes", type=click.IntRange(1, 1 << 20), help="override num_classes")
+@variant_option
+@input_option
+@num_classes_option
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False),
@@ -178,16 +147,14 @@ def export_cmd(
     reloading). Exits 1 if the exported file's output differs from PyTorch's by more than
     --tolerance."""
     fmt = fmt or _format_from_suffix(output)
-    shape = _shape(input_shape)
-    _checked(spec, variant, shape, num_classes)  # errors printed like `check` prints them
-    from archspec.backend.compile import build
-    from archspec.backend.export import ExportError, export, load_weights
+    shape = parse_shape(input_shape)
+    report = checked(spec, variant, shape, num_classes)  # errors printed like `check` does
+    from archspec.backend.compile import build_from_report
+    from archspec.backend.export import ExportError, export
     from archspec.lang.errors import SpecError
 
     try:
-        model = build(spec, variant, shape, num_classes)
-        if weights is not None:
-            load_weights(model, weights)
+        model = build_from_report(report, weights=weights)
         result = export(
             model,
             output,
@@ -197,11 +164,11 @@ def export_cmd(
             verify=not no_verify,
             tolerance=tolerance,
         )
-    except SpecError as e:  # e.g. over the parameter limit
+    except SpecError as e:  # over the parameter limit, weights that do not fit
         click.echo(e.render(), err=True)
         sys.exit(EXIT_SPEC)
     except ExportError as e:
-        _fail(e.message, e.help, code=EXIT_SPEC)
+        fail(e.message, e.help, code=EXIT_SPEC)
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
@@ -223,7 +190,7 @@ def _format_from_suffix(path: str) -> str:
         return "onnx"
     if suffix in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
         return "torchscript"
-    _fail(
+    fail(
         f"cannot tell the export format from `{path}`", "pass --format onnx or --format torchscript"
     )
 
@@ -242,7 +209,7 @@ def list_cmd(folder: str, as_json: bool) -> None:
     from archspec.analysis.table import human_number
 
     if not Path(folder).exists():
-        _fail(f"no such folder: {folder}")
+        fail(f"no such folder: {folder}")
     found = catalog(folder)
     bad = sum(1 for e in found if not e.ok)
     if as_json:
@@ -302,7 +269,7 @@ def _relative(path: str, base: Path) -> str:
     help="with one SPEC: the variant(s) to compare (one: the default against it); "
     "with two: once for both files, or twice, one per file",
 )
-@_input
+@input_option
 @click.option("--all", "everything", is_flag=True, help="list unchanged layers too")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def diff_cmd(
@@ -320,12 +287,12 @@ def diff_cmd(
     from archspec.analysis.diff import diff_json, diff_layers, layers_of, render
 
     if len(specs) > 2:
-        _fail("give one spec (with --variant) or two specs to compare")
+        fail("give one spec (with --variant) or two specs to compare")
     if len(variants) > 2:
-        _fail("give --variant at most twice")
+        fail("give --variant at most twice")
     if len(specs) == 1:
         if not variants:
-            _fail(
+            fail(
                 "comparing a spec with itself",
                 "add --variant A (default vs A) or --variant A --variant B",
             )
@@ -338,13 +305,10 @@ def diff_cmd(
         # --variant once: for both files; twice: one per file; never: the defaults.
         vs: list[str | None] = [*variants] * (2 if len(variants) == 1 else 1) or [None, None]
         pair = [(specs[0], vs[0]), (specs[1], vs[1])]
-    shape = _shape(input_shape)
-    ra, rb = (_checked(s, v, shape) for s, v in pair)
+    shape = parse_shape(input_shape)
+    ra, rb = (checked(s, v, shape) for s, v in pair)
     rows = diff_layers(layers_of(ra), layers_of(rb))
     if as_json:
         click.echo(json.dumps(diff_json(ra, rb, rows, everything)))
     else:
         click.echo(render(ra, rb, rows, everything))
-
-
-COMMANDS = (schema_cmd, graph_cmd, export_cmd, list_cmd, diff_cmd)

@@ -17,6 +17,17 @@ from typing import Any, NoReturn
 
 import click
 
+from archspec.cli.common import (
+    EXIT_SPEC,
+    EXIT_USAGE,
+    checked,
+    fail,
+    input_option,
+    num_classes_option,
+    parse_shape,
+    variant_option,
+)
+
 DATA_HELP = (
     "mnist-mini (embedded, default), mnist, fashion-mnist, cifar10, "
     "a Keras-style .npz, or an image folder with train/ and val/"
@@ -25,34 +36,36 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "none")
 
 
-def _fail(message: str, code: int = 1, *, every_rank: bool = False) -> NoReturn:
-    """Print ``error: message`` and exit. Under torchrun an error that every rank meets alike
-    (the spec, the data, a diverged run) is printed by rank 0 alone; pass ``every_rank`` for
-    one of a rank's own, which that rank prints under its name."""
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0 or every_rank:
-        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        name = f"rank {rank}: " if several and (rank or every_rank) else ""
-        click.echo(f"error: {name}{message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int = EXIT_SPEC, *, every_rank: bool = False) -> NoReturn:
+    """A run's errors exit 1 unless said otherwise (see `common.fail`)."""
+    fail(message, None, code, every_rank=every_rank)
 
 
 def _check_spec(
     spec: str, variant: str | None, input_shape: str | None, num_classes: int | None
 ) -> Any:
     """The spec's report; errors are printed as the compiler renders them."""
-    import archspec
-    from archspec.cli import USAGE_CODES, parse_shape
-
-    report = archspec.check(
-        spec, variant=variant, input_shape=parse_shape(input_shape), num_classes=num_classes
-    )
-    if not report.ok:
-        click.echo(report.render_errors(), err=True)
-        sys.exit(2 if any(d.code in USAGE_CODES for d in report.errors) else 1)
+    report = checked(spec, variant, parse_shape(input_shape), num_classes)
     if report.input is None or len(report.input) != 3:
         _fail(f"{spec}: training needs an image input C,H,W (got {report.input})")
     return report
+
+
+def _run_name(name: str, variant: str | None) -> str:
+    """The folder name of a run under runs/: the spec's name and variant made safe as one
+    path component (a name such as `../../x` or `a/b` must not pick a folder outside runs/)."""
+    import re
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("._-")[:80] or "spec"
+
+    return f"{safe(name)}-{safe(variant or 'base')}"
+
+
+def _out_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty path; pass a folder (or leave --out out for runs/)")
+    return value
 
 
 def _device(name: str) -> Any:
@@ -74,7 +87,7 @@ def _started_recipe(run: Path) -> Any:
     """The recipe in the config.json of a run that has no checkpoint yet (else defaults)."""
     import dataclasses
 
-    from archspec.run.train import Recipe
+    from archspec.run.recipe import Recipe
 
     try:
         saved = json.loads((run / "config.json").read_text())["recipe"]
@@ -117,28 +130,31 @@ def _data(source: str, root: str | None, download: bool, report: Any) -> Any:
     return data
 
 
-def _build(spec: str, report: Any, num_classes: int) -> Any:
+def _build(report: Any, num_classes: int) -> Any:
+    """The model of the checked report (the spec is not read again)."""
     import archspec
+    from archspec.backend.compile import build_from_report
 
     try:
-        return archspec.build(
-            spec, report.variant, input_shape=tuple(report.input), num_classes=num_classes
-        )
+        model = build_from_report(report)
     except archspec.SpecError as e:
         click.echo(str(e), err=True)
-        sys.exit(1)
+        sys.exit(EXIT_SPEC)
+    if model.num_classes is None:  # a spec that leaves it to the data
+        model.num_classes = num_classes
+    return model
 
 
-def _load_init(model: Any, path: str) -> None:
-    """`--init`: a state_dict (torchvision's .pth files included) loaded strictly."""
+def _load_weights(model: Any, path: str) -> dict[str, Any]:
+    """`--init` / `--weights`: the one loading path (backend/weights.py), strict."""
     import archspec
     from archspec.backend.weights import load_weights
 
     try:
-        load_weights(model, path)
+        return load_weights(model, path)
     except archspec.SpecError as e:
         click.echo(str(e), err=True)
-        sys.exit(1)
+        sys.exit(EXIT_SPEC)
 
 
 def _dump_spec(report: Any, spec: str, path: Path) -> None:
@@ -168,7 +184,7 @@ def _dump_spec(report: Any, spec: str, path: Path) -> None:
 def _runtime_errors() -> tuple[type[BaseException], ...]:
     from archspec.run.checkpoint import CheckpointError
     from archspec.run.data import DataError
-    from archspec.run.train import TrainError
+    from archspec.run.rundir import TrainError
 
     return (CheckpointError, DataError, TrainError)
 
@@ -217,7 +233,7 @@ def _plan_batch(
 
     from archspec.analysis.memory import DEFAULT_MARGIN, auto_batch_size, available_bytes, estimate
     from archspec.analysis.table import human_bytes
-    from archspec.run.train import _budget
+    from archspec.run.loop import _budget
 
     # the runner's step: bf16 autocast where `uses_bf16` says so, else float32; SGD has momentum
     dtype = "bfloat16" if bf16 else "float32"
@@ -269,13 +285,9 @@ def _data_options(f: Any) -> Any:
                 default="auto",
                 show_default=True,
             ),
-            click.option("--variant", help="named variant of the spec"),
-            click.option(
-                "--input", "input_shape", metavar="C,H,W", help="override the input shape"
-            ),
-            click.option(
-                "--num-classes", type=click.IntRange(1, 1 << 20), help="override num_classes"
-            ),
+            variant_option,
+            input_option,
+            num_classes_option,
         ]
     ):
         f = opt(f)
@@ -313,6 +325,7 @@ def _data_options(f: Any) -> Any:
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
+    callback=_out_option,
     help="run directory [default: runs/<spec>-<variant>-<time>]",
 )
 @click.option(
@@ -515,13 +528,15 @@ def _train(
         raise click.UsageError(
             "--init starts a new run from weights, --resume continues one: pass one"
         )
-    run_name = f"{report.name}-{report.variant or 'base'}"
+    run_name = _run_name(report.name, report.variant)
 
     import torch
 
     from archspec.run import distributed
     from archspec.run.data import DataError
-    from archspec.run.train import Recipe, fit, saved_recipe, uses_bf16
+    from archspec.run.loop import fit
+    from archspec.run.recipe import Recipe, uses_bf16
+    from archspec.run.rundir import RunDir, RunDirError, saved_recipe
 
     errors = _runtime_errors()
     given = {k: v for k, v in {**recipe_options, "data": data}.items() if v is not None}
@@ -551,17 +566,26 @@ def _train(
                 f"{run} already holds a run: pass --resume to continue it or choose another --out"
             )
         base = Recipe()
+    rundir = RunDir(run)
+    try:
+        rundir.check()  # before the data is read: a refused --out fails fast
+    except RunDirError as e:
+        _fail(str(e), EXIT_USAGE)
     auto_batch = given.get("batch_size") == "auto"
     if auto_batch:  # sized below, once the device and the data set are known
         del given["batch_size"]
     recipe = Recipe(**{**base.__dict__, **given})
+    try:
+        recipe.validate()
+    except ValueError as e:  # e.g. a hand-edited config.json of a run to restart
+        _fail(f"invalid recipe: {e}", EXIT_USAGE)
 
     load = distributed.main_first if download else lambda fn: fn()
     loaded = load(lambda: _data(recipe.data, data_root, download, report))
     torch.manual_seed(recipe.seed)
-    model = _build(spec, report, report.num_classes or loaded.num_classes)
+    model = _build(report, report.num_classes or loaded.num_classes)
     if init is not None:
-        _load_init(model, init)
+        _load_weights(model, init)
     w = distributed.world()
     recipe = distributed.from_main(
         lambda: _plan_batch(
@@ -575,8 +599,12 @@ def _train(
         )
     )
     try:
-        run.mkdir(parents=True, exist_ok=True)
+        if w.main:  # locked for the whole run: a second run into this --out is refused
+            rundir.claim(command=" ".join(["archspec", "train", *_given_args()]))
+            click.get_current_context().call_on_close(rundir.release)  # also in-process
         _dump_spec(report, spec, run / "spec.yaml")
+    except RunDirError as e:
+        _fail(str(e), EXIT_USAGE)
     except OSError as e:
         _fail(_os_error(e, run))
     title = f"{report.name}" + (f" ({report.variant})" if report.variant else "")
@@ -592,7 +620,7 @@ def _train(
             model,
             loaded,
             recipe,
-            run,
+            rundir,
             input_shape=tuple(report.input),
             spec_hash=report.spec_hash,
             device=dev,
@@ -659,14 +687,14 @@ def eval_cmd(
     """Evaluate SPEC with trained --weights; print one JSON object (loss, accuracy, examples)."""
     report = _check_spec(spec, variant, input_shape, num_classes)
     dev = _device(device)
-    from archspec.run.checkpoint import load_weights
-    from archspec.run.train import evaluate, prepare_data, uses_bf16
+    from archspec.run.loop import evaluate, prepare_data
+    from archspec.run.recipe import uses_bf16
 
     errors = _runtime_errors()
     loaded = _data(data or "mnist-mini", data_root, download, report)
-    model = _build(spec, report, report.num_classes or loaded.num_classes)
+    model = _build(report, report.num_classes or loaded.num_classes)
+    meta = _load_weights(model, weights)
     try:
-        meta = load_weights(model, weights)
         if meta.get("spec_hash") not in (None, report.spec_hash):
             click.echo(
                 f"warning: {weights} was trained from a different spec or variant "
