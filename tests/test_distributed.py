@@ -35,6 +35,7 @@ RUN_FILES = {
     "metrics.jsonl",
     "model.safetensors",
     "spec.yaml",
+    ".archspec.lock",  # rank 0's lock on the run directory (docs/cli.md)
 }
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
