@@ -92,7 +92,7 @@ def import_cmd(
     """Import a PyTorch model as a spec: MODULE:CALLABLE is a class, builder function or
     module instance (torchvision.models:resnet50, mypkg.nets:Net). The spec keeps the model's
     module paths, so its state_dict loads strictly into the built spec."""
-    from archspec.cli import parse_shape
+    from archspec.cli.common import parse_shape
 
     try:
         shape = parse_shape(input_shape)
