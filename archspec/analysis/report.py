@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from archspec.ir import Network, Node
 from archspec.lang.errors import Collector, Diagnostic, Loc
-from archspec.lang.source import SourceError, read_source
+from archspec.lang.source import Source, SourceError, read_source, source_from_bytes
 from archspec.lower import lower
 
 
@@ -79,15 +80,7 @@ class Report:
         rows = []
         saved = self.memory.saved_by_path if self.memory is not None else None
         for n in self.layers:
-            assert n.inferred is not None
-            row = {
-                "path": n.path,
-                "op": n.op,
-                "output": list(n.inferred.out),
-                "params": n.inferred.params,
-                "macs": n.inferred.macs,
-                "receptive_field": list(n.rf) if n.rf else None,
-            }
+            row = layer_row(n)
             if saved is not None:
                 row["saved_bytes"] = saved.get(n.path, 0)
             rows.append(row)
@@ -111,6 +104,19 @@ class Report:
         return "\n\n".join(d.render(self.source_lines) for d in self.errors)
 
 
+def layer_row(n: Node) -> dict:
+    """One row of the per-layer table (`layers` in the JSON) for a layer with a known shape."""
+    assert n.inferred is not None
+    return {
+        "path": n.path,
+        "op": n.op,
+        "output": list(n.inferred.out),
+        "params": n.inferred.params,
+        "macs": n.inferred.macs,
+        "receptive_field": list(n.rf) if n.rf else None,
+    }
+
+
 def check(
     path: str | Path,
     variant: str | None = None,
@@ -118,12 +124,40 @@ def check(
     num_classes: int | None = None,
 ) -> Report:
     """Check a spec statically (never imports torch). Errors are in `report.errors`."""
-    name = str(path)
+    return check_source(str(path), lambda: read_source(path), variant, input_shape, num_classes)
+
+
+def check_text(
+    text: str,
+    path: str | Path = "<spec>",
+    variant: str | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    num_classes: int | None = None,
+) -> Report:
+    """Check a spec given as text (an editor's buffer) exactly as `check` checks a file holding
+    it; `path` only names the spec in the report and its errors."""
+    data = text.encode("utf-8", "surrogatepass")
+    return check_source(
+        str(path), lambda: source_from_bytes(data, str(path)), variant, input_shape, num_classes
+    )
+
+
+def check_source(
+    name: str,
+    read: Callable[[], Source],
+    variant: str | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    num_classes: int | None = None,
+    lower: Callable[..., Network | None] = lower,
+) -> Report:
+    """The check itself: `read` gives the located source (raising SourceError or OSError),
+    `lower` walks it. `check` and `check_text` use the plain ones; the language server passes
+    cached ones that give the same result."""
     shape = tuple(input_shape) if input_shape is not None else None
     report = Report(name, variant, requested_input=shape)
     out = Collector()
     try:
-        src = read_source(path)
+        src = read()
     except SourceError as e:
         out.problem(e.loc, e.problem)
         report.errors = out.items

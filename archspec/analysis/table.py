@@ -22,11 +22,11 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def render_table(report: Report) -> str:
-    rows = report.layer_rows()
-    memory = report.memory
+def render_rows(rows: list[dict], saved: bool = False) -> list[str]:
+    """The per-layer table: a header, a rule, one line per row of `Report.layer_rows()` (the
+    language server's hover shows a few rows the same way)."""
     headers = ["path", "op", "output", "params", "MACs", "RF"]
-    if memory is not None:
+    if saved:
         headers.append("saved")
     body = []
     for r in rows:
@@ -39,7 +39,7 @@ def render_table(report: Report) -> str:
             human_number(r["macs"]) if r["macs"] else "-",
             (str(rf[0]) if rf[0] == rf[1] else f"{rf[0]}x{rf[1]}") if rf else "-",
         ]
-        if memory is not None:
+        if saved:
             cells.append(human_bytes(r["saved_bytes"]) if r["saved_bytes"] else "-")
         body.append(cells)
     widths = [
@@ -52,8 +52,12 @@ def render_table(report: Report) -> str:
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
-    out = [line(headers), line(["-" * w for w in widths])]
-    out += [line(c) for c in body]
+    return [line(headers), line(["-" * w for w in widths]), *(line(c) for c in body)]
+
+
+def render_table(report: Report) -> str:
+    memory = report.memory
+    out = render_rows(report.layer_rows(), saved=memory is not None)
     variant = f" ({report.variant})" if report.variant else ""
     shape = "x".join(map(str, report.input or ()))
     out.append("")

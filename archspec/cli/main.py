@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from archspec.cli import check, importer, tools, train
+from archspec.cli import check, importer, lsp, tools, train
 from archspec.cli.common import EXIT_SPEC
 
 COMMANDS: list[click.Command] = [
@@ -25,6 +25,7 @@ COMMANDS: list[click.Command] = [
     tools.list_cmd,
     tools.diff_cmd,
     importer.import_cmd,
+    lsp.lsp_cmd,
 ]
 
 

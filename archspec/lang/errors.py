@@ -107,7 +107,7 @@ class Collector:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A `help:` line suggesting the closest known name, or listing the known names."""
-    choices = sorted(set(choices))
+    choices = sorted({str(c) for c in choices})  # YAML keys may be numbers
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
         return f"did you mean `{close[0]}`?"

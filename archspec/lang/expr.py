@@ -94,7 +94,7 @@ def _lookup(name: str, env: Mapping[str, Any]) -> Any:
         raise Problem(
             "E-EXPR-NAME",
             f"unknown name `${name}`",
-            did_you_mean(name, [k for k in env if not k.startswith("_")]),
+            did_you_mean(name, [str(k) for k in env if not str(k).startswith("_")]),
         )
     return env[name]
 

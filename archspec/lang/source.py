@@ -61,7 +61,18 @@ def read_source(path: str | Path) -> Source:
     """Read and parse a spec file. Raises SourceError (located) or OSError (missing file)."""
     p = Path(path)
     name = str(path)
-    size = p.stat().st_size
+    _check_size(p.stat().st_size, name)
+    return source_from_bytes(p.read_bytes(), name)
+
+
+def source_from_bytes(data: bytes, name: str, parse: Any = None) -> Source:
+    """A spec's bytes (a file's, or an editor buffer's) -> Source, under the same bounds as a
+    file; `parse` (text, name) -> Source replaces `parse_text` (the language server's cache)."""
+    _check_size(len(data), name)
+    return (parse or parse_text)(decode(data, name), name)
+
+
+def _check_size(size: int, name: str) -> None:
     if size > MAX_BYTES:
         raise SourceError(
             Loc(name),
@@ -71,8 +82,6 @@ def read_source(path: str | Path) -> Source:
                 "a network spec is a few kilobytes: is this the right file?",
             ),
         )
-    data = p.read_bytes()
-    return parse_text(decode(data, name), name)
 
 
 def decode(data: bytes, name: str) -> str:

@@ -1151,8 +1151,10 @@ def lower(
     input_shape: tuple[int, ...] | None,
     num_classes: int | None,
     out: Collector,
+    lowerer: type[Lowerer] | None = None,
 ) -> Network | None:
-    """The whole walk. Returns None when the file is too broken to lower at all."""
+    """The whole walk. Returns None when the file is too broken to lower at all. `lowerer`, a
+    subclass of Lowerer, lets the language server reuse unchanged stages between edits."""
     root = src.root
     name = src.path
     if not isinstance(root, LMap):
@@ -1214,7 +1216,7 @@ def lower(
                 f"`defaults` names unknown op `{op}`",
                 did_you_mean(op, OPS),
             )
-    lw = Lowerer(src, doc, spec, out)
+    lw = (lowerer or Lowerer)(src, doc, spec, out)
     spec_params(lw, doc, root.loc)
     shape = tuple(spec.input)
     top = Scope("")
