@@ -48,6 +48,21 @@ class Doc:
     good: Analysis | None = None  # the last analysis whose text parsed: names for completion
 
 
+@dataclass
+class Here:
+    """A request's document, brought up to date, and its position in code points."""
+
+    doc: Doc
+    buffer: TextDocument
+    lines: list[str]
+    line: int
+    col: int
+
+    @property
+    def src(self) -> Any:
+        return self.doc.analysis.source if self.doc.analysis is not None else None
+
+
 class ArchspecServer(LanguageServer):
     def __init__(self) -> None:
         from archspec import __version__
@@ -128,10 +143,11 @@ class ArchspecServer(LanguageServer):
             ServerTextRange(start, ServerTextPosition(span.line, span.end))
         )
 
-    @staticmethod
-    def position(buffer: TextDocument, pos: lsp.Position) -> tuple[int, int]:
+    async def here(self, uri: str, pos: lsp.Position) -> Here:
+        doc = await self.refresh(uri)
+        buffer = self.workspace.get_text_document(uri)
         p = buffer.position_from_client_units(pos)
-        return p.line, p.character
+        return Here(doc, buffer, _lines(buffer), p.line, p.character)
 
 
 def _lines(buffer: TextDocument) -> list[str]:
@@ -174,13 +190,8 @@ def did_close(ls: ArchspecServer, params: lsp.DidCloseTextDocumentParams) -> Non
 
 @server.feature(lsp.TEXT_DOCUMENT_HOVER)
 async def hover(ls: ArchspecServer, params: lsp.HoverParams) -> lsp.Hover | None:
-    uri = params.text_document.uri
-    doc = await ls.refresh(uri)
-    buffer = ls.workspace.get_text_document(uri)
-    if doc.index is None:
-        return None
-    line, col = ls.position(buffer, params.position)
-    text = F.hover(doc.index, line, col)
+    at = await ls.here(params.text_document.uri, params.position)
+    text = F.hover(at.doc.index, at.line, at.col) if at.doc.index is not None else None
     if text is None:
         return None
     return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text))
@@ -208,57 +219,46 @@ async def inlay_hint(ls: ArchspecServer, params: lsp.InlayHintParams) -> list[ls
     lsp.CompletionOptions(trigger_characters=["$", "-", "{", ",", " ", "["]),
 )
 async def completion(ls: ArchspecServer, params: lsp.CompletionParams) -> lsp.CompletionList:
-    uri = params.text_document.uri
-    doc = ls.docs.get(uri) or Doc()
-    buffer = ls.workspace.get_text_document(uri)
-    line, col = ls.position(buffer, params.position)
+    doc = ls.docs.get(params.text_document.uri) or Doc()
+    buffer = ls.workspace.get_text_document(params.text_document.uri)
+    p = buffer.position_from_client_units(params.position)
     src = doc.good.source if doc.good is not None else None  # the buffer may not parse now
     items = [
         lsp.CompletionItem(label=c.label, kind=KINDS[c.kind], detail=c.detail or None)
-        for c in F.complete(src, _lines(buffer), line, col)
+        for c in F.complete(src, _lines(buffer), p.line, p.character)
     ]
     return lsp.CompletionList(is_incomplete=False, items=items)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)
 async def definition(ls: ArchspecServer, params: lsp.DefinitionParams) -> lsp.Location | None:
-    uri = params.text_document.uri
-    doc = await ls.refresh(uri)
-    buffer = ls.workspace.get_text_document(uri)
-    src = doc.analysis.source if doc.analysis is not None else None
-    lines = _lines(buffer)
-    loc = F.definition(src, lines, *ls.position(buffer, params.position))
+    at = await ls.here(params.text_document.uri, params.position)
+    loc = F.definition(at.src, at.lines, at.line, at.col)
     if loc is None:
         return None
-    return lsp.Location(uri, ls.range(buffer, F.name_span(loc, lines)))
+    return lsp.Location(params.text_document.uri, ls.range(at.buffer, F.name_span(loc, at.lines)))
 
 
 @server.feature(lsp.TEXT_DOCUMENT_PREPARE_RENAME)
 async def prepare_rename(ls: ArchspecServer, params: lsp.PrepareRenameParams) -> lsp.Range | None:
-    uri = params.text_document.uri
-    doc = await ls.refresh(uri)
-    buffer = ls.workspace.get_text_document(uri)
-    src = doc.analysis.source if doc.analysis is not None else None
-    got = F.template_at(src, _lines(buffer), *ls.position(buffer, params.position))
-    return ls.range(buffer, got[1]) if got is not None else None
+    at = await ls.here(params.text_document.uri, params.position)
+    got = F.template_at(at.src, at.lines, at.line, at.col)
+    return ls.range(at.buffer, got[1]) if got is not None else None
 
 
 @server.feature(lsp.TEXT_DOCUMENT_RENAME)
 async def rename(ls: ArchspecServer, params: lsp.RenameParams) -> lsp.WorkspaceEdit | None:
-    uri = params.text_document.uri
-    doc = await ls.refresh(uri)
-    buffer = ls.workspace.get_text_document(uri)
-    src = doc.analysis.source if doc.analysis is not None else None
-    lines = _lines(buffer)
-    if not F.NAME.fullmatch(params.new_name):
-        raise ValueError(f"`{params.new_name}` cannot name a template: use letters, digits and _")
-    if src is None or params.new_name in F.templates(src):
+    at = await ls.here(params.text_document.uri, params.position)
+    new = params.new_name
+    if not F.NAME.fullmatch(new):
+        raise ValueError(f"`{new}` cannot name a template: use letters, digits and _")
+    if at.src is None or new in F.templates(at.src):
         return None
-    spans = F.rename(src, lines, *ls.position(buffer, params.position), params.new_name)
+    spans = F.rename(at.src, at.lines, at.line, at.col, new)
     if not spans:
         return None
-    edits = [lsp.TextEdit(range=ls.range(buffer, s), new_text=params.new_name) for s in spans]
-    return lsp.WorkspaceEdit(changes={uri: edits})
+    edits = [lsp.TextEdit(range=ls.range(at.buffer, s), new_text=new) for s in spans]
+    return lsp.WorkspaceEdit(changes={params.text_document.uri: edits})
 
 
 def main() -> None:
