@@ -1,0 +1,200 @@
+"""The op registry's machinery: the base class every op (built-in or plugin) derives from,
+`register`, and the small value types the rules return.
+
+One op is one class: its parameters (a pydantic model), shape/param/MAC rule (`infer`, pure
+Python: `check` never imports torch), receptive-field window, saved-for-backward rule, torch
+module (built lazily in `build`), initialisation family, docs text and example, graph colour
+and the values the differential fuzzer draws. Docs tables, the JSON Schema, the graph, the
+memory model, the training initialisation and the fuzz all read them from `OPS`, so adding an
+op — here or in a plugin (docs/plugins.md) — is one definition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from archspec.lang.errors import Problem
+from archspec.ops.shapes import pair
+
+Shape = tuple[int, ...]
+MAX_CHANNELS = 1 << 20
+MAX_KERNEL = 1 << 14
+
+PosInt = Field(ge=1)
+IntOrPair = Union[int, list[int]]  # noqa: UP007  # docs_reference renders typing.Union as "int or [h, w]"
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer maps spatial positions (for the receptive field)."""
+
+    k: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    out: Shape
+    params: int = 0
+    macs: int = 0
+    window: Window | None = None  # None: pointwise (activation, bn, ...)
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A tensor a layer's backward keeps that no other layer shares: indices, a mask, statistics."""
+
+    what: str
+    elems: int  # elements per sample, or in all when `per_sample` is False
+    # "act": the activation's dtype; "int64"/"float32": fixed; "mask": the activation's dtype on
+    # CPU, bool on CUDA (fused dropout); "wide": float32 under autocast, else the activation's
+    dtype: str = "act"
+    per_sample: bool = True
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a layer's autograd node keeps alive in training mode until its backward runs.
+
+    `input`/`output` name tensors other layers may keep too (counted once, by storage);
+    `extra` are new tensors only this layer holds. docs/memory.md gives the reasoning per op.
+    """
+
+    input: bool = False
+    output: bool = False
+    extra: tuple[Extra, ...] = ()
+    alias: bool = False  # the output is the input's storage (in-place ops, views)
+    weight: int = 0  # under autocast: weight elements kept as a 16-bit copy
+
+
+NOTHING = Saved()
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class Params(BaseModel):
+    # defer_build: a check touches a handful of ops; building every schema at import costs ~0.2 s
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+
+
+class NoParams(Params):
+    pass
+
+
+def fmt(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def need_image(op: str, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise Problem(
+            "E-SHAPE-RANK",
+            f"{op} needs a CxHxW input, but gets a flat vector of {shape[0]} features",
+            "move `flatten` after the last convolution or pool",
+        )
+    return shape  # type: ignore[return-value]
+
+
+def check_pair(name: str, v: IntOrPair, low: int, high: int) -> tuple[int, int]:
+    if isinstance(v, list) and len(v) != 2:
+        raise Problem("E-TYPE", f"`{name}` must be an integer or a list of two", None, field=name)
+    a, b = pair(v)
+    for x in (a, b):
+        if not low <= x <= high:
+            raise Problem(
+                "E-RANGE", f"`{name}` = {x} is out of range [{low}, {high}]", None, field=name
+            )
+    return a, b
+
+
+def collapse(op: str, what: str, shape: Shape, hw: tuple[int, ...], hint: str) -> Problem:
+    return Problem(
+        "E-SHAPE-COLLAPSE",
+        f"{op} {what} turns {shape[1]}x{shape[2]} into {hw[0]}x{hw[1]}",
+        f"the input is only {shape[1]}x{shape[2]} here; {hint}",
+    )
+
+
+Fuzz = dict[str, list[Any]]  # parameter -> values the differential fuzzer may write
+
+
+class Op:
+    """Base of every op. Subclasses set `name`, `doc` and `example`, and override what differs.
+
+    Register a subclass with `@register` (built-ins and plugins alike); `OPS[name]` then holds
+    one instance, which is stateless: every method receives the validated parameters `p` (an
+    instance of `Params`) and the input shape without the batch.
+    """
+
+    name: ClassVar[str]  # the key in a spec: `- name` or `- name: {params}`
+    doc: ClassVar[str]  # one line, lower-case start: "2-D convolution (torch.nn.Conv2d)"
+    # The docs example: the input it is shown on ("C,H,W" or "F") and a YAML list of layers
+    # (checked by the docs generator, which prints the shapes it gives; its first parameter
+    # mapping is also the editor's completion example in the JSON Schema).
+    example: ClassVar[tuple[str, str]]
+    Params: ClassVar[type[Params]] = NoParams
+    color: ClassVar[str | None] = None  # graph fill colour; None: white, small type
+    # "relu": a ReLU-family nonlinearity — a network with one gets He initialisation for
+    # training, otherwise Glorot (backend/init.py).
+    init_family: ClassVar[str] = ""
+    # What the differential fuzzer may write for each parameter (tests/test_fuzz_differential.py):
+    # a required parameter is always drawn from its list, an optional one half the time. An op
+    # whose required parameters have no list here is not drawn.
+    fuzz: ClassVar[Fuzz] = {}
+    scales_with_width: ClassVar[bool] = False  # `width:` multiplies its `out`
+    # Output dtype under autocast: "keep" the input's, "lower" (runs in the 16-bit dtype, like
+    # conv and linear) or "float32" (an op autocast widens).
+    autocast: ClassVar[str] = "keep"
+
+    def infer(self, p: Any, shape: Shape) -> Inferred:
+        """Output shape, parameters, MACs and window; raise `Problem` for a bad combination."""
+        return Inferred(shape)
+
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        """Tensors kept for backward; `grad`: the input requires grad (a layer without
+        parameters whose input does not records nothing at all — the walker applies that)."""
+        return NOTHING
+
+    def build(self, p: Any, shape: Shape) -> Any:
+        """The torch module (import torch inside: `check` never calls this)."""
+        raise NotImplementedError
+
+    def describe(self, p: Any) -> str:
+        """Short label for tables and graphs: `conv 3x3/2`."""
+        return self.name
+
+
+OPS: dict[str, Op] = {}
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Add an op to `OPS` (a class decorator). Refuses a name that is taken or malformed, and an
+    op without its docs text or example."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(f"op name {name!r} must be lower-case letters, digits and _")
+    taken = OPS.get(name)
+    if taken is not None:
+        where = f"{type(taken).__module__}.{type(taken).__qualname__}"
+        raise ValueError(f"op `{name}` is already registered (by {where})")
+    for attr in ("doc", "example"):
+        if not getattr(cls, attr, None):
+            raise ValueError(f"op `{name}` needs `{attr}`")
+    OPS[name] = cls()
+    return cls
+
+
+def he_init(ops: Any) -> bool:
+    """Whether a network made of these op names trains from He initialisation (see Op)."""
+    return any(OPS[o].init_family == "relu" for o in ops if o in OPS)

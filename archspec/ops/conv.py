@@ -1,0 +1,130 @@
+"""Convolution."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from archspec.lang.errors import Problem
+from archspec.ops.base import (
+    MAX_CHANNELS,
+    MAX_KERNEL,
+    Fuzz,
+    Inferred,
+    IntOrPair,
+    Op,
+    Params,
+    Saved,
+    Shape,
+    Window,
+    check_pair,
+    collapse,
+    fmt,
+    need_image,
+    register,
+)
+from archspec.ops.shapes import pair, same_pad
+
+
+class ConvParams(Params):
+    out: int = Field(ge=1, le=MAX_CHANNELS, description="output channels")
+    k: IntOrPair = Field(description="kernel size: n, or [kh, kw] for rectangular kernels")
+    stride: IntOrPair = Field(1, description="stride")
+    pad: int | list[int] | Literal["same", "valid"] = Field(
+        0, description="zero padding per side, [ph, pw], `same` (stride 1 only) or `valid`"
+    )
+    dilation: IntOrPair = Field(1, description="dilation")
+    groups: int = Field(1, ge=1, le=MAX_CHANNELS, description="grouped convolution")
+    bias: bool = Field(True, description="learn an additive bias")
+
+
+@register
+class Conv(Op):
+    name = "conv"
+    doc = "2-D convolution (torch.nn.Conv2d)"
+    example = (
+        "3,32,32",
+        (
+            "- conv: {out: 16, k: 3, pad: 1}            # 3x3, same size\n"
+            "- conv: {out: 32, k: 3, stride: 2, pad: 1}  # halves the size\n"
+            "- conv: {out: 32, k: [1, 7], pad: [0, 3]}   # rectangular kernel\n"
+            "- conv: {out: 32, k: 3, pad: same, groups: 32, bias: false}  # depthwise"
+        ),
+    )
+    Params = ConvParams
+    color = "#cfe2f3"
+    fuzz: ClassVar[Fuzz] = {
+        "out": [1, 2, 4, 8],
+        "k": [1, 3, 5, [1, 3], [3, 1]],
+        "stride": [1, 2, [2, 1]],
+        "pad": [0, 1, [0, 1], "same", "valid"],
+        "dilation": [1, 2],
+        "groups": [1],
+        "bias": [True, False],
+    }
+    scales_with_width = True
+    autocast = "lower"
+
+    def geometry(self, p: ConvParams) -> tuple[tuple[int, int], ...]:
+        k = check_pair("k", p.k, 1, MAX_KERNEL)
+        s = check_pair("stride", p.stride, 1, MAX_KERNEL)
+        d = check_pair("dilation", p.dilation, 1, MAX_KERNEL)
+        if p.pad == "same":
+            if s != (1, 1):
+                raise Problem(
+                    "E-PAD-SAME",
+                    f"`pad: same` needs stride 1, got stride {p.stride}",
+                    "PyTorch only supports padding='same' at stride 1; give the padding as numbers",
+                )
+            pads = (same_pad(k[0], d[0]), same_pad(k[1], d[1]))
+            pad = (pads[0][0] + pads[0][1], pads[1][0] + pads[1][1])  # total per axis
+            return k, s, d, pad
+        pv = 0 if p.pad == "valid" else p.pad
+        ph, pw = check_pair("pad", pv, 0, MAX_KERNEL)  # type: ignore[arg-type]
+        return k, s, d, (2 * ph, 2 * pw)
+
+    def infer(self, p: ConvParams, shape: Shape) -> Inferred:
+        c, h, w = need_image("conv", shape)
+        k, s, d, pad2 = self.geometry(p)
+        if c % p.groups or p.out % p.groups:
+            raise Problem(
+                "E-GROUPS",
+                f"groups={p.groups} must divide both input channels ({c}) and out ({p.out})",
+                f"use a groups value that divides {c} and {p.out}",
+            )
+        hw = tuple(
+            (size + pad2[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, size in enumerate((h, w))
+        )
+        if min(hw) <= 0:
+            raise collapse(
+                "conv",
+                f"k={fmt(k)} s={fmt(s)}",
+                shape,
+                hw,
+                "use a larger --input, a smaller kernel or more padding",
+            )
+        per_out = (c // p.groups) * k[0] * k[1]
+        params = p.out * per_out + (p.out if p.bias else 0)
+        macs = p.out * hw[0] * hw[1] * per_out
+        return Inferred((p.out, hw[0], hw[1]), params, macs, Window(k, s, d))
+
+    def saved(self, p: ConvParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # ConvolutionBackward keeps input and weight (for grad_weight even if the input needs none)
+        k = pair(p.k)
+        return Saved(input=True, weight=p.out * (shape[0] // p.groups) * k[0] * k[1])
+
+    def build(self, p: ConvParams, shape: Shape) -> Any:
+        from torch import nn
+
+        k, s, d, _ = self.geometry(p)
+        pad = p.pad if isinstance(p.pad, str) else pair(p.pad)
+        return nn.Conv2d(shape[0], p.out, k, s, pad, d, p.groups, p.bias)
+
+    def describe(self, p: ConvParams) -> str:
+        k = pair(p.k)
+        s = pair(p.stride)
+        label = f"conv {k[0]}x{k[1]}"
+        if s != (1, 1):
+            label += f"/{s[0]}" if s[0] == s[1] else f"/{s[0]}x{s[1]}"
+        return label + (f" g{p.groups}" if p.groups > 1 else "")

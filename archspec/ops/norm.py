@@ -1,0 +1,117 @@
+"""Normalisation and regularisation: batch norm, local response norm, dropout."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from archspec.ops.base import (
+    MAX_CHANNELS,
+    Extra,
+    Fuzz,
+    Inferred,
+    Op,
+    Params,
+    Saved,
+    Shape,
+    need_image,
+    numel,
+    register,
+)
+
+
+class BatchNormParams(Params):
+    eps: float = Field(1e-5, gt=0, lt=1, description="added to the variance")
+    momentum: float = Field(0.1, ge=0, le=1, description="running-statistics momentum")
+    affine: bool = Field(True, description="learn a scale and shift")
+
+
+@register
+class BatchNorm(Op):
+    name = "bn"
+    doc = "batch normalisation over channels (BatchNorm2d on images, BatchNorm1d on features)"
+    example = ("16,8,8", "- bn\n- bn: {eps: 0.001, momentum: 0.01}")
+    Params = BatchNormParams
+    color = "#fff2cc"
+    fuzz: ClassVar[Fuzz] = {"affine": [False], "eps": [0.001]}
+
+    def infer(self, p: BatchNormParams, shape: Shape) -> Inferred:
+        return Inferred(shape, 2 * shape[0] if p.affine else 0)
+
+    def saved(self, p: BatchNormParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # native/cudnn batch_norm keep the input and the batch mean and inverse std (float32)
+        return Saved(input=True, extra=(Extra("stats", 2 * shape[0], "float32", per_sample=False),))
+
+    def build(self, p: BatchNormParams, shape: Shape) -> Any:
+        from torch import nn
+
+        cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        return cls(shape[0], eps=p.eps, momentum=p.momentum, affine=p.affine)
+
+
+class LrnParams(Params):
+    size: int = Field(ge=1, le=MAX_CHANNELS, description="channels in the normalisation window")
+    alpha: float = Field(1e-4, description="scale")
+    beta: float = Field(0.75, description="exponent")
+    k: float = Field(1.0, description="additive constant")
+
+
+@register
+class LocalResponseNorm(Op):
+    name = "lrn"
+    doc = "local response normalisation across channels (torch.nn.LocalResponseNorm)"
+    example = ("96,27,27", "- lrn: {size: 5, alpha: 0.0001, beta: 0.75, k: 2.0}")
+    Params = LrnParams
+    color = "#fff2cc"
+    fuzz: ClassVar[Fuzz] = {"size": [1, 2, 3, 4]}
+    autocast = "float32"  # its pow runs in float32 under autocast, and so does what follows
+
+    def infer(self, p: LrnParams, shape: Shape) -> Inferred:
+        need_image("lrn", shape)
+        return Inferred(shape)
+
+    def saved(self, p: LrnParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # F.local_response_norm is composite: x*x keeps x; avg_pool3d keeps the channel-padded
+        # square (C + size - 1 channels); pow keeps its base and result; x / div keeps x and div.
+        c, h, w = shape
+        return Saved(
+            input=True,
+            extra=(
+                Extra("padded square", (c + p.size - 1) * h * w, "wide"),
+                Extra("pow base", c * h * w, "wide"),
+                Extra("pow result", c * h * w, "wide"),
+            ),
+        )
+
+    def build(self, p: LrnParams, shape: Shape) -> Any:
+        from torch import nn
+
+        return nn.LocalResponseNorm(p.size, p.alpha, p.beta, p.k)
+
+
+class DropoutParams(Params):
+    p: float = Field(0.5, ge=0, le=1, description="probability of zeroing an element")
+    inplace: bool = Field(False, description="overwrite the input")
+
+
+@register
+class Dropout(Op):
+    name = "dropout"
+    doc = "dropout (torch.nn.Dropout)"
+    example = ("256", "- dropout: {p: 0.3}")
+    Params = DropoutParams
+    color = "#eeeeee"
+
+    def saved(self, p: DropoutParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        if p.p == 0:
+            return Saved(alias=True)  # returns its input untouched
+        if p.p == 1:
+            return Saved(extra=(Extra("zero", 1, per_sample=False),), alias=p.inplace)  # x * 0
+        # CPU: x * (bernoulli mask / (1 - p)) keeps the scaled mask; CUDA's fused kernel a bool mask
+        return Saved(extra=(Extra("mask", numel(shape), "mask"),), alias=p.inplace)
+
+    def build(self, p: DropoutParams, shape: Shape) -> Any:
+        from torch import nn
+
+        return nn.Dropout(p.p, p.inplace)
