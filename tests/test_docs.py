@@ -82,7 +82,7 @@ def test_generated_reference_matches_the_code(page: str, name: str) -> None:
     found = ref.region(text, name)
     assert found is not None, f"docs/{page} lacks the generated region `{name}`"
     assert found == ref.GENERATED[page][name](), (
-        f"docs/{page} region `{name}` is stale: run `python tests/docs_reference.py`"
+        f"docs/{page} region `{name}` is stale: run `python -m archspec.analysis.docs --write`"
     )
 
 

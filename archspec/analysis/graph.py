@@ -22,23 +22,6 @@ INSTALL_HINT = (
     "install Graphviz (`apt-get install graphviz`, `brew install graphviz` or "
     "`conda install graphviz`), or write DOT text with `-o FILE.dot`"
 )
-# Fill colours by op family: the eye finds convolutions, pools and dense layers at a glance.
-COLORS = {
-    "conv": "#cfe2f3",
-    "linear": "#f9cb9c",
-    "maxpool": "#d9ead3",
-    "avgpool": "#d9ead3",
-    "adaptive_avgpool": "#d9ead3",
-    "adaptive_maxpool": "#d9ead3",
-    "gap": "#d9ead3",
-    "gmp": "#d9ead3",
-    "bn": "#fff2cc",
-    "lrn": "#fff2cc",
-    "dropout": "#eeeeee",
-    "flatten": "#eeeeee",
-}
-
-
 class GraphvizMissing(RuntimeError):
     """`dot` is not installed, so only DOT text can be written."""
 
@@ -118,11 +101,14 @@ class _Writer:
         op = OPS.get(node.op)
         desc = op.describe(node.params) if op is not None and node.params is not None else node.op
         shape = fmt(node.out_shape) if node.out_shape else "?"
-        light = node.op not in COLORS
+        # Fill colours by op family (Op.color): the eye finds convolutions, pools and dense
+        # layers at a glance; the others are white, in smaller type.
+        color = op.color if op is not None else None
+        light = color is None
         nid = self.node(
             f"{desc}\n{shape}",
             tooltip=node.path,
-            fillcolor=COLORS.get(node.op, "#ffffff"),
+            fillcolor=color or "#ffffff",
             **({"fontsize": "10"} if light else {}),
         )
         self.edges(preds, nid)

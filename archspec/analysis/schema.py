@@ -2,7 +2,7 @@
 
 The top level comes from `SpecModel`; the recursive layer grammar, which `lower.py` validates
 by hand, is written here from the same registries: one definition per op (its pydantic
-`Params` schema), the combinators, the repeat form and template calls. Template names are the
+`Params` schema, doc line and example), the combinators, the repeat form and template calls. Template names are the
 user's own, so any single-key mapping whose key is not an op, a combinator or a repeat key is
 a template call; an op key keeps its strict parameter schema, so `conv: {ot: 3}` still fails.
 """
@@ -22,21 +22,8 @@ DRAFT = "http://json-schema.org/draft-07/schema#"
 REF_ITEM = {"$ref": "#/$defs/item"}
 EXPR = {"$ref": "#/$defs/expr"}
 
-# Examples shown by editors: one whole layer per op (a mapping body), and one per parameter
-# where a default alone says little.
-OP_EXAMPLES: dict[str, dict[str, Any]] = {
-    "conv": {"out": 64, "k": 3, "stride": 1, "pad": 1},
-    "maxpool": {"k": 3, "stride": 2, "pad": 1},
-    "avgpool": {"k": 2, "stride": 2},
-    "adaptive_avgpool": {"out": 6},
-    "adaptive_maxpool": {"out": [7, 7]},
-    "linear": {"out": "$num_classes"},
-    "bn": {"eps": 0.001},
-    "lrn": {"size": 5, "alpha": 0.0001, "beta": 0.75, "k": 2.0},
-    "dropout": {"p": 0.5},
-    "relu": {"inplace": True},
-    "leaky_relu": {"slope": 0.2},
-}
+# Examples shown by editors: each op's own docs example gives one whole layer (Op.example), and
+# these one value per parameter where a default alone says little.
 PARAM_EXAMPLES: dict[str, list[Any]] = {
     "out": [64, "$c * 4", "$in.c // 2"],
     "k": [3, [1, 7]],
@@ -130,9 +117,22 @@ def _op_def(name: str) -> dict[str, Any]:
     }
     if params.get("required"):
         out["required"] = params["required"]
-    if name in OP_EXAMPLES:
-        out["examples"] = [OP_EXAMPLES[name]]
+    example = _example_params(op.example[1])
+    if example:
+        out["examples"] = [example]
     return out
+
+
+def _example_params(layers: str) -> dict[str, Any] | None:
+    """The first parameter mapping of an op's docs example (`- conv: {out: 16, k: 3}`)."""
+    from ruamel.yaml import YAML
+
+    for item in YAML(typ="safe").load(layers) or []:
+        if isinstance(item, dict):
+            body = next(iter(item.values()))
+            if isinstance(body, dict) and body:
+                return body
+    return None
 
 
 def _defaults_of(name: str, op_def: dict[str, Any]) -> dict[str, Any]:

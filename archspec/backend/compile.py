@@ -46,6 +46,7 @@ class ArchNet(nn.Sequential):
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.aux_heads: tuple[str, ...] = ()  # names of the auxiliary-head stages, in order
+        self.op_names: tuple[str, ...] = ()  # the ops it is made of
 
 
 class Block(nn.Module):
@@ -116,10 +117,10 @@ class _nullcontext:
 def compile_network(net: Network) -> ArchNet:
     stages = OrderedDict((child.name, module_for(child)) for child in net.root.children)
     heads = tuple(child.name for child in net.root.children if child.kind == AUX)
-    if not heads:
-        return ArchNet(stages, net.name, net.input, net.num_classes)
-    model = _net_class(net.root)(stages, net.name, net.input, net.num_classes)
+    cls = _net_class(net.root) if heads else ArchNet
+    model = cls(stages, net.name, net.input, net.num_classes)
     model.aux_heads = heads
+    model.op_names = tuple(sorted({n.op for n in net.layers}))  # for the training init
     return model
 
 

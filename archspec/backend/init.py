@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from archspec.ops import he_init
+
 
 def init_weights(model: nn.Module) -> None:
-    """Glorot for sigmoid/tanh nets, He (fan-out) for nets with ReLU-family activations;
-    zero biases, BatchNorm at identity."""
-    relu = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
-    he = any(isinstance(m, relu) for m in model.modules())
+    """Glorot for sigmoid/tanh nets, He (fan-out) for nets with ReLU-family activations (the
+    ops whose `init_family` is "relu", listed by the compiler in `model.op_names`); zero biases,
+    BatchNorm at identity."""
+    he = he_init(getattr(model, "op_names", ()))
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             if he and isinstance(m, nn.Conv2d):

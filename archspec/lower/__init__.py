@@ -80,6 +80,7 @@ RESERVED = {
     "insert",
     "pop",
     "aux_heads",
+    "op_names",
 }
 TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "any": object}
 
