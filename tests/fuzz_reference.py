@@ -1,10 +1,11 @@
 """An independent reading of the spec language in plain torch, for the differential fuzzer.
 
 `TorchRef` walks spec *data* (the dict a test wrote to YAML) and runs a real tensor through
-torch modules it creates on the fly, sized from the tensor it receives — no archspec code is
+torch modules it creates on the fly, sized from the tensor it receives — no archspec shape code is
 involved, so where archspec's checker and torch disagree, one of them shows it. It records
 every leaf layer it ran (op, output shape without the batch, parameter count) in forward order,
-the same order as `Report.layer_rows()`.
+the same order as `Report.layer_rows()`. Ops whose torch module depends on archspec's geometry
+(conv, pools, linear, bn, ...) are written out here; the pointwise rest use the op's own `build`.
 
 A torch failure surfaces as the exception torch raised. Where archspec documents a rule
 stricter than torch (docs/checker-rules.md) — torch would broadcast an `add`, apply `linear` to
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from archspec.ops import OPS
 
 TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 
@@ -176,18 +179,10 @@ class TorchRef:
             return nn.LocalResponseNorm(p["size"]), one
         if op == "dropout":
             return nn.Dropout(p.get("p", 0.5)).eval(), one
-        simple = {
-            "relu": nn.ReLU,
-            "relu6": nn.ReLU6,
-            "silu": nn.SiLU,
-            "hardswish": nn.Hardswish,
-            "sigmoid": nn.Sigmoid,
-            "tanh": nn.Tanh,
-            "gelu": nn.GELU,
-            "identity": nn.Identity,
-            "leaky_relu": nn.LeakyReLU,
-        }
-        return simple[op](), one
+        # Any other op (activations, identity, one added later): the module its own definition
+        # builds. Torch still runs it on the real tensor, so the shape recorded is torch's.
+        entry = OPS[op]
+        return entry.build(entry.Params.model_validate(p), tuple(x.shape[1:])).eval(), one
 
     # ------------------------------------------------------------------ combinators
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from torch_compare import forward_with_hooks
 
 import archspec
+from archspec.ops import OPS
 
 CI_EXAMPLES = 500
 LONG_EXAMPLES = 10_000
@@ -116,6 +117,33 @@ def pool(draw) -> dict:
     return {op: body}
 
 
+# Ops with a hand-written strategy above (richer than their `Op.fuzz` values: expressions,
+# `$s`); `flatten` is also drawn as `flatten, linear`. Every other registered op is drawn from
+# the values its own definition lists (archspec/ops/base.py, `Op.fuzz`).
+HAND_WRITTEN = {"conv", "maxpool", "avgpool", "flatten"}
+
+
+def drawable(name: str) -> bool:
+    """The fuzzer can write the op: its definition lists values for every required parameter."""
+    op = OPS[name]
+    required = {f for f, info in op.Params.model_fields.items() if info.is_required()}
+    return required <= set(op.fuzz)
+
+
+REGISTRY_OPS = [n for n in OPS if n not in HAND_WRITTEN and drawable(n)]
+
+
+@st.composite
+def from_registry(draw, name: str) -> object:
+    op = OPS[name]
+    body = {
+        p: draw(st.sampled_from(values))
+        for p, values in op.fuzz.items()
+        if op.Params.model_fields[p].is_required() or draw(st.booleans())
+    }
+    return {name: body} if body else name
+
+
 @st.composite
 def leaf(draw, params: tuple[str, ...] = ()) -> object:
     kind = draw(st.integers(0, 19))
@@ -124,40 +152,11 @@ def leaf(draw, params: tuple[str, ...] = ()) -> object:
     elif kind < 10:
         item = draw(pool())
     elif kind == 10:
-        item = {
-            draw(st.sampled_from(["adaptive_avgpool", "adaptive_maxpool"])): {
-                "out": draw(int_or_pair(1, 4))
-            }
-        }
-    elif kind == 11:
-        item = draw(st.sampled_from(["gap", "gmp"]))
-    elif kind == 12:
         return draw(
             st.sampled_from(["flatten", ["flatten", {"linear": {"out": draw(st.integers(1, 6))}}]])
         )
-    elif kind == 13:
-        item = {"linear": {"out": draw(st.integers(1, 6)), "bias": draw(st.booleans())}}
-    elif kind == 14:
-        item = {"lrn": {"size": draw(st.integers(1, 4))}}
-    elif kind in (15, 16):
-        item = draw(st.sampled_from(["bn", {"bn": {"affine": False}}, {"bn": {"eps": 0.001}}]))
     else:
-        item = draw(
-            st.sampled_from(
-                [
-                    "relu",
-                    "sigmoid",
-                    "tanh",
-                    "gelu",
-                    "identity",
-                    "dropout",
-                    "silu",
-                    "relu6",
-                    "hardswish",
-                    {"leaky_relu": {"slope": 0.2}},
-                ]
-            )
-        )
+        item = draw(from_registry(draw(st.sampled_from(REGISTRY_OPS))))
     if isinstance(item, dict) and draw(st.integers(0, 7)) == 0:
         (head,) = item
         item = {head: dict(item[head], name=draw(names))}
@@ -426,6 +425,11 @@ def differential(spec: dict, workdir: Path) -> str:
         if n < len(got) and ref.failed_in_layer:
             assert got[n] is None, "torch failed at a layer check inferred" + where
     return "rejected" if isinstance(torch_error, TORCH_ERRORS) else "stricter"
+
+
+def test_the_fuzzer_writes_every_registered_op():
+    undrawn = sorted(set(OPS) - HAND_WRITTEN - set(REGISTRY_OPS))
+    assert not undrawn, f"give these ops `fuzz` values for their required parameters: {undrawn}"
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")

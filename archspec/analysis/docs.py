@@ -153,6 +153,7 @@ def top_level_reference() -> str:
             "input": "[C, H, W] or [F]",
             "num_classes": "int",
             "width": "float",
+            "plugins": "list of module names",
         }.get(key, "mapping")
         rng = _range(f.metadata)
         if f.is_required():

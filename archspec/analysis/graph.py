@@ -22,6 +22,8 @@ INSTALL_HINT = (
     "install Graphviz (`apt-get install graphviz`, `brew install graphviz` or "
     "`conda install graphviz`), or write DOT text with `-o FILE.dot`"
 )
+
+
 class GraphvizMissing(RuntimeError):
     """`dot` is not installed, so only DOT text can be written."""
 

@@ -37,6 +37,7 @@ PARAM_EXAMPLES: dict[str, list[Any]] = {
 TOP_EXAMPLES: dict[str, list[Any]] = {
     "name": ["resnet18"],
     "description": ["ResNet-18 for 96x96 Fashion-MNIST"],
+    "plugins": [["my_pkg.my_ops"]],
     "input": [[3, 224, 224], [1, 28, 28], [784]],
     "num_classes": [10, 1000],
     "width": [0.25, 1.0],

@@ -32,14 +32,26 @@ from archspec.cli.common import (
     type=click.Path(dir_okay=False, writable=True),
     help="write the schema to this file instead of printing it",
 )
-def schema_cmd(output: str | None) -> None:
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="import this plugin module first, so its ops are in the schema (repeatable)",
+)
+def schema_cmd(output: str | None, plugins: tuple[str, ...]) -> None:
     """Print the JSON Schema of the spec format (for editors and `jsonschema`).
 
     Put `# yaml-language-server: $schema=PATH/archspec.schema.json` on a spec's first line and
-    VS Code (YAML extension) completes and validates it while you type.
+    VS Code (YAML extension) completes and validates it while you type. Ops of installed plugins
+    (the `archspec.plugins` entry points) and of each `--plugin` module are included.
     """
     from archspec.analysis.schema import schema_text
+    from archspec.plugins import entry_point_problems, import_plugin
 
+    for problem in [*entry_point_problems(), *map(import_plugin, plugins)]:
+        if problem is not None:
+            _fail(problem.message, problem.help)
     text = schema_text()
     if output is None:
         click.echo(text, nl=False)

@@ -24,6 +24,11 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(description="network name", min_length=1, max_length=200)
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules to import first, which register ops of their own "
+        "(by module name, e.g. my_pkg.my_ops; see docs/plugins.md)",
+    )
     description: str | None = Field(None, description="free text shown by `archspec list`")
     input: list[int] = Field(
         description="input shape without the batch: [C, H, W] for images, [F] for features",

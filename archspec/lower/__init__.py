@@ -23,6 +23,7 @@ from archspec.lang.expr import evaluate, is_expression
 from archspec.lang.source import LMap, LSeq, Source, loc_of, merge, to_plain
 from archspec.lang.spec import SpecModel, pydantic_errors
 from archspec.ops import OPS, Shape, Window, fmt
+from archspec.plugins import load_plugins
 
 COMBINATORS = ("parallel", "residual", "dense", "seq", "aux")
 REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
@@ -1191,6 +1192,7 @@ def lower(
             )
             return None
         doc = merge(root, overlay)
+    plugins_ok = load_plugins(doc, root.loc, out)  # before anything looks an op up
     plain = to_plain(doc)
     if input_shape is not None:
         plain["input"] = list(input_shape)
@@ -1200,6 +1202,8 @@ def lower(
         spec = SpecModel.model_validate(plain)
     except ValidationError as exc:
         pydantic_errors(exc, doc, root.loc, out, what="the spec", known_keys=SpecModel.model_fields)
+        return None
+    if not plugins_ok:  # the layers would be unknown ops: the E-PLUGIN errors say it all
         return None
     if any(d < 1 or d > (1 << 16) for d in spec.input) or len(spec.input) == 2:
         out.add(

@@ -1,0 +1,106 @@
+"""Plugins: the user's own modules, registering ops (or combinators) with the public API the
+built-ins use (`archspec.ops.register`; docs/plugins.md).
+
+A spec names them in a top-level `plugins: [my_pkg.my_ops]` list, and installed packages may
+advertise modules under the `archspec.plugins` entry-point group. Each is imported by module
+name, if importable — a spec never runs a file path. Importing one must not import torch: its
+shape rule is plain Python and its torch module is built in `build`. A missing plugin, one that
+raises on import, or an entry that is not a dotted module name is `E-PLUGIN`, located at its
+entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import traceback
+from typing import Any
+
+from archspec.lang.errors import Collector, Loc, Problem
+from archspec.lang.source import loc_of
+from archspec.ops import OPS
+
+GROUP = "archspec.plugins"
+MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_entry_points: list[Problem] | None = None  # loaded once per process: their problems
+
+
+def import_plugin(name: str) -> Problem | None:
+    """Import one plugin module by name; the problem if it is not a module name, missing or
+    fails. A failed import leaves no half-registered ops behind."""
+    if not MODULE.match(name):
+        return Problem(
+            "E-PLUGIN",
+            f"plugin `{name}` is not a module name",
+            "name an importable module, like `my_pkg.my_ops`; a spec never runs a file by path",
+        )
+    return _guarded(name, lambda: importlib.import_module(name))
+
+
+def _guarded(name: str, load: Any) -> Problem | None:
+    before = set(OPS)
+    try:
+        load()
+    except ModuleNotFoundError as e:
+        _forget(before)
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            return Problem(
+                "E-PLUGIN",
+                f"plugin `{name}` is not installed: no module named `{e.name}`",
+                "install the package that provides it, or put its folder on PYTHONPATH",
+            )
+        return _failed(name, e)
+    except (Exception, SystemExit) as e:  # noqa: BLE001  # a plugin may raise anything
+        _forget(before)
+        return _failed(name, e)
+    return None
+
+
+def _forget(before: set[str]) -> None:
+    for op in set(OPS) - before:
+        del OPS[op]
+
+
+def _failed(name: str, e: BaseException) -> Problem:
+    if isinstance(e, SyntaxError) and e.filename:
+        where = f"{e.filename}:{e.lineno}"
+    else:
+        frames = traceback.extract_tb(e.__traceback__)
+        frame = frames[-1] if frames else None
+        where = f"{frame.filename}:{frame.lineno}" if frame else "its import"
+    return Problem(
+        "E-PLUGIN",
+        f"plugin `{name}` failed on import: {type(e).__name__}: {e}",
+        f"the error is raised at {where}",
+    )
+
+
+def entry_point_problems() -> list[Problem]:
+    """Import the modules installed packages advertise under `archspec.plugins` (once)."""
+    global _entry_points
+    if _entry_points is None:
+        from importlib.metadata import entry_points
+
+        _entry_points = []
+        for ep in entry_points(group=GROUP):
+            problem = _guarded(ep.value.split(":")[0], ep.load)
+            if problem is not None:
+                problem.message = f"entry point `{ep.name}` ({GROUP}): {problem.message}"
+                _entry_points.append(problem)
+    return _entry_points
+
+
+def load_plugins(doc: Any, fallback: Loc, out: Collector) -> bool:
+    """Import the entry-point plugins and those the spec's `plugins:` names, reporting each
+    failure at its entry (an entry point's at the top of the spec). False if any failed."""
+    problems = [(fallback, p) for p in entry_point_problems()]
+    entries = doc.get("plugins") if isinstance(doc, dict) else None
+    if isinstance(entries, list):  # a wrong type is the spec model's E-TYPE
+        for i, name in enumerate(entries):
+            if isinstance(name, str):
+                problem = import_plugin(name)
+                if problem is not None:
+                    problems.append((loc_of(entries, i, fallback), problem))
+    for loc, problem in problems:
+        out.problem(loc, problem)
+    return not problems
