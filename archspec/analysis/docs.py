@@ -159,7 +159,7 @@ def top_level_reference() -> str:
         if f.is_required():
             default = "required"
         elif f.default_factory is not None:
-            default = "`{}`"
+            default = f"`{_yaml(f.default_factory())}`"  # type: ignore[call-arg]
         else:
             default = f"`{_yaml(f.default)}`"
         out.append(

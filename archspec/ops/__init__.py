@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from archspec.lang.errors import Problem
 from archspec.ops.base import (
     MAX_CHANNELS,
     MAX_KERNEL,
@@ -45,6 +46,7 @@ __all__ = [
     "Op",
     "Params",
     "PosInt",
+    "Problem",
     "Saved",
     "Shape",
     "Window",
