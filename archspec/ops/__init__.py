@@ -9,55 +9,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from archspec.lang.errors import Problem
-from archspec.ops.base import (
-    MAX_CHANNELS,
-    MAX_KERNEL,
-    NOTHING,
-    OPS,
-    Extra,
-    Inferred,
-    IntOrPair,
-    NoParams,
-    Op,
-    Params,
-    PosInt,
-    Saved,
-    Shape,
-    Window,
-    check_pair,
-    collapse,
-    fmt,
-    he_init,
-    need_image,
-    numel,
-    register,
-)
-
-__all__ = [
-    "MAX_CHANNELS",
-    "MAX_KERNEL",
-    "NOTHING",
-    "OPS",
-    "Extra",
-    "Inferred",
-    "IntOrPair",
-    "NoParams",
-    "Op",
-    "Params",
-    "PosInt",
-    "Problem",
-    "Saved",
-    "Shape",
-    "Window",
-    "check_pair",
-    "collapse",
-    "fmt",
-    "he_init",
-    "need_image",
-    "numel",
-    "register",
-]
+from archspec.ops.base import *  # the public names: base.__all__
+from archspec.ops.base import __all__ as __all__
 
 FAMILIES = ("conv", "pool", "linear", "norm", "activation")  # registered in this order
 for _family in FAMILIES:

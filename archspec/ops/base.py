@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from archspec.lang.errors import Problem
 from archspec.ops.shapes import pair
 
+# Re-exported by archspec.ops: the API built-in ops and plugins use.
+__all__ = ["OPS", "Fuzz", "NoParams", "Op", "Params", "Problem", "he_init", "register"]
+__all__ += ["NOTHING", "Extra", "Inferred", "IntOrPair", "PosInt", "Saved", "Shape", "Window"]
+__all__ += ["MAX_CHANNELS", "MAX_KERNEL", "check_pair", "collapse", "fmt", "need_image", "numel"]
+
 Shape = tuple[int, ...]
 MAX_CHANNELS = 1 << 20
 MAX_KERNEL = 1 << 14
