@@ -51,7 +51,7 @@ def schema_cmd(output: str | None, plugins: tuple[str, ...]) -> None:
 
     for problem in [*entry_point_problems(), *map(import_plugin, plugins)]:
         if problem is not None:
-            _fail(problem.message, problem.help)
+            fail(problem.message, problem.help)
     text = schema_text()
     if output is None:
         click.echo(text, nl=False)
