@@ -3,6 +3,7 @@ over stdio, and what it gets is compared with what `archspec check` says of the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -235,3 +236,40 @@ def _apply(text: str, edits: list[lsp.TextEdit]) -> str:
             ln[: e.range.start.character] + e.new_text + ln[e.range.end.character :]
         )
     return "\n".join(lines)
+
+
+# Eight thousand layers: a check of a second or so, run while other requests come in.
+HUGE = """\
+name: huge
+input: [4, 8, 8]
+templates:
+  unit:
+    body: [conv: {out: 4, k: 3, pad: 1}, bn, relu, conv: {out: 4, k: 1}, bn, relu, identity]
+stages:
+  a: {repeat: 400, use: unit}
+  b: {repeat: 400, use: unit}
+  c: {repeat: 400, use: unit}
+"""
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_long_check_blocks_no_request(client: LanguageClient, tmp_path):
+    small = await open_doc(client, tmp_path / "small.yaml", FIXED)
+    huge = (tmp_path / "huge.yaml").as_uri()
+    client.text_document_did_open(
+        lsp.DidOpenTextDocumentParams(lsp.TextDocumentItem(huge, "yaml", 1, HUGE))
+    )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    got = await client.text_document_hover_async(
+        lsp.HoverParams(lsp.TextDocumentIdentifier(small), position_of(FIXED, "conv: {out: 16"))
+    )
+    assert "16x32x32" in got.contents.value
+    await client.text_document_hover_async(  # the huge one: answered from what is known
+        lsp.HoverParams(lsp.TextDocumentIdentifier(huge), lsp.Position(7, 4))
+    )
+    assert loop.time() - start < 1.0
+    client.diagnostics.pop(huge, None)
+    while huge not in client.diagnostics:
+        await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+    assert list(client.diagnostics[huge]) == []

@@ -232,3 +232,24 @@ def test_a_diagnostic_spans_its_node():
     assert isinstance(analysis.source.root, LMap) and isinstance(
         analysis.source.root["stages"]["a"], LSeq
     )
+
+
+def test_expression_results_are_kept_per_value_and_type():
+    """evaluate keeps scalar results (the re-check evaluates a template's expressions at every
+    use): the same text over a value of another type or size is evaluated again."""
+    from archspec.lang.errors import Problem
+    from archspec.lang.expr import Shape, evaluate
+
+    assert evaluate("$a * 2", {"a": 3}) == 6
+    assert evaluate("$a * 2", {"a": 3}) == 6
+    assert evaluate("$a * 2", {"a": 4}) == 8
+    got = evaluate("$a * 2", {"a": 3.0})
+    assert got == 6.0 and isinstance(got, float)
+    with pytest.raises(Problem, match="expected a number"):
+        evaluate("$a * 2", {"a": True})  # True == 1, but a boolean is no number here
+    assert evaluate("$in.c // 2", {"in": Shape((64, 8, 8))}) == 32
+    assert evaluate("$in.c // 2", {"in": Shape((32, 8, 8))}) == 16
+    with pytest.raises(Problem, match="unknown name"):
+        evaluate("$in.c // 2", {})
+    assert evaluate("$l[1] + 1", {"l": [1, 2]}) == 3
+    assert evaluate("$l[1] + 1", {"l": [1, 5]}) == 6  # lists are not kept: read again

@@ -69,8 +69,38 @@ def is_expression(value: Any) -> bool:
     return isinstance(value, str) and "$" in value
 
 
+_MEMO: dict[tuple, Any] = {}  # (text, the values it reads) -> a number or string it gave
+_SCALARS = (int, float, bool, str, type(None))
+
+
 def evaluate(text: str, env: Mapping[str, Any]) -> Any:
-    """Evaluate one expression string. Raises Problem with an E-EXPR-* code."""
+    """Evaluate one expression string. Raises Problem with an E-EXPR-* code.
+
+    Pure: the same text over the same values gives the same result, so a scalar result is kept
+    (a template's expressions are evaluated again at each use, mostly with the same values)."""
+    key: tuple | None = (text,)
+    for name in _VAR.findall(text):
+        v = env.get(name, _MEMO)
+        if isinstance(v, _SCALARS):
+            key += (name, type(v), v)  # type: ignore[operator]  # 1, 1.0 and True differ
+        elif isinstance(v, Shape):
+            key += (name, Shape, v.dims)  # type: ignore[operator]
+        else:  # a list, or unknown: not kept
+            key = None
+            break
+    if key is not None:
+        hit = _MEMO.get(key, _MEMO)
+        if hit is not _MEMO:
+            return hit
+    value = _evaluate(text, env)
+    if key is not None and isinstance(value, _SCALARS):
+        if len(_MEMO) > 10_000:
+            _MEMO.clear()
+        _MEMO[key] = value
+    return value
+
+
+def _evaluate(text: str, env: Mapping[str, Any]) -> Any:
     if len(text) > MAX_LEN:
         raise Problem("E-EXPR-SYNTAX", f"expression longer than {MAX_LEN} characters", None)
     stripped = text.strip()

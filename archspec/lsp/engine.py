@@ -45,7 +45,6 @@ _KEY_START = re.compile(r"[A-Za-z0-9_\"']")  # a line that starts a key of a blo
 _PARENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:[ \t]*(#.*)?")  # `stages:` alone on its line
 _OTHER_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _BOUND = min(MAX_YAML_NODES, MAX_NODES)
-_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -84,8 +83,8 @@ class Engine:
         input_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
     ) -> Analysis:
-        for cache in (self.pieces, self.maps, self.stages):
-            if len(cache) > _CACHE_SIZE:
+        for cache, most in ((self.pieces, 4096), (self.maps, 1024), (self.stages, 256)):
+            if len(cache) > most:  # a stage holds its nodes: a few hundred KB for resnet152's
                 cache.clear()
         data = text.encode("utf-8", "surrogatepass")
         seen: list[Source] = []
@@ -104,7 +103,12 @@ class Engine:
 
     def parse(self, text: str, name: str) -> Source:
         """`parse_text`, from cached pieces when the text allows it."""
-        root = self._from_pieces(text, name)
+        try:
+            root = self._from_pieces(text, name)
+        except SourceError:
+            raise  # the pre-scan of the whole text, which parse_text makes first too
+        except Exception:  # noqa: BLE001  # whatever the cut cannot handle: parse as usual
+            root = None
         if root is None:
             return parse_text(text, name)
         return Source(name, text, root=root, lines=text.splitlines())

@@ -22,11 +22,14 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 from pygls.workspace import ServerTextPosition, ServerTextRange, TextDocument
 
+from archspec.analysis.report import Report
+from archspec.lang.errors import Diagnostic, Loc
 from archspec.lsp import features as F
 from archspec.lsp.engine import Analysis, Engine
 
 log = logging.getLogger(__name__)
 
+STALE_AFTER = 0.5  # seconds a request waits for the check of the latest edit
 KINDS = {
     "op": lsp.CompletionItemKind.Function,
     "combinator": lsp.CompletionItemKind.Keyword,
@@ -90,21 +93,31 @@ class ArchspecServer(LanguageServer):
             doc.timer.cancel()
             doc.timer = None
         async with doc.lock:
-            try:
-                buffer = self.workspace.get_text_document(uri)
-            except Exception:  # noqa: BLE001  # closed meanwhile
-                return doc
+            buffer = self.workspace.get_text_document(uri)
             if doc.analysis is not None and doc.version == buffer.version:
                 return doc
             text, version = buffer.source, buffer.version
             path = to_fs_path(uri) or uri
             loop = asyncio.get_running_loop()
-            analysis = await loop.run_in_executor(self.pool, self.check, text, path)
+            try:
+                analysis = await loop.run_in_executor(self.pool, self.check, text, path)
+            except Exception as e:  # a bug in archspec: say so, keep serving
+                log.exception("checking %s failed", path)
+                report = Report(path, self.variant)
+                report.errors = [
+                    Diagnostic(
+                        Loc(path),
+                        "internal",
+                        f"internal error: {type(e).__name__}: {e}",
+                        "please report this with the spec that caused it",
+                    )
+                ]
+                analysis = Analysis(report, None)
             doc.analysis, doc.version = analysis, version
             doc.index = F.Index.build(analysis)
             if analysis.source is not None:
                 doc.good = analysis
-            if uri in self.docs:
+            if uri in self.workspace.text_documents:  # not closed meanwhile
                 self.publish(uri, buffer, analysis, version)
         return doc
 
@@ -144,7 +157,12 @@ class ArchspecServer(LanguageServer):
         )
 
     async def here(self, uri: str, pos: lsp.Position) -> Here:
-        doc = await self.refresh(uri)
+        """The request's document, analysed as its buffer is now, or, if that check runs for
+        more than half a second (a huge spec), as it was: a request never waits long."""
+        try:
+            doc = await asyncio.wait_for(asyncio.shield(self.refresh(uri)), STALE_AFTER)
+        except asyncio.TimeoutError:
+            doc = self.docs.setdefault(uri, Doc())
         buffer = self.workspace.get_text_document(uri)
         p = buffer.position_from_client_units(pos)
         return Here(doc, buffer, _lines(buffer), p.line, p.character)
