@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +125,9 @@ def check(
     input_shape: tuple[int, ...] | list[int] | None = None,
     num_classes: int | None = None,
 ) -> Report:
-    """Check a spec statically (never imports torch). Errors are in `report.errors`."""
+    """Check a spec statically (never imports torch). Errors are in `report.errors`; an
+    argument of the wrong type is a TypeError."""
+    _check_arguments(path, variant, input_shape, num_classes)
     return check_source(str(path), lambda: read_source(path), variant, input_shape, num_classes)
 
 
@@ -173,3 +177,28 @@ def check_source(
         out.add(Loc(name), "E-TOO-DEEP", "the spec nests too deeply to expand", None)
     report.errors = out.items
     return report
+
+
+def _check_arguments(
+    path: object, variant: object, input_shape: object, num_classes: object
+) -> None:
+    """The Python API's arguments, checked up front: a wrong type would otherwise fail deep
+    inside (difflib, pydantic) with a message about neither the argument nor the value."""
+
+    def wrong(name: str, want: str, value: object) -> TypeError:
+        return TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r:.60}")
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise wrong("path", "a str or a path", path)
+    if variant is not None and not isinstance(variant, str):
+        raise wrong("variant", "a str or None", variant)
+    if num_classes is not None and (
+        not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool)
+    ):
+        raise wrong("num_classes", "an int or None", num_classes)
+    if input_shape is not None and (
+        isinstance(input_shape, (str, bytes))
+        or not isinstance(input_shape, (tuple, list))
+        or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in input_shape)
+    ):
+        raise wrong("input_shape", "a tuple or list of ints (C, H, W)", input_shape)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -90,6 +91,17 @@ def export_onnx(
         "output_names": ["output"],
         "opset_version": opset,
     }
+    with _staged(path) as tmp:
+        _export_onnx_to(model, x, tmp, exporter, names)
+        seconds = time.perf_counter() - start
+        diff = verify_onnx(model, tmp, tolerance) if verify else None
+        size = tmp.stat().st_size
+    return ExportResult("onnx", str(path), exporter, diff, seconds, size)
+
+
+def _export_onnx_to(
+    model: nn.Module, x: torch.Tensor, path: Path, exporter: str, names: dict[str, Any]
+) -> None:
     try:
         with _quiet(), torch.no_grad():
             if exporter == "dynamo":
@@ -114,11 +126,13 @@ def export_onnx(
                 )
     except ExportError:
         raise
+    except OSError:
+        raise  # a failed write: `_staged` names the file
     except Exception as e:  # noqa: BLE001  # torch.onnx raises many kinds: one clear error
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):  # a failed write inside the exporter
+            raise cause from None
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {_first_line(e)}") from None
-    seconds = time.perf_counter() - start
-    diff = verify_onnx(model, path, tolerance) if verify else None
-    return ExportResult("onnx", str(path), exporter, diff, seconds, Path(path).stat().st_size)
 
 
 def verify_onnx(model: nn.Module, path: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> float:
@@ -154,18 +168,50 @@ def export_torchscript(
                 raise ExportError(
                     f"TorchScript export failed: {type(e).__name__}: {_first_line(e)}"
                 ) from None
-        torch.jit.save(compiled, str(path))
+        buffer = io.BytesIO()  # torch's C++ file writer aborts the process on a failed write
+        torch.jit.save(compiled, buffer)
+    data = buffer.getvalue()
     seconds = time.perf_counter() - start
     diff = None
     if verify:
         with _quiet():
-            loaded = torch.jit.load(str(path), map_location="cpu")
+            loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
         x = sample(model, CHECK_BATCH, seed=1)
         with torch.no_grad():
             diff = _compare(
                 "the reloaded TorchScript module", loaded(x).numpy(), model(x).numpy(), tolerance
             )
-    return ExportResult("torchscript", str(path), method, diff, seconds, Path(path).stat().st_size)
+    with _staged(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return ExportResult("torchscript", str(path), method, diff, seconds, len(data))
+
+
+@contextlib.contextmanager
+def _staged(path: str | Path) -> Iterator[Path]:
+    """Where an export is written and checked before it becomes ``path``: a temporary file
+    next to it, renamed over it only once the export is written and verified, so a failed
+    export (a full disk, an error, a file that does not verify) keeps the previous file
+    (`archspec.files.atomic_path`). A device or FIFO (``-o /dev/null``) is written directly.
+    A failed write is an ExportError naming ``path``."""
+    from archspec.files import atomic_path, write_bytes
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ExportError(
+            f"cannot write {path}: the directory {path.parent} does not exist",
+            "create it first, or pass -o with an existing folder",
+        )
+    try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            with tempfile.TemporaryDirectory() as folder:  # checked here, then copied in
+                tmp = Path(folder) / f"export{path.suffix}"
+                yield tmp
+                write_bytes(path, tmp.read_bytes())
+        else:
+            with atomic_path(path, suffix=path.suffix or ".tmp") as tmp:
+                yield tmp
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def export(model: nn.Module, path: str | Path, fmt: str, **options: Any) -> ExportResult:

@@ -8,10 +8,12 @@ errors, 2 a usage error (a missing or unreadable file, an unknown variant, a bad
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -113,13 +115,50 @@ def finite(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-def output_dir(path: str) -> None:
-    """Refuse (exit 2) an output file whose folder does not exist or is not a folder."""
-    parent = Path(path).parent
-    if not parent.exists():
-        fail(f"cannot write {path}: the directory {parent} does not exist")
-    if not parent.is_dir():
-        fail(f"cannot write {path}: {parent} is not a directory")
+def write_output(path: str, write: Callable[[Path], object]) -> None:
+    """Write a command's output file through ``write(tmp)`` atomically (`archspec.files`): the
+    previous file is kept if anything fails. A missing folder or a failed write is one line
+    naming the file, exit 2."""
+    from archspec.files import atomic_path
+
+    check_output_path(path)
+    try:
+        with atomic_path(path, suffix=Path(path).suffix or ".tmp") as tmp:
+            write(tmp)
+    except OSError as e:
+        fail(f"cannot write {path}: {e.strerror or e}", code=write_failure_code(e))
+
+
+# a path the user chose that cannot be written is a usage error; a full disk, an I/O error is not
+_PATH_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENAMETOOLONG,
+        errno.EROFS,
+        errno.ELOOP,
+    }
+)
+
+
+def write_failure_code(e: OSError) -> int:
+    return EXIT_USAGE if e.errno in _PATH_ERRNOS else EXIT_SPEC
+
+
+def check_output_path(path: str) -> None:
+    """Refuse (exit 2) an output file in a folder that does not exist, or that is a folder."""
+    target = Path(path)
+    try:
+        if target.is_dir():
+            fail(f"cannot write {path}: it is a directory")
+        if not target.parent.is_dir():
+            what = "does not exist" if not target.parent.exists() else "is not a directory"
+            fail(f"cannot write {path}: the directory {target.parent} {what}")
+    except OSError as e:  # a name too long, a loop of links
+        fail(f"cannot write {path}: {e.strerror or e}")
 
 
 MAX_CLASSES = 1 << 20

@@ -14,12 +14,14 @@ import click
 from archspec.cli.common import (
     EXIT_OK,
     EXIT_SPEC,
+    check_output_path,
     checked,
     fail,
     input_option,
     num_classes_option,
     parse_shape,
     variant_option,
+    write_output,
 )
 
 # --------------------------------------------------------------------------- schema
@@ -56,10 +58,7 @@ def schema_cmd(output: str | None, plugins: tuple[str, ...]) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    try:
-        Path(output).write_text(text, encoding="utf-8")
-    except OSError as e:
-        fail(f"cannot write {output}: {e.strerror or e}")
+    write_output(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     click.echo(f"wrote {output}", err=True)
 
 
@@ -91,12 +90,17 @@ def graph_cmd(spec: str, variant: str | None, input_shape: str | None, output: s
     if output is None:
         click.echo(dot, nl=False)
         return
-    try:
-        kind = graph.write(dot, output)
-    except graph.GraphvizMissing as e:
-        fail(str(e), graph.INSTALL_HINT)
-    except (RuntimeError, OSError) as e:
-        fail(str(e), code=EXIT_SPEC)
+
+    def draw(tmp: Path) -> None:
+        try:
+            graph.write(dot, tmp)
+        except graph.GraphvizMissing as e:
+            fail(str(e), graph.INSTALL_HINT)
+        except RuntimeError as e:  # `dot` failed: its message
+            fail(f"cannot write {output}: {e}", code=EXIT_SPEC)
+
+    write_output(output, draw)
+    kind = graph.output_format(output)
     click.echo(f"wrote {output} ({kind}, {len(report.layers)} layers)", err=True)
 
 
@@ -159,6 +163,7 @@ def export_cmd(
     reloading). Exits 1 if the exported file's output differs from PyTorch's by more than
     --tolerance."""
     fmt = fmt or _format_from_suffix(output)
+    check_output_path(output)
     shape = parse_shape(input_shape)
     report = checked(spec, variant, shape, num_classes)  # errors printed like `check` does
     from archspec.backend.compile import build_from_report

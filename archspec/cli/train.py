@@ -6,6 +6,7 @@ torch and the runner are imported inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,12 +23,14 @@ from archspec.cli.common import (
     EXIT_USAGE,
     checked,
     fail,
+    finite,
     input_option,
     num_classes_option,
     parse_shape,
     variant_option,
 )
 
+MAX_SEED = (1 << 64) - 1  # as run/recipe.py (not imported here: it imports torch)
 DATA_HELP = (
     "mnist-mini (embedded, default), mnist, fashion-mnist, cifar10, "
     "a Keras-style .npz, or an image folder with train/ and val/"
@@ -63,8 +66,19 @@ def _run_name(name: str, variant: str | None) -> str:
 
 
 def _out_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.strip():
+    """--out: not empty (that would silently mean the current folder), and a name the
+    system can hold."""
+    if value is None:
+        return value
+    if not value.strip():
         raise click.BadParameter("an empty path; pass a folder (or leave --out out for runs/)")
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(".", "PC_NAME_MAX")
+    long = [part for part in Path(value).parts if len(os.fsencode(part)) > limit]
+    if long or len(os.fsencode(value)) >= 4096:
+        what = f"the name {long[0][:40]}... is" if long else "the path is"
+        raise click.BadParameter(f"{what} too long for the file system")
     return value
 
 
@@ -295,7 +309,7 @@ def _data_options(f: Any) -> Any:
 
 
 @click.command("train")
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spec")
 @_data_options
 @click.option("--epochs", type=click.IntRange(1), help="[default: 20]")
 @click.option(
@@ -307,16 +321,18 @@ def _data_options(f: Any) -> Any:
 @click.option(
     "--lr",
     type=click.FloatRange(0, min_open=True),
+    callback=finite,
     help="peak learning rate [default: 5e-3 adamw; sgd 0.1 at batch 64, scaled with the batch size]",
 )
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adamw]")
 @click.option(
     "--weight-decay",
     type=click.FloatRange(0),
+    callback=finite,
     help="[default: 0.05 adamw, 5e-4 sgd; never on biases and norms]",
 )
 @click.option("--schedule", type=click.Choice(SCHEDULES), help="[default: onecycle]")
-@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="[default: 0]")
 @click.option(
     "--max-steps",
     type=click.IntRange(1),
@@ -544,6 +560,10 @@ def _train(
         # Killed before its first checkpoint: start the run over, with its recorded recipe, so
         # one command line (`--resume --out DIR`) both starts and continues a preemptible run.
         run, resume = Path(out), False
+        try:
+            RunDir(run).check()
+        except RunDirError as e:
+            _fail(str(e), EXIT_USAGE)
         click.echo(
             f"--resume: no checkpoint in {run} yet; starting the run from the beginning", err=True
         )
@@ -653,15 +673,17 @@ def _train(
     if result.history and w.main:
         last = result.history[-1]
         total = sum(h["seconds"] for h in result.history)
+        tested = (
+            "no test split" if last["test_acc"] is None else f"test accuracy {last['test_acc']:.4f}"
+        )
         click.echo(
-            f"{title}: test accuracy {last['test_acc']:.4f} after {last['epoch']} epochs "
-            f"({total:.1f} s training) -> {run}"
+            f"{title}: {tested} after {last['epoch']} epochs ({total:.1f} s training) -> {run}"
         )
     return 0
 
 
 @click.command("eval")
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spec")
 @click.option(
     "--weights",
     required=True,
@@ -705,6 +727,8 @@ def eval_cmd(
         model.to(dev)
         train_feed, test_feed, adapter = prepare_data(loaded, tuple(report.input), dev, False, norm)
         feed = test_feed if split == "test" else train_feed
+        if len(feed) == 0:
+            _fail(f"the {split} split of {loaded.name} is empty: there is nothing to evaluate")
         # the precision the run trained and tested in, so eval repeats its test figures
         result = evaluate(model, feed, adapter, batch_size, dev, uses_bf16(dev))
     except errors as e:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 EMBEDDED = "mnist-mini"
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 NAMES = (EMBEDDED, *TORCHVISION)
+MAX_CLASSES = 1 << 20  # as a spec's num_classes (lang/spec.py) and --num-classes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 DEFAULT_ROOT = Path(os.environ.get("ARCHSPEC_DATA_ROOT", "~/.cache/archspec/data")).expanduser()
 
@@ -129,10 +132,25 @@ def _torchvision(name: str, root: Path, download: bool) -> Data:
 
 
 def _images_to_nchw(a: np.ndarray, what: str) -> torch.Tensor:
-    if a.dtype.kind == "f":  # float images in [0, 1] (or [0, 255])
-        a = np.clip(np.rint(a * (255.0 if a.max(initial=0) <= 1.0 else 1.0)), 0, 255)
-    elif a.dtype.kind not in "ui":
+    """Stored images as uint8 N,C,H,W. Integer pixels must lie in 0..255 and float pixels in
+    [0, 1] or [0, 255] (scaled by 255 when none is above 1): anything else — NaN, infinity,
+    negative or larger values (normalised or 16-bit images) — is refused, never clipped or
+    wrapped into wrong pixels."""
+    if a.dtype.kind not in "uif":
         raise DataError(f"{what}: images must be numeric, got {a.dtype}")
+    if a.size:
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
+            raise DataError(f"{what}: image {bad} holds NaN or infinite pixel values")
+        lo, hi = a.min(), a.max()
+        if lo < 0 or hi > 255:
+            raise DataError(
+                f"{what}: pixel values run from {lo} to {hi}; archspec reads 8-bit images "
+                "(integers 0..255, or floats in [0, 1] or [0, 255]): store the images "
+                "unnormalised, scaled to that range"
+            )
+    if a.dtype.kind == "f":  # float images in [0, 1] (or [0, 255])
+        a = np.rint(a * (255.0 if a.max(initial=0) <= 1.0 else 1.0))
     a = a.astype(np.uint8)
     if a.ndim == 3:
         return torch.from_numpy(a).unsqueeze(1)
@@ -157,6 +175,8 @@ def _labels(a: np.ndarray, n: int, what: str) -> torch.Tensor:
 def _npz(path: Path) -> Data:
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):  # a lone .npy array saved under an .npz name
+                raise DataError(f"{path}: not an .npz archive (a single array)")
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
             if missing:
                 raise DataError(
@@ -164,19 +184,29 @@ def _npz(path: Path) -> Data:
                     "y_train, x_test, y_test)"
                 )
             arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if path.stat().st_size == 0:
+            reason = "empty file (0 bytes)"
+        raise DataError(f"{path}: not a readable .npz file ({reason})") from None
     splits = []
     for part in ("train", "test"):
         x = _images_to_nchw(arrays[f"x_{part}"], f"{path}: x_{part}")
         splits.append(Split(_labels(arrays[f"y_{part}"], len(x), f"{path}: y_{part}"), x))
     train, test = splits
     assert train.x is not None and test.x is not None
-    if train.x.shape[1:] != test.x.shape[1:]:
+    if len(train) == 0:
+        raise DataError(f"{path}: x_train is empty; training needs images")
+    if train.x.shape[1:] != test.x.shape[1:] and len(test):
         raise DataError(f"{path}: x_train and x_test images differ in shape")
-    classes = int(torch.cat([train.y, test.y]).max()) + 1 if len(train) + len(test) else 0
+    classes = int(torch.cat([train.y, test.y]).max()) + 1
+    if classes > MAX_CLASSES:
+        raise DataError(
+            f"{path}: labels run up to {classes - 1}; archspec trains at most {MAX_CLASSES:,} "
+            "classes (labels 0..N-1)"
+        )
     return Data(path.stem, train, test, classes, _shape(train.x))
 
 
@@ -227,6 +257,8 @@ def decode(files: list[Path], shape: tuple[int, int, int]) -> torch.Tensor:
                     img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f}: cannot decode image ({e})") from None
+        except Image.DecompressionBombError as e:  # a tiny file that decodes to gigabytes
+            raise DataError(f"{f}: refused, too many pixels to decode safely ({e})") from None
         a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
         out[i] = a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)
     return out
@@ -245,7 +277,7 @@ def materialise(data: Data, budget_bytes: int) -> None:
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffle of one epoch, a pure function of (seed, epoch), so a resumed run replays
     it exactly and CPU and CUDA runs see the same batches."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (1 << 64))
     return torch.randperm(n, generator=g)
 
 
