@@ -36,10 +36,10 @@ class S2DParams(Params):
 @register
 class SpaceToDepth(Op):
     name = "space_to_depth"
-    doc = "folds each factor x factor block of pixels into channels (torch.nn.PixelUnshuffle)"
-    example = ("3,8,8", "- space_to_depth: {factor: 2}")
     Params = S2DParams
+    doc = "folds each factor x factor block of pixels into channels (torch.nn.PixelUnshuffle)"
     color = "#abcdef"
+    example = ("3,8,8", "- space_to_depth: {factor: 2}")
 
     def infer(self, p: S2DParams, shape: Shape) -> Inferred:
         c, h, w = need_image(self.name, shape)
