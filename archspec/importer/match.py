@@ -14,21 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Each op's defaults, as the spec language documents them (docs/language.md): a parameter equal
-# to its default is left out of the written spec.
+from archspec.ops import OPS
+
+# Each op's defaults, from its definition (archspec.ops): a parameter equal to its default is
+# left out of the written spec.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "conv": {"stride": 1, "pad": 0, "dilation": 1, "groups": 1, "bias": True},
-    "maxpool": {"stride": None, "pad": 0, "dilation": 1, "ceil_mode": False},
-    "avgpool": {"stride": None, "pad": 0, "ceil_mode": False, "count_include_pad": True},
-    "linear": {"bias": True},
-    "bn": {"eps": 1e-05, "momentum": 0.1, "affine": True},
-    "lrn": {"alpha": 0.0001, "beta": 0.75, "k": 1.0},
-    "dropout": {"p": 0.5, "inplace": False},
-    "relu": {"inplace": False},
-    "relu6": {"inplace": False},
-    "leaky_relu": {"slope": 0.01, "inplace": False},
-    "silu": {"inplace": False},
-    "hardswish": {"inplace": False},
+    name: {f: info.default for f, info in op.Params.model_fields.items() if not info.is_required()}
+    for name, op in OPS.items()
 }
 
 
