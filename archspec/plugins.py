@@ -38,27 +38,47 @@ def import_plugin(name: str) -> Problem | None:
 
 
 def _guarded(name: str, load: Any) -> Problem | None:
-    before = set(OPS)
+    before = [set(r) for r in _registries()]
+    problem = None
     try:
         load()
     except ModuleNotFoundError as e:
-        _forget(before)
         if e.name and (name == e.name or name.startswith(e.name + ".")):
-            return Problem(
+            problem = Problem(
                 "E-PLUGIN",
                 f"plugin `{name}` is not installed: no module named `{e.name}`",
                 "install the package that provides it, or put its folder on PYTHONPATH",
             )
-        return _failed(name, e)
+        else:
+            problem = _failed(name, e)
     except (Exception, SystemExit) as e:  # noqa: BLE001  # a plugin may raise anything
-        _forget(before)
-        return _failed(name, e)
-    return None
+        problem = _failed(name, e)
+    else:
+        clash = sorted((set(OPS) - before[0]) & _reserved())
+        if clash:
+            problem = Problem(
+                "E-PLUGIN",
+                f"plugin `{name}` registers op `{clash[0]}`, a name the language reserves",
+                "give the op another name: combinators and repeat keys cannot be ops",
+            )
+    if problem is not None:  # no half-registered names stay behind
+        for registry, names in zip(_registries(), before):
+            for added in set(registry) - names:
+                del registry[added]
+    return problem
 
 
-def _forget(before: set[str]) -> None:
-    for op in set(OPS) - before:
-        del OPS[op]
+def _registries() -> list[dict[str, Any]]:
+    """The registries a plugin adds to: ops, and combinators where they are registered too."""
+    from archspec.lower import COMBINATORS
+
+    return [OPS, *([COMBINATORS] if isinstance(COMBINATORS, dict) else [])]
+
+
+def _reserved() -> set[str]:
+    from archspec.lower import COMBINATORS, REPEAT_KEYS
+
+    return {*COMBINATORS, *REPEAT_KEYS}
 
 
 def _failed(name: str, e: BaseException) -> Problem:

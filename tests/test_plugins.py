@@ -209,6 +209,7 @@ BAD = {
     "raises": ("boom_plugin", "failed on import: RuntimeError: boom"),
     "path": ("./s2d_plugin.py", "is not a module name"),
     "taken": ("taken_plugin", "op `relu` is already registered"),
+    "reserved": ("reserved_plugin", "registers op `residual`, a name the language reserves"),
 }
 
 
@@ -216,6 +217,9 @@ def test_a_bad_plugin_is_e_plugin_at_its_entry(plugin_dir: Path) -> None:
     (plugin_dir / "boom_plugin.py").write_text("raise RuntimeError('boom')\n")
     (plugin_dir / "taken_plugin.py").write_text(
         S2D.replace('name = "space_to_depth"', 'name = "relu"')
+    )
+    (plugin_dir / "reserved_plugin.py").write_text(
+        S2D.replace('name = "space_to_depth"', 'name = "residual"')
     )
     entries = [name for name, _ in BAD.values()]
     (plugin_dir / "bad.yaml").write_text(
