@@ -4,27 +4,33 @@ strictly and the eval outputs agree; the imported specs are readable (templates,
 what the language cannot express is a located error, or with --partial a marked file.
 
 Models are meta-built and filled with random tensors (no slow initialisers) and traced at small
-inputs, on one thread."""
+inputs, on one thread. A representative subset runs by default; ARCHSPEC_IMPORT_ALL=1 runs every
+builder and seed (about two minutes more on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
+import os
+import textwrap
 import warnings
+from functools import cache
 
 import pytest
 import torch
+import yaml
+from click.testing import CliRunner
 from seed_reference import SEEDS
-from test_torchvision_zoo import SMALL, ZOO, random_state, torchvision_model
+from test_torchvision_zoo import (  # noqa: F401  # _one_thread: the same one-thread fixture
+    SMALL,
+    ZOO,
+    _one_thread,
+    random_state,
+    torchvision_model,
+)
 from torch import nn
 
 import archspec
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from archspec.cli import main
+from archspec.importer import ImportFailure
 
 
 def round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path, name: str = "net") -> str:
@@ -56,13 +62,39 @@ def tv(variant: str) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("variant", list(ZOO))
+ALL = os.environ.get("ARCHSPEC_IMPORT_ALL") == "1"
+# Every family and every structural case (grouped convs, aux heads, flat Inception branches) runs
+# by default; the deeper or wider siblings of these only with ARCHSPEC_IMPORT_ALL=1.
+DEFAULT_TV = {
+    "alexnet", "vgg11", "vgg16_bn", "resnet18", "resnet50", "resnext50_32x4d", "densenet121",
+    "googlenet", "inception_v3_noaux",
+}  # fmt: skip
+DEFAULT_SEEDS = set(SEEDS) - {"vgg13", "vgg16", "vgg19", "alexnet_lrn"}
+
+
+def everything(names, default):
+    return [
+        n if n in default else pytest.param(n, marks=pytest.mark.skipif(not ALL, reason="ALL"))
+        for n in names
+    ]
+
+
+@cache
+def imported(variant: str) -> str:
+    size = SMALL.get(variant, 64)
+    return archspec.import_module(tv(variant), (3, size, size))
+
+
+@pytest.mark.parametrize("variant", everything(ZOO, DEFAULT_TV))
 def test_torchvision_round_trip(variant, tmp_path):
     size = SMALL.get(variant, 64)
-    round_trip(tv(variant), (3, size, size), tmp_path, variant)
+    text = round_trip(tv(variant), (3, size, size), tmp_path, variant)
+    head = text.splitlines()[:2]
+    assert head[0].startswith("# yaml-language-server: $schema=")
+    assert "torchvision.models" in head[1]
 
 
-@pytest.mark.parametrize("key", list(SEEDS))
+@pytest.mark.parametrize("key", everything(SEEDS, DEFAULT_SEEDS))
 def test_seed_round_trip(key, tmp_path):
     factory, shape = SEEDS[key]
     torch.manual_seed(0)
@@ -70,3 +102,199 @@ def test_seed_round_trip(key, tmp_path):
         warnings.simplefilter("ignore")
         model = factory()
     round_trip(model, shape, tmp_path, key)
+
+
+def test_resnet50_is_one_bottleneck_template_repeated_in_at_most_60_lines():
+    text = imported("resnet50")
+    doc = yaml.safe_load(text)
+    assert len(text.splitlines()) <= 60
+    assert list(doc["templates"]) == ["bottleneck"]
+    layers = [doc["stages"][f"layer{i}"] for i in range(1, 5)]
+    assert [s["repeat"] for s in layers] == [3, 4, 6, 3]
+    assert all(s["use"] == "bottleneck" for s in layers)
+    assert [s.get("first") for s in layers] == [None, {"stride": 2}, {"stride": 2}, {"stride": 2}]
+    assert doc["templates"]["bottleneck"]["residual"]["shortcut"] == "auto"
+
+
+def test_vgg16_features_are_one_block_template():
+    doc = yaml.safe_load(imported("vgg16"))
+    assert list(doc["templates"]) == ["block"]
+    (features,) = doc["stages"]["features"]
+    assert features["repeat"] == 5 and features["use"] == "block" and features["inline"]
+    assert features["with"]["n"] == "[2, 2, 3, 3, 3][$i]"
+
+
+def test_densenet121_has_a_dense_block_template():
+    doc = yaml.safe_load(imported("densenet121"))
+    block = doc["templates"]["dense_block"]
+    assert block["dense"]["repeat"] == "$n" and block["dense"]["prefix"] == "denselayer"
+    calls = [x["dense_block"]["n"] for x in doc["stages"]["features"] if "dense_block" in x]
+    assert calls == [6, 12, 24, 16]
+    assert "transition" in doc["templates"]
+
+
+def test_import_gives_the_model_its_mode_back():
+    model = tv("resnet18").train()
+    archspec.import_module(model, (3, 32, 32))
+    assert model.training  # its mode is given back
+
+
+# ---------------------------------------------------------------- a user's own modules
+
+USER_NET = """
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(x + self.bn(self.conv(x)))
+
+
+class Mix(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.left = nn.Conv2d(c, 4, 1)
+        self.right = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(c, 4, 1))
+
+    def forward(self, x):
+        return torch.cat([self.left(x), self.right(x)], dim=1)
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=5, width=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.ModuleList([Block(width) for _ in range(3)])
+        self.mix = Mix(width)
+        self.head = nn.Linear(8 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(self.stem(x)), 2)
+        for b in self.blocks:
+            x = b(x)
+        x = F.adaptive_avg_pool2d(self.mix(x), (4, 4))
+        return self.head(x.view(x.size(0), -1))
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.rnn = nn.LSTM(4, 8, batch_first=True)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(x).flatten(2).transpose(1, 2)
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x * self.gate(x)
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """The user's package as a file in the working directory, imported by name like any other."""
+    name = f"usernets_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(USER_NET))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args), prog_name="archspec")
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    return result
+
+
+def test_user_module_imports_from_the_command_line_and_round_trips(user_module, tmp_path):
+    result = run("import", f"{user_module}:Net", "--kwargs", '{"num_classes": 3}',
+                 "--input", "3,16,16", "-o", "net.yaml")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "net.yaml").read_text()
+    assert f'{user_module}:Net with {{"num_classes": 3}}' in text.splitlines()[1]
+    doc = yaml.safe_load(text)
+    assert doc["stages"]["blocks"] == {"repeat": 3, "use": "block"}
+    assert run("check", "net.yaml").exit_code == 0
+    import importlib
+
+    model = importlib.import_module(user_module).Net(num_classes=3)
+    round_trip(model, (3, 16, 16), tmp_path)
+
+
+def test_unsupported_layer_is_located_by_module_path(user_module, tmp_path):
+    import importlib
+
+    with pytest.raises(ImportFailure) as e:
+        archspec.import_module(importlib.import_module(user_module).Recurrent(), (1, 8, 8))
+    assert any(p.path == "rnn" and p.what == "nn.LSTM" for p in e.value.problems)
+    result = run("import", f"{user_module}:Recurrent", "--input", "1,8,8", "-o", "rnn.yaml")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert "error: cannot express rnn (nn.LSTM): no archspec op" in lines
+    assert all(ln.startswith(("error: ", "help: ")) for ln in lines), result.output
+    assert not (tmp_path / "rnn.yaml").exists()
+
+
+def test_partial_writes_the_rest_with_the_places_marked(user_module, tmp_path):
+    result = run("import", f"{user_module}:Recurrent", "--input", "1,8,8", "--partial",
+                 "-o", "rnn.yaml")  # fmt: skip
+    assert result.exit_code == 1
+    text = (tmp_path / "rnn.yaml").read_text()
+    assert "  # archspec import: cannot express rnn (nn.LSTM)" in text.splitlines()
+    doc = yaml.safe_load(text)
+    assert doc["stages"]["conv"] == {"conv": {"out": 4, "k": 3}}
+    assert doc["stages"]["fc"] == {"linear": {"out": 2}}
+
+
+def test_multiplying_two_tensors_is_refused_at_its_module(user_module):
+    result = run("import", f"{user_module}:Gate", "--input", "3,8,8")
+    assert result.exit_code == 1
+    assert "error: cannot express <model> (operator.mul): combines several tensors" in (
+        result.output
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nosuchmodule_xyz:Net"], "cannot import module 'nosuchmodule_xyz'"),
+        (["torchvision.models:nosuch"], "has no attribute 'nosuch'"),
+        (["torchvision.models"], "expected MODULE:CALLABLE"),
+        (["torchvision.models:resnet18", "--kwargs", "{bad"], "--kwargs is not valid JSON"),
+        (["torchvision.models:resnet18", "--kwargs", "[1]"], "--kwargs must be a JSON object"),
+        (["torchvision.models:resnet18", "--kwargs", '{"nope": 1}'], "calling"),
+        (["torchvision.models:resnet18", "--input", "3,x"], "--input"),
+    ],
+)
+def test_usage_errors_exit_2_in_one_line(args, message):
+    result = run("import", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_wrong_input_shape_is_one_error_line():
+    result = run("import", "torchvision.models:alexnet", "--input", "1,64,64")
+    assert result.exit_code == 1
+    assert "does not run on an input of [1, 64, 64]" in result.output
+    assert "Traceback" not in result.output

@@ -54,20 +54,20 @@ def _import(model, shape, name=None, source=None, schema=SCHEMA) -> tuple[str, l
             rec = Recover(gm, model, partial)
             items = rec.root()
             aux = _aux_heads(model, shape, rec, partial)
+            problems = list(rec.problems)
+            for path, mod in model.named_children():
+                used = any(c == path or c.startswith(path + ".") for c in rec.called)
+                if not used and path not in aux and has_state(mod):
+                    why = "never called, but has weights"
+                    problems.append(Located(path, type(mod).__qualname__, why))
+            doc, classes = _document(model, shape, name, items, aux)
         except Located as e:
             return _failed_text(model, shape, name, source, schema, e), [e]
-        problems = list(rec.problems)
-        for path, mod in model.named_children():
-            if path not in rec.called and path not in aux and has_state(mod):
-                problems.append(
-                    Located(path, type(mod).__qualname__, "never called, but has weights")
-                )
-        doc = _document(model, shape, name, items, aux)
     finally:
         model.train(was_training)
     from archspec.importer.templates import templatize
 
-    templatize(doc)
+    templatize(doc, classes)
     return to_text(doc, _header(model, source, schema, problems)), problems
 
 
@@ -87,7 +87,8 @@ def _header(model, source, schema, problems) -> list[str]:
 
 
 def _failed_text(model, shape, name, source, schema, e: Located) -> str:
-    doc = {"name": name or _default_name(model), "input": list(shape), "stages": {}}
+    doc: dict[str, Any] = {"name": name or _default_name(model), "input": list(shape)}
+    doc["stages"] = {}
     text = to_text(doc, _header(model, source, schema, [e]))
     return text + f"  # archspec import: cannot express {e.path} ({e.what})\n"
 
@@ -98,7 +99,9 @@ def _default_name(model) -> str:
     return re.sub(r"\W", "_", type(model).__name__.lower()) or "imported"
 
 
-def _document(model, shape, name, items: list[It], aux: dict[str, tuple[str, It]]) -> dict:
+def _document(
+    model, shape, name, items: list[It], aux: dict[str, tuple[str, It]]
+) -> tuple[dict[str, Any], dict[int, str]]:
     em = Emitter()
     from archspec.importer.emit import claims
 
@@ -110,7 +113,9 @@ def _document(model, shape, name, items: list[It], aux: dict[str, tuple[str, It]
             stages[key] = Marker(it.text)
             continue
         if it.inline:
-            raise Located("", it.kind, f"a {it.kind} at the top level of the model")
+            what = "torch.cat" if it.merge == "concat" and it.kind == "parallel" else "add"
+            why = "branches that rejoin in the model's own forward: stages are one chain"
+            raise Located("", what, why + " (move them into a module of their own)")
         key, _ = names.claim(
             it.name, it.op if it.name is None and it.op else None, it.op or it.kind
         )
@@ -119,9 +124,10 @@ def _document(model, shape, name, items: list[It], aux: dict[str, tuple[str, It]
             if after == key:
                 names.claim(aname)
                 stages[aname] = {"aux": em.body(head, Names(_own(head)), None)}
+                em.classes[id(stages[aname])] = head.cls
     doc: dict[str, Any] = {"name": name or _default_name(model), "input": list(shape)}
     doc["stages"] = stages
-    return doc
+    return doc, em.classes
 
 
 def _own(it: It) -> set[str]:
@@ -134,7 +140,11 @@ def _aux_heads(model, shape, rec: Recover, partial: bool) -> dict[str, tuple[str
     """Top-level children with weights that the eval-mode forward never calls (GoogLeNet's
     aux1/aux2, Inception v3's AuxLogits): traced in training mode, each becomes an `aux` stage
     after the stage whose output it reads."""
-    missing = [p for p, m in model.named_children() if p not in rec.called and has_state(m)]
+    missing = [
+        p
+        for p, m in model.named_children()
+        if has_state(m) and not any(c == p or c.startswith(p + ".") for c in rec.called)
+    ]
     if not missing:
         return {}
     twin = copy.deepcopy(model).train()
@@ -153,10 +163,10 @@ def _aux_heads(model, shape, rec: Recover, partial: bool) -> dict[str, tuple[str
         if u.path not in missing or len(u.ins) != 1:
             continue
         src = producer.get(u.ins[0])
-        if src is None or not src.path or src.path not in rec.called:
+        if src is None or not src.path or src.path not in rec.called or u.out is None:
             continue
         inner = trec.scope(u.path, u.nodes, 1, u.ins[0], u.out)
-        head = It("list", items=inner)
+        head = It("list", items=inner, cls=type(u.module).__name__)
         out[u.path] = (src.path, head)
     del stack_of
     return out

@@ -69,6 +69,17 @@ def own_claims(it: It) -> set[str]:
 
 
 class Emitter:
+    def __init__(self) -> None:
+        self.classes: dict[int, str] = {}  # id(YAML object) -> its module's class
+
+    def body(self, it: It, inner: Names, name: str | None) -> Any:
+        out = self._body(it, inner, name)
+        if it.cls:
+            self.classes[id(out)] = it.cls
+            if isinstance(out, dict) and len(out) == 1:
+                self.classes[id(next(iter(out.values())))] = it.cls
+        return out
+
     def item(self, it: It, names: Names, default: str | None = None) -> Any:
         if it.kind == "marker":
             return Marker(it.text)
@@ -78,7 +89,7 @@ class Emitter:
         inner = Names(own_claims(it))
         return self.body(it, inner, name if explicit else None)
 
-    def body(self, it: It, inner: Names, name: str | None) -> Any:
+    def _body(self, it: It, inner: Names, name: str | None) -> Any:
         if it.kind == "marker":
             return Marker(it.text)
         if it.kind == "op":
@@ -242,7 +253,7 @@ def main_stride(items: list[It]) -> Any:
 
 WIDTH = 100
 _PLAIN = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$. ]*$")
-_RESERVED = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"}
+_RESERVED = {"true", "false", "null", "yes", "no", "on", "off", "~"}
 
 
 def scalar(v: Any) -> str:
@@ -351,6 +362,9 @@ def to_text(doc: dict, header: list[str]) -> str:
         if key in ("templates", "stages", "variants") and isinstance(value, dict):
             lines.append(f"{key}:")
             for k, x in value.items():
+                if isinstance(x, Marker):
+                    lines.append(f"  # archspec import: {x.text}")
+                    continue
                 f = flow(x)
                 if f is not None and 2 + len(str(k)) + 2 + len(f) <= WIDTH and not _big(x):
                     lines.append(f"  {scalar(k)}: {f}")

@@ -100,7 +100,7 @@ def match_module(m: nn.Module) -> tuple[str, dict[str, Any]]:
             raise _no(m, "without running statistics or with cumulative momentum")
         return op("bn", eps=m.eps, momentum=m.momentum, affine=m.affine)
     if t is nn.LocalResponseNorm:
-        return op("lrn", size=m.size, alpha=m.alpha, beta=m.beta, k=float(m.k))
+        return op("lrn", size=m.size, alpha=m.alpha, beta=m.beta, k=float(m.k))  # type: ignore[arg-type]
     if t is nn.Dropout:
         return op("dropout", p=m.p, inplace=m.inplace)
     if t in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish):

@@ -1,7 +1,575 @@
-"""Templates and repeats (filled in below)."""
+"""Templates and repeats: what a person writes instead of the same block n times.
+
+Works on the spec's YAML form. Three passes:
+
+1. blocks: a flat layer list cut at its pools into blocks of one repeated unit and the pool
+   (VGG's `features`) becomes one inline `repeat` over a block template; a module list of that
+   shape ([conv, relu] x n, pool) is written the same way, so sibling blocks agree;
+2. templates: module-like items (layer lists, combinators) that are equal up to their numbers
+   become one template whose parameters are the numbers that differ, smallest first (so a
+   block's template calls the templates of its parts);
+3. repeats: a module list of calls to one template becomes `repeat` (with `first:` when only
+   the first call differs, `"[...][$i]"` lists when more do).
+
+Every rewrite keeps module names and values exactly: the spec builds the same network."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
+from typing import Any
 
-def templatize(doc: dict) -> None:
+from archspec.importer.emit import Marker
+from archspec.importer.match import DEFAULTS
+
+COMBS = ("seq", "residual", "parallel", "dense", "aux")
+REPEAT_KEYS = ("repeat", "use", "body", "with", "first", "at", "prefix", "start", "name", "inline")
+OPS = set(DEFAULTS) | {
+    "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp", "flatten", "sigmoid", "tanh", "gelu",
+    "identity", "conv", "linear", "lrn",
+}  # fmt: skip
+POOLS = ("maxpool", "avgpool")
+BASE = {"out": "c", "repeat": "n"}
+RESERVED = set(OPS) | set(COMBS) | {"repeat", "body", "use", "with", "params", "name"}
+
+
+class Table:
+    """Template parameters: one per distinct vector of values over the instances."""
+
+    def __init__(self, n: int, skeleton: bool = False):
+        self.n = n
+        self.skeleton = skeleton
+        self.by_values: dict[str, str] = {}
+        self.values: dict[str, list[Any]] = {}
+
+    def slot(self, key: str, vals: list[Any]) -> str:
+        if self.skeleton:
+            return "?"
+        sig = json.dumps(vals)
+        if sig in self.by_values:
+            return "$" + self.by_values[sig]
+        base = BASE.get(key, key)
+        name, k = base, 1
+        while name in self.values:
+            k += 1
+            name = f"{base}{k}"
+        self.by_values[sig] = name
+        self.values[name] = vals
+        return "$" + name
+
+    def value(self, key: str, vals: list[Any]) -> Any:
+        if not self.skeleton and all(v == vals[0] for v in vals):
+            return vals[0]
+        return self.slot(key, vals)
+
+
+def head(x: Any) -> str | None:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, dict) and len(x) == 1:
+        return str(next(iter(x)))
     return None
+
+
+def is_repeat(x: Any) -> bool:
+    return isinstance(x, dict) and any(k in x for k in ("repeat", "use", "body"))
+
+
+def op_params(x: Any) -> dict:
+    if isinstance(x, str):
+        return {}
+    v = next(iter(x.values()))
+    return dict(v) if isinstance(v, dict) else {}
+
+
+def default(op: str, key: str, params: dict) -> Any:
+    if op in POOLS and key == "stride":
+        return params.get("k")
+    return DEFAULTS.get(op, {}).get(key)
+
+
+class Walker:
+    """Walks instances of one skeleton in step: `item` returns the common body, with the values
+    that differ replaced by `$param` (or, for a skeleton, every value replaced by `?`)."""
+
+    def __init__(self, templates: dict, table: Table):
+        self.templates = templates
+        self.t = table
+
+    def item(self, xs: list[Any]) -> Any:
+        x0 = xs[0]
+        if isinstance(x0, Marker):
+            return f"marker{id(x0)}"
+        if isinstance(x0, list):
+            if any(not isinstance(x, list) or len(x) != len(x0) for x in xs):
+                raise _Differ
+            return [self.item([x[i] for x in xs]) for i in range(len(x0))]
+        if is_repeat(x0):
+            return self.options("repeat", xs)
+        h = head(x0)
+        if h is None or any(head(x) != h or is_repeat(x) for x in xs):
+            raise _Differ
+        if h in COMBS:
+            vals = [x[h] if isinstance(x, dict) else None for x in xs]
+            if h == "aux" and all(isinstance(v, list) for v in vals):
+                return {h: self.item(vals)}
+            return {h: self.options(h, vals)}
+        params = [op_params(x) for x in xs]
+        names = [p.pop("name", None) for p in params]
+        if any(n != names[0] for n in names):
+            raise _Differ
+        out: dict[str, Any] = {}
+        if h in self.templates and not self.t.skeleton:
+            given = template_defaults(self.templates[h])
+            params = [given | p for p in params]
+            order = list((self.templates[h] or {}).get("params") or {})
+            keys = sorted(
+                dict.fromkeys(k for p in params for k in p),
+                key=lambda k: order.index(k) if k in order else len(order),
+            )
+            if any(set(p) != set(keys) for p in params):
+                raise _Differ
+            for k in keys:
+                v = self.t.value(k, [p[k] for p in params])
+                if k not in given or v != given[k]:
+                    out[k] = v
+        elif not self.t.skeleton:
+            keys = list(dict.fromkeys(k for p in params for k in p))
+            for k in keys:
+                vals = [p.get(k, default(h, k, p)) for p in params]
+                v = self.t.value(k, vals)
+                if v != default(h, k, params[0]) or isinstance(v, str) and v.startswith("$"):
+                    out[k] = v
+        if names[0] is not None:
+            out["name"] = names[0]
+        return {h: out} if out else h
+
+    def options(self, h: str, vs: list[Any]) -> Any:
+        if any(not isinstance(v, dict) for v in vs):
+            if all(v == vs[0] for v in vs) and not isinstance(vs[0], (dict, list)):
+                return vs[0]
+            if all(isinstance(v, list) for v in vs):
+                return self.item(vs)
+            raise _Differ
+        keys = list(dict.fromkeys(k for v in vs for k in v))
+        out: dict[str, Any] = {}
+        for k in keys:
+            if k == "projection":  # only used where auto projects: any instance's options
+                if not self.t.skeleton:
+                    out[k] = next(v[k] for v in vs if k in v)
+                continue
+            if any(k not in v for v in vs):
+                raise _Differ
+            vals = [v[k] for v in vs]
+            if k in ("main", "layers", "post", "body", "aux"):
+                out[k] = (
+                    self.item(vals)
+                    if not isinstance(vals[0], str) or vals[0] in OPS or (vals[0] in self.templates)
+                    else self.literal(vals)
+                )
+            elif k == "shortcut":
+                out[k] = self.literal(vals) if isinstance(vals[0], str) else self.item(vals)
+            elif k == "branches":
+                if isinstance(vals[0], dict):
+                    if any(not isinstance(v, dict) or list(v) != list(vals[0]) for v in vals):
+                        raise _Differ
+                    out[k] = {b: self.item([v[b] for v in vals]) for b in vals[0]}
+                else:
+                    out[k] = self.item(vals)
+            elif k == "repeat":
+                out[k] = self.t.value("repeat", vals)
+            elif k in ("with", "first"):
+                if any(set(v) != set(vals[0]) for v in vals):
+                    raise _Differ
+                out[k] = {a: self.t.value(a, [v[a] for v in vals]) for a in vals[0]}
+            else:
+                out[k] = self.literal(vals)
+        return out
+
+    def literal(self, vals: list[Any]) -> Any:
+        if any(json.dumps(v, default=str) != json.dumps(vals[0], default=str) for v in vals):
+            raise _Differ
+        return vals[0]
+
+
+class _Differ(Exception):
+    pass
+
+
+def skeleton(x: Any, templates: dict) -> str | None:
+    try:
+        return json.dumps(Walker(templates, Table(1, skeleton=True)).item([x]), default=str)
+    except _Differ:
+        return None
+
+
+def leaves(x: Any, templates: dict) -> int:
+    """Ops and template calls inside an item."""
+    if isinstance(x, str):
+        return 1 if x in OPS or x in templates else 0
+    if isinstance(x, list):
+        return sum(leaves(y, templates) for y in x)
+    if isinstance(x, dict):
+        if len(x) == 1 and (head(x) in OPS or head(x) in templates):
+            return 1
+        return sum(leaves(v, templates) for v in x.values())
+    return 0
+
+
+# ------------------------------------------------------------------------------ positions
+
+
+def module_slots(doc: dict) -> list[tuple[Any, Any]]:
+    """(container, key) of every item that is a module of its own (a template candidate)."""
+    out: list[tuple[Any, Any]] = []
+
+    def visit_item(container: Any, key: Any, in_list: bool = True) -> None:
+        x = container[key]
+        if isinstance(x, list):
+            out.append((container, key))
+            for i in range(len(x)):
+                visit_item(x, i)
+        elif isinstance(x, dict):
+            h = head(x)
+            if is_repeat(x):
+                body = x.get("body")
+                if x.get("inline") and isinstance(body, list):  # spliced: not a module
+                    for i in range(len(body)):
+                        visit_item(body, i)
+                elif isinstance(body, (list, dict)):
+                    visit_item(x, "body")
+                return
+            if h in COMBS:
+                out.append((container, key))
+                visit_opts(x[h], h)
+
+    def visit_opts(v: Any, h: str) -> None:
+        if h == "aux" and isinstance(v, list):
+            for i in range(len(v)):
+                visit_item(v, i)
+            return
+        if not isinstance(v, dict):
+            return
+        for k in ("main", "layers"):
+            if isinstance(v.get(k), list):
+                for i in range(len(v[k])):
+                    visit_item(v[k], i)
+        for k in ("post", "body"):
+            if isinstance(v.get(k), (dict, list)):
+                visit_item(v, k)
+        if isinstance(v.get("shortcut"), (dict, list)):
+            visit_item(v, "shortcut")
+        br = v.get("branches")
+        if isinstance(br, dict):
+            for b in br:
+                visit_item(br, b)
+        elif isinstance(br, list):
+            for b in br:  # flat branches: layer lists, not modules
+                if isinstance(b, list):
+                    for i in range(len(b)):
+                        visit_item(b, i)
+
+    stages = doc["stages"]
+    for k in list(stages):
+        visit_item(stages, k)
+    return out
+
+
+def candidate(x: Any, templates: dict) -> bool:
+    if isinstance(x, list):
+        if len(x) < 2 or not any(
+            head(y) in OPS or isinstance(y, dict) and head(y) in COMBS for y in x
+        ):
+            return False  # a list of template calls is a repeat, not a template
+    elif not (isinstance(x, dict) and head(x) in COMBS):
+        return False
+    return leaves(x, templates) >= 2
+
+
+def own_name(x: Any) -> tuple[Any, str | None]:
+    """An instance without its own module name, and that name."""
+    if isinstance(x, dict) and head(x) in COMBS:
+        h = head(x)
+        v = x[h]
+        if isinstance(v, dict) and "name" in v:
+            v = {k: y for k, y in v.items() if k != "name"}
+            name = x[h]["name"]
+            if h == "seq":
+                return v["layers"], name
+            return {h: v}, name
+        if h == "seq":
+            return v["layers"], None
+    return x, None
+
+
+# ------------------------------------------------------------------------------ passes
+
+
+def templatize(doc: dict, classes: dict[int, str] | None = None) -> None:
+    classes = classes or {}
+    templates: dict[str, Any] = doc.setdefault("templates", {})
+    blocks(doc, templates)
+    while make_template(doc, templates, classes):
+        pass
+    repeats(doc, templates)
+    if not templates:
+        del doc["templates"]
+    else:  # templates before stages
+        stages = doc.pop("stages")
+        doc.pop("templates")
+        doc["templates"] = templates
+        doc["stages"] = stages
+
+
+def make_template(doc: dict, templates: dict, classes: dict[int, str]) -> bool:
+    """Turn the smallest group of equal-but-for-numbers modules into a template."""
+    groups: dict[str, list[tuple[Any, Any]]] = {}
+    for container, key in module_slots(doc):
+        x = container[key]
+        if not candidate(x, templates):
+            continue
+        bare, _ = own_name(x)
+        sk = skeleton(bare, templates)
+        if sk is not None:
+            groups.setdefault(sk, []).append((container, key))
+    best = sorted(
+        (g for g in groups.values() if len(g) >= 2),
+        key=lambda g: (leaves(g[0][0][g[0][1]], templates), -len(g)),
+    )
+    return any(apply_template(group, templates, classes) for group in best)
+
+
+def apply_template(group: list[tuple[Any, Any]], templates: dict, classes: dict[int, str]) -> bool:
+    items = [c[k] for c, k in group]
+    bares = [own_name(x) for x in items]
+    table = Table(len(items))
+    try:
+        body = Walker(templates, table).item([b for b, _ in bares])
+    except _Differ:
+        return False
+    cls = Counter(classes.get(id(x), "") for x in items).most_common(1)[0][0]
+    tname = template_name(cls, templates)
+    params: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    for p, vals in table.values.items():
+        params[p] = _type(vals)
+        common, count = Counter(json.dumps(v) for v in vals).most_common(1)[0]
+        value = json.loads(common)
+        channels = p == "c" or p.startswith("c") and p[1:].isdigit()
+        if (
+            count >= 2
+            and 2 * count > len(vals)
+            and not isinstance(value, (list, dict))
+            and not channels
+        ):
+            defaults[p] = value
+            kind = params[p]
+            ok = kind == _type([value]) or kind == "float" and isinstance(value, float)
+            params[p] = value if ok else {"type": kind, "default": value}
+    definition: dict[str, Any] = {}
+    if params:
+        definition["params"] = params
+    if isinstance(body, dict) and head(body) in COMBS:
+        definition.update(body)
+    else:
+        definition["body"] = body
+    templates[tname] = definition
+    for i, ((container, key), (_, name)) in enumerate(zip(group, bares)):
+        args = {
+            p: vals[i]
+            for p, vals in table.values.items()
+            if p not in defaults or vals[i] != defaults[p]
+        }
+        if name is not None:
+            args["name"] = name
+        container[key] = {tname: args} if args else tname
+    return True
+
+
+def _type(vals: list[Any]) -> str:
+    if all(isinstance(v, bool) for v in vals):
+        return "bool"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return "int"
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return "float"
+    return "any"
+
+
+def template_name(cls: str, templates: dict) -> str:
+    base = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls).lower().strip("_")
+    base = re.sub(r"\W", "_", base)
+    if not base or base in ("sequential", "module_list") or not base[0].isalpha():
+        base = "block"
+    name, k = base, 1
+    while name in templates or name in RESERVED:
+        k += 1
+        name = f"{base}{k}"
+    return name
+
+
+# ------------------------------------------------------------------------------ VGG blocks
+
+
+def unit_form(lst: list[Any]) -> tuple[list[Any], int] | None:
+    """lst = P * k + [pool], P repeated exactly: (P, k)."""
+    if len(lst) < 2 or head(lst[-1]) not in POOLS or any(not plain(x) for x in lst):
+        return None
+    body = lst[:-1]
+    for p in range(1, len(body) + 1):
+        if len(body) % p:
+            continue
+        unit = body[:p]
+        if any(head(x) in POOLS for x in unit):
+            continue
+        if all(body[i : i + p] == unit for i in range(0, len(body), p)):
+            return unit, len(body) // p
+    return None
+
+
+def plain(x: Any) -> bool:
+    """An op written without a name (its module takes its position)."""
+    return head(x) in OPS and not (isinstance(x, dict) and "name" in op_params(x))
+
+
+def blocks(doc: dict, templates: dict) -> None:
+    """VGG's layout: flat lists of blocks (conv, relu) * n + pool, or one module per block."""
+    lists = [c[k] for c, k in module_slots(doc) if isinstance(c[k], list)]
+    # module lists that are one block each: written as an inline repeat of the unit + the pool
+    forms = [(lst, unit_form(lst)) for lst in lists]
+    shapes = {skeleton(f[0], templates) for _, f in forms if f is not None and f[1] >= 2}
+    for lst, f in forms:
+        if f is not None and skeleton(f[0], templates) in shapes:
+            unit, n = f
+            pool = lst[-1]
+            lst[:] = [{"repeat": n, "inline": True, "body": unit}, pool]
+    for lst in lists:
+        split_blocks(lst, templates)
+
+
+def split_blocks(lst: list[Any], templates: dict) -> None:
+    cuts = [i for i, x in enumerate(lst) if plain(x) and head(x) in POOLS]
+    if len(cuts) < 2 or any(not plain(x) for x in lst[: cuts[-1] + 1]):
+        return
+    segments, start = [], 0
+    for c in cuts:
+        segments.append(lst[start : c + 1])
+        start = c + 1
+    forms = [unit_form(s) for s in segments]
+    # the longest run of segments from the start that share a shape, with a real repetition
+    run = 0
+    while run < len(forms) and forms[run] is not None:
+        run += 1
+    if run < 2:
+        return
+    found = [f for f in forms[:run] if f is not None]
+    sk = [
+        f"{skeleton(f[0], templates)}{skeleton(s[-1], templates)}" for f, s in zip(found, segments)
+    ]
+    while run >= 2 and len(set(sk[:run])) != 1:
+        run -= 1
+    if run < 2 or max(f[1] for f in found[:run]) < 2:
+        return
+    bodies = [
+        [{"repeat": f[1], "inline": True, "body": f[0]}, s[-1]]
+        for f, s in zip(found[:run], segments)
+    ]
+    table = Table(run)
+    try:
+        body = Walker(templates, table).item(bodies)
+    except _Differ:
+        return
+    tname = template_name("block", templates)
+    templates[tname] = {"params": {p: _type(v) for p, v in table.values.items()}, "body": body}
+    if not table.values:
+        del templates[tname]["params"]
+    call: dict[str, Any] = {"repeat": run, "inline": True, "use": tname}
+    if table.values:
+        call["with"] = {p: per_index(v) for p, v in table.values.items()}
+    end = cuts[run - 1] + 1
+    lst[:end] = [call]
+
+
+def per_index(vals: list[Any]) -> Any:
+    if all(v == vals[0] for v in vals):
+        return vals[0]
+    return f"{json.dumps(vals)}[$i]"
+
+
+# ------------------------------------------------------------------------------ repeats
+
+
+def repeats(doc: dict, templates: dict) -> None:
+    for container, key in module_slots(doc):
+        x = container[key]
+        named = None
+        if isinstance(x, dict) and head(x) == "seq" and isinstance(x["seq"], dict):
+            named = x["seq"].get("name")
+            if set(x["seq"]) - {"name", "layers"}:
+                continue
+            x = x["seq"]["layers"]
+        if not isinstance(x, list) or len(x) < 2:
+            continue
+        maybe = [call_of(y, templates) for y in x]
+        calls = [c for c in maybe if c is not None]
+        if len(calls) != len(maybe) or len({c[0] for c in calls}) != 1:
+            continue
+        rep = as_repeat(calls, template_defaults(templates[calls[0][0]]))
+        if rep is None:
+            continue
+        if named is not None:
+            rep["name"] = named
+        container[key] = rep
+
+
+def call_of(x: Any, templates: dict) -> tuple[str, dict] | None:
+    h = head(x)
+    if h is None or h not in templates:
+        return None
+    args = op_params(x)
+    if "name" in args:
+        return None
+    return h, args
+
+
+def template_defaults(definition: Any) -> dict[str, Any]:
+    out = {}
+    for p, decl in ((definition or {}).get("params") or {}).items():
+        if isinstance(decl, dict) and "default" in decl:
+            out[p] = decl["default"]
+        elif not isinstance(decl, str):
+            out[p] = decl
+    return out
+
+
+def as_repeat(calls: list[tuple[str, dict]], defaults: dict[str, Any]) -> dict | None:
+    """Calls of one template -> a repeat: `with` the common arguments, `first` where only the
+    first call differs (a stride, a projection), else per-repetition lists."""
+    tname = calls[0][0]
+    keys = list(dict.fromkeys(k for _, a in calls for k in a))
+    if any(k not in defaults and k not in a for _, a in calls for k in keys):
+        return None
+    args = [{k: a.get(k, defaults.get(k)) for k in keys} for _, a in calls]
+    rep: dict[str, Any] = {"repeat": len(calls), "use": tname}
+    rest = args[1:]
+    if all(a == rest[0] for a in rest):
+        common = {k: v for k, v in rest[0].items() if k not in defaults or v != defaults[k]}
+        first = {k: v for k, v in args[0].items() if rest[0].get(k) != v}
+        if len(calls) == 2 and len(first) > 1:
+            return None  # two calls that differ in several ways read better as they are
+        if common:
+            rep["with"] = common
+        if first:
+            rep["first"] = first
+        return rep
+    if len(calls) < 3:
+        return None
+    with_: dict[str, Any] = {}
+    for k in keys:
+        vals = [a[k] for a in args]
+        if any(isinstance(v, (bool, str)) for v in vals) and len(set(map(str, vals))) > 1:
+            return None
+        with_[k] = per_index(vals)
+    rep["with"] = with_
+    return rep

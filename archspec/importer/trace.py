@@ -10,8 +10,11 @@ two layers that never rejoin, a shared module with weights, an op without an arc
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +56,7 @@ class It:
     prefix: str | None = None
     start: int = 0
     text: str = ""  # marker: what could not be expressed
+    cls: str = ""  # the class of the module it came from (names its template)
     in_c: int | None = None  # residual: channels before and after (to decide `shortcut: auto`)
     out_c: int | None = None
 
@@ -99,18 +103,27 @@ def trace(model: nn.Module, shape: tuple[int, ...], batch: int = 1) -> fx.GraphM
     gm = fx.GraphModule(tracer.root, graph)
     x = torch.randn(batch, *shape)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(x)
     except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = e.__cause__ or e
+        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise Located(
-            "", type(model).__qualname__, f"does not run on {list(shape)}: {msg}"
+            "", type(model).__qualname__, f"does not run on an input of {list(shape)}: {msg}"
         ) from None
     return gm
 
 
 def is_tensor(n: Any) -> bool:
-    return isinstance(n, fx.Node) and isinstance(n.meta.get("tensor_meta"), TensorMetadata)
+    """A tensor, or a tuple of them (nn.LSTM's output: read only to say it is unsupported)."""
+    if not isinstance(n, fx.Node):
+        return False
+    meta = n.meta.get("tensor_meta")
+    if isinstance(meta, TensorMetadata):  # a NamedTuple itself
+        return True
+    if isinstance(meta, (tuple, list)):
+        return any(isinstance(m, TensorMetadata) for m in meta)
+    return isinstance(meta, TensorMetadata)
 
 
 def shape_of(n: fx.Node) -> tuple[int, ...]:
@@ -195,7 +208,7 @@ class Recover:
         out = next(n for n in self.gm.graph.nodes if n.op == "output").args[0]
         if not is_tensor(out):
             raise Located("", type(self.model).__qualname__, "returns more than one tensor")
-        return self.scope("", nodes, 0, x, out)
+        return group_dotted(dense_steps(self.scope("", nodes, 0, x, out)))
 
     def scope(
         self, path: str, nodes: list[fx.Node], depth: int, entry: fx.Node, exit_: fx.Node
@@ -204,6 +217,8 @@ class Recover:
         producer = {u.out: u for u in units if u.out is not None}
         users: dict[fx.Node, int] = {}
         for u in units:
+            if u.out is not None and not is_tensor(u.out):
+                continue  # x.size(0) and the like: read by a flatten, not a layer
             for a in u.ins:
                 users[a] = users.get(a, 0) + 1
         # immediate dominators of values (unit outputs), from the scope's entry
@@ -222,7 +237,7 @@ class Recover:
             depth_of[u.out] = depth_of[idom[u.out]] + 1
         ctx = _Ctx(path, depth, units, producer, users, idom, depth_of, set())
         items = self.chain(ctx, entry, exit_, top=True)
-        for u in units:
+        for u in units if not ctx.failed else ():  # what a failure left out is no 2nd problem
             if (
                 u.key not in ctx.seen
                 and u.out is not None
@@ -249,13 +264,14 @@ class Recover:
         while v is not entry:
             u = ctx.producer.get(v)
             if u is None:
-                raise Located(
-                    ctx.path, "a tensor from outside the module", "reads an input it was not given"
-                )
+                ctx.failed = True
+                why = "reads a tensor it was not given"
+                items.insert(0, self.fail(Located(ctx.path, "an outside tensor", why)))
+                break
             if not first and ctx.users.get(v, 0) != 1:
-                raise Located(
-                    u.path or ctx.path, self.what(u), "its output is used by more than one layer"
-                )
+                ctx.failed = True
+                why = "its output is read by layers that do not rejoin at an add or a cat"
+                items.insert(0, self.fail(Located(u.path or ctx.path, self.what(u), why)))
             first = False
             ctx.seen.add(u.key)
             merge = self.merge_kind(u)
@@ -267,13 +283,21 @@ class Recover:
                 first = True  # the fork: read by every branch of this merge
                 continue
             if len(u.ins) != 1:
-                items.insert(
-                    0,
-                    self.fail(
-                        Located(u.path or ctx.path, self.what(u), "takes more than one tensor")
-                    ),
-                )
-                break
+                why = "combines several tensors" if u.ins else "reads no tensor"
+                items.insert(0, self.fail(Located(u.path or ctx.path, self.what(u), why)))
+                ctx.failed = True
+                if not u.ins:
+                    break
+                v = u.ins[0]  # --partial: go on along the first input
+                first = True
+                continue
+            src = ctx.producer.get(u.ins[0])
+            if _indexes(u) and src is not None and src.path and len(src.nodes) == 1:
+                # out, state = self.lstm(x): the layer is what cannot be said, not the indexing
+                ctx.seen.add(src.key)
+                items.insert(0, self.unit(ctx, src, src.ins[0] if src.ins else u.ins[0]))
+                v = src.ins[0] if src.ins else entry
+                continue
             items.insert(0, self.unit(ctx, u, u.ins[0]))
             v = u.ins[0]
         return items
@@ -298,10 +322,8 @@ class Recover:
             dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
             rank = len(shape_of(n))
             if dim not in (1, 1 - rank) or not isinstance(tensors, (list, tuple)):
-                return self.fail(Located(scope, "torch.cat", f"along dim {dim}")), tensors[
-                    0
-                ] if tensors else u.ins[0]
-            ins = list(tensors)
+                return self.fail(Located(scope, "torch.cat", f"along dim {dim}")), u.ins[0]
+            ins = [a for a in tensors if isinstance(a, fx.Node)]
             if len(ins) == 1:
                 return None, ins[0]
         else:
@@ -313,7 +335,7 @@ class Recover:
                 return self.fail(
                     Located(scope, match.describe(n.target), "only tensor + tensor")
                 ), u.ins[0]
-            ins = list(n.args)
+            ins = [a for a in n.args if isinstance(a, fx.Node)]
             if shape_of(ins[0]) != shape_of(ins[1]):
                 return self.fail(
                     Located(scope, match.describe(n.target), "broadcasting add")
@@ -327,7 +349,7 @@ class Recover:
             dense = self.torchvision_dense(ctx, ins, fork)
             if dense is not None:
                 return dense, fork
-        branches = []
+        branches: list[list[It]] = []
         for a in ins:
             if a is fork:
                 branches.append([])
@@ -383,6 +405,7 @@ class Recover:
 
     def module(self, ctx: _Ctx, u: Unit, entry: fx.Node) -> It:
         m = u.module
+        assert m is not None and u.out is not None
         name = self.rel(ctx, u.path)
         calls = [n for n in u.nodes if n.op == "call_module" and n.target == u.path]
         if calls and len(u.nodes) == 1:
@@ -400,7 +423,9 @@ class Recover:
                 Located(u.path, match.module_name(m), "called more than once (shared weights)")
             )
         inner = self.scope(u.path, u.nodes, ctx.depth + 1, entry, u.out)
-        return shape_scope(inner, name)
+        it = shape_scope(inner, name)
+        it.cls = type(m).__name__
+        return it
 
     def function(self, ctx: _Ctx, u: Unit) -> It:
         n = u.nodes[0]
@@ -414,7 +439,7 @@ class Recover:
                     )
                 )
             if n.op == "call_method":
-                opname, params = match.match_method(n.target, n.args, n.kwargs)
+                opname, params = match.match_method(str(n.target), n.args, n.kwargs)
             else:
                 opname, params = match.match_function(n.target, n.args, n.kwargs)
         except Unsupported as e:
@@ -423,10 +448,15 @@ class Recover:
 
     def flattens(self, n: fx.Node) -> bool:
         src = n.args[0]
-        if not is_tensor(src) or not is_tensor(n):
+        if not isinstance(src, fx.Node) or not is_tensor(src) or not is_tensor(n):
             return False
         si, so = shape_of(src), shape_of(n)
         return len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]) and len(si) > 2
+
+
+def _indexes(u: Unit) -> bool:
+    n = u.nodes[0]
+    return not u.path and n.op == "call_function" and n.target is operator.getitem
 
 
 def _raise(e: Exception):
@@ -443,6 +473,7 @@ class _Ctx:
     idom: dict
     depth_of: dict
     seen: set
+    failed: bool = False
 
 
 def shape_scope(items: list[It], name: str | None) -> It:
