@@ -7,14 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
+from archspec.cli.common import EXIT_OK, EXIT_SPEC, fail, parse_shape, write_output
 
-def _usage(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+_usage = fail  # every failure before the import itself is a usage error (exit 2)
 
 
 def load_model(target: str, kwargs_json: str | None):
@@ -93,8 +91,6 @@ def import_cmd(
     """Import a PyTorch model as a spec: MODULE:CALLABLE is a class, builder function or
     module instance (torchvision.models:resnet50, mypkg.nets:Net). The spec keeps the model's
     module paths, so its state_dict loads strictly into the built spec."""
-    from archspec.cli.common import parse_shape
-
     try:
         shape = parse_shape(input_shape)
     except click.BadParameter as e:
@@ -119,10 +115,10 @@ def import_cmd(
         click.echo(f"error: cannot express {p.path} ({p.what}){why}", err=True)
     if problems and not partial:
         click.echo("help: --partial writes the rest of the spec with these places marked", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_SPEC)
     if output:
-        Path(output).write_text(text)
+        write_output(output, lambda tmp: tmp.write_text(text))
         click.echo(f"wrote {output}" + (" (partial)" if problems else ""), err=True)
     else:
         click.echo(text, nl=False)
-    sys.exit(1 if problems else 0)
+    sys.exit(EXIT_SPEC if problems else EXIT_OK)
