@@ -149,6 +149,21 @@ def test_out_with_foreign_files_is_refused_and_left_alone(
     assert long.exit_code == 2 and "too long" in long.output and "Traceback" not in long.output
 
 
+def test_paths_too_long_for_the_system_are_one_line(spec: Path, tmp_path: Path) -> None:
+    name = str(tmp_path / ("x" * 300))
+    runs = {
+        ("train", spec, "--data", name + ".npz", "--out", tmp_path / "r"): 1,  # data: exit 1
+        ("list", name): 2,
+        ("check", name + ".yaml"): 2,
+        ("schema", "-o", name + ".json"): 2,
+        ("graph", spec, "-o", name + ".dot"): 2,
+        ("export", spec, "-o", name + ".pt"): 2,
+    }
+    for args, code in runs.items():
+        assert "too long" in one_clear_line(cli(*args), code), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
 def test_resume_with_another_precision_is_refused(spec: Path, npz: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     r = cli("train", spec, "--data", npz, "--out", out, "--epochs", "2", *QUICK[2:])
@@ -292,6 +307,8 @@ def test_decompression_bomb_in_an_image_folder_is_refused(tmp_path: Path) -> Non
         (("--weight-decay", "inf"), "--weight-decay"),
         (("--seed", str(1 << 64)), "--seed"),
         (("--seed", "-1"), "--seed"),
+        (("--threads", str(1 << 70)), "--threads"),
+        (("--epochs", str(1 << 70)), "epochs must be an integer"),
     ],
 )
 def test_non_finite_and_out_of_range_options_are_usage_errors(
@@ -300,6 +317,13 @@ def test_non_finite_and_out_of_range_options_are_usage_errors(
     r = cli("train", spec, "--out", tmp_path / "r", *args)
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_export_tolerance_must_be_a_finite_number(tmp_path: Path) -> None:
+    for bad in ("nan", "-1"):
+        r = cli("export", LENET, "-o", tmp_path / "x.pt", "--tolerance", bad)
+        assert r.exit_code == 2 and "--tolerance" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_largest_seed_trains(spec: Path, npz: Path, tmp_path: Path) -> None:
@@ -371,6 +395,25 @@ def test_spec_that_is_a_directory_or_fifo_is_named_as_such(tmp_path: Path) -> No
         assert "directory" in err and "no such spec file" not in err, (cmd, err)
         err = one_clear_line(cli(cmd, fifo, *extra), 2)  # and no hang reading it
         assert "not a regular file" in err, (cmd, err)
+
+
+def test_python_api_refuses_specs_that_are_not_regular_files(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    for path, says in (
+        ("/dev/zero", "not a regular file"),
+        (fifo, "not a regular file"),
+        (tmp_path, "directory"),
+    ):
+        report = archspec.check(path)  # would block or read forever
+        assert [d.code for d in report.errors] == ["E-IO"] and says in report.errors[0].message
+        with pytest.raises(archspec.SpecError, match=says):
+            archspec.variants(path)
+    for weights in (fifo, tmp_path / "pipe.safetensors"):
+        if not weights.exists():
+            os.mkfifo(weights)
+        with pytest.raises(archspec.SpecError, match="not a regular file"):
+            archspec.build(LENET, weights=weights)
 
 
 def test_graph_errors_name_the_file_and_exit_2(tmp_path: Path) -> None:

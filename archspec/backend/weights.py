@@ -137,10 +137,12 @@ def _read_safetensors(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
     from safetensors import SafetensorError, safe_open
 
     try:
-        if not os.path.isfile(name):
-            if os.path.isdir(name):
-                raise WeightsError(name, f"{name} is a directory, not a weights file")
+        if not os.path.exists(name):
             raise WeightsError(name, f"no such weights file: {name}")
+        if os.path.isdir(name):
+            raise WeightsError(name, f"{name} is a directory, not a weights file")
+        if not os.path.isfile(name):
+            raise WeightsError(name, f"cannot read weights from {name}: not a regular file")
         with safe_open(name, framework="pt") as f:
             raw = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  # not a dict

@@ -17,6 +17,7 @@ from archspec.cli.common import (
     check_output_path,
     checked,
     fail,
+    finite,
     input_option,
     num_classes_option,
     parse_shape,
@@ -138,7 +139,8 @@ def graph_cmd(spec: str, variant: str | None, input_shape: str | None, output: s
 )
 @click.option(
     "--tolerance",
-    type=float,
+    type=click.FloatRange(0),
+    callback=finite,
     default=1e-4,
     show_default=True,
     help="largest allowed |difference| between the file's output and PyTorch's",
@@ -225,7 +227,11 @@ def list_cmd(folder: str, as_json: bool) -> None:
     from archspec.analysis.diff import columns
     from archspec.analysis.table import human_number
 
-    if not Path(folder).exists():
+    try:
+        exists = Path(folder).exists()
+    except OSError as e:  # a name too long
+        fail(f"cannot read {folder}: {e.strerror or e}")
+    if not exists:
         fail(f"no such folder: {folder}")
     found = catalog(folder)
     bad = sum(1 for e in found if not e.ok)

@@ -366,7 +366,7 @@ def _data_options(f: Any) -> Any:
 )
 @click.option(
     "--threads",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1 << 16),
     default=None,
     help="torch threads on a CPU [default: all; for a small model the faster of 1 and all, "
     "timed at the start; OMP_NUM_THREADS when set]",
@@ -380,7 +380,7 @@ def _data_options(f: Any) -> Any:
 )
 @click.option(
     "--nproc",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1 << 12),
     default=1,
     show_default=True,
     help="train data-parallel on N processes of this machine (one per GPU; gloo on CPU) by "
@@ -393,7 +393,7 @@ def _data_options(f: Any) -> Any:
 )
 @click.option(
     "--dist-timeout",
-    type=click.IntRange(1),
+    type=click.IntRange(1, 1 << 31),
     default=600,
     show_default=True,
     metavar="SECONDS",
@@ -692,7 +692,7 @@ def _train(
 )
 @_data_options
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1 << 31), default=256, show_default=True)
 def eval_cmd(
     spec: str,
     weights: str,

@@ -7,9 +7,11 @@ came from. Bounds on size, nesting and alias expansion keep hostile files cheap 
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,12 @@ def read_source(path: str | Path) -> Source:
     """Read and parse a spec file. Raises SourceError (located) or OSError (missing file)."""
     p = Path(path)
     name = str(path)
-    _check_size(p.stat().st_size, name)
+    st = p.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "it is a directory, not a spec file", name)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", name)
+    _check_size(st.st_size, name)
     return source_from_bytes(p.read_bytes(), name)
 
 

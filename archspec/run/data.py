@@ -75,11 +75,15 @@ def load(
     if source in TORCHVISION:
         return _torchvision(source, Path(root).expanduser() if root else DEFAULT_ROOT, download)
     path = Path(source).expanduser()
-    if path.suffix == ".npz" and path.is_file():
-        return _npz(path)
-    if path.is_dir():
-        return _folder(path, input_shape or (3, 224, 224))
-    if path.exists():
+    try:
+        if path.suffix == ".npz" and path.is_file():
+            return _npz(path)
+        if path.is_dir():
+            return _folder(path, input_shape or (3, 224, 224))
+        exists = path.exists()
+    except OSError as e:  # a name too long, a folder that cannot be listed
+        raise DataError(f"{source}: cannot read ({e.strerror or e})") from None
+    if exists:
         raise DataError(f"{source}: expected a .npz file or an image-folder directory")
     raise DataError(
         f"unknown data set {source!r}: use one of {', '.join(NAMES)}, "
