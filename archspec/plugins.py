@@ -11,12 +11,13 @@ entry.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
-import traceback
+import sys
 from typing import Any
 
-from archspec.lang.errors import Collector, Loc, Problem
+from archspec.lang.errors import Collector, Loc, Problem, raised_at
 from archspec.lang.source import loc_of
 from archspec.ops import OPS
 
@@ -41,7 +42,8 @@ def _guarded(name: str, load: Any) -> Problem | None:
     before = [set(r) for r in _registries()]
     problem = None
     try:
-        load()
+        with contextlib.redirect_stdout(sys.stderr):  # `check --json` owns stdout
+            load()
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):
             problem = Problem(
@@ -82,16 +84,10 @@ def _reserved() -> set[str]:
 
 
 def _failed(name: str, e: BaseException) -> Problem:
-    if isinstance(e, SyntaxError) and e.filename:
-        where = f"{e.filename}:{e.lineno}"
-    else:
-        frames = traceback.extract_tb(e.__traceback__)
-        frame = frames[-1] if frames else None
-        where = f"{frame.filename}:{frame.lineno}" if frame else "its import"
     return Problem(
         "E-PLUGIN",
         f"plugin `{name}` failed on import: {type(e).__name__}: {e}",
-        f"the error is raised at {where}",
+        f"the error is raised at {raised_at(e)}",
     )
 
 

@@ -297,3 +297,16 @@ def test_plugin_modules_import_without_torch(tmp_path: Path, snippet: str) -> No
     r = run(tmp_path, "-c", "import sys, p; print('torch' in sys.modules)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_a_plugin_bug_is_e_plugin_at_the_layer_and_prints_stay_off_stdout(tmp_path: Path) -> None:
+    buggy = S2D.replace("        f = p.factor\n", "        f = p.factor // 0\n")
+    (tmp_path / "buggy_plugin.py").write_text("print('hello from a plugin')\n" + buggy)
+    (tmp_path / "net.yaml").write_text(SPEC.replace("s2d_plugin", "buggy_plugin"))
+    r = run(tmp_path, "-m", "archspec", "check", "net.yaml", "--json")
+    assert r.returncode == 1
+    (error,) = json.loads(r.stdout)["errors"]  # the print went to stderr
+    assert "hello from a plugin" in r.stderr
+    assert error["code"] == "E-PLUGIN" and (error["line"], error["column"]) == (6, 40)
+    assert "`space_to_depth` (buggy_plugin) raised ZeroDivisionError" in error["message"]
+    assert "buggy_plugin.py:" in error["help"]

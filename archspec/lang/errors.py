@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -114,3 +115,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     if choices and len(choices) <= 30:
         return "expected one of: " + ", ".join(choices)
     return None
+
+
+def raised_at(e: BaseException) -> str:
+    """`file:line` where an exception was raised (for a SyntaxError, where the bad code is)."""
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{e.filename}:{e.lineno}"
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "an unknown place"

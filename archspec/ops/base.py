@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archspec.lang.errors import Problem
+from archspec.lang.errors import Problem, raised_at
 from archspec.ops.shapes import pair
 
 # Re-exported by archspec.ops: the API built-in ops and plugins use.
@@ -196,8 +196,30 @@ def register(cls: type[Op]) -> type[Op]:
     for attr in ("doc", "example"):
         if not getattr(cls, attr, None):
             raise ValueError(f"op `{name}` needs `{attr}`")
+    if not cls.__module__.startswith("archspec."):
+        _report_plugin_bugs(cls)
     OPS[name] = cls()
     return cls
+
+
+def _report_plugin_bugs(cls: type[Op]) -> None:
+    """A plugin's shape rule that fails with anything but a Problem (a bug in the plugin) is
+    reported as E-PLUGIN at the layer, like any error of the spec, not as a traceback."""
+    rule = cls.infer
+
+    def infer(self: Op, p: Any, shape: Shape) -> Inferred:
+        try:
+            return rule(self, p, shape)
+        except Problem:
+            raise
+        except Exception as e:  # noqa: BLE001  # a plugin may raise anything
+            raise Problem(
+                "E-PLUGIN",
+                f"the shape rule of `{cls.name}` ({cls.__module__}) raised {type(e).__name__}: {e}",
+                f"the error is raised at {raised_at(e)}",
+            ) from None
+
+    cls.infer = infer  # type: ignore[method-assign]
 
 
 def he_init(ops: Any) -> bool:
