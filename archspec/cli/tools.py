@@ -229,8 +229,8 @@ def list_cmd(folder: str, as_json: bool) -> None:
 
     try:
         exists = Path(folder).exists()
-    except OSError as e:  # a name too long
-        fail(f"cannot read {folder}: {e.strerror or e}")
+    except OSError as err:  # a name too long
+        fail(f"cannot read {folder}: {err.strerror or err}")
     if not exists:
         fail(f"no such folder: {folder}")
     found = catalog(folder)

@@ -550,7 +550,7 @@ def _train(
 
     from archspec.run import distributed
     from archspec.run.data import DataError
-    from archspec.run.loop import fit
+    from archspec.run.loop import Settings, fit
     from archspec.run.recipe import Recipe, uses_bf16
     from archspec.run.rundir import RunDir, RunDirError, saved_recipe
 
@@ -643,15 +643,17 @@ def _train(
             rundir,
             input_shape=tuple(report.input),
             spec_hash=report.spec_hash,
-            device=dev,
-            compile=compile_,
             resume=resume,
             meta=meta,
-            progress=not quiet,
-            initialise=init is None,
-            sync_bn=sync_bn,
-            threads=threads,
-            precision=precision,
+            settings=Settings(
+                device=dev,
+                compile=compile_,
+                progress=not quiet,
+                initialise=init is None,
+                sync_bn=sync_bn,
+                threads=threads,
+                precision=precision,
+            ),
         )
     except errors as e:  # a diverged run, a checkpoint: every rank's alike; a file: one rank's
         _fail(str(e), every_rank=isinstance(e, DataError))

@@ -260,6 +260,26 @@ class _Log:
 # ---------------------------------------------------------------- the loop
 
 
+@dataclass
+class Settings:
+    """How a run executes, as opposed to the recipe (what it computes). ``on_step(step)`` is
+    called after every step (tests use it to interrupt); ``initialise=False`` keeps the
+    model's weights (``archspec train --init FILE``); ``sync_bn`` makes BatchNorm use the
+    statistics of the global batch (several CUDA processes); ``threads``: torch's intra-op
+    threads on a CPU (None: chosen at the start, and kept by a resumed run); ``precision``:
+    one of PRECISIONS (see ``uses_bf16``; a resumed run keeps the precision it started with,
+    and refuses another one asked for)."""
+
+    device: str | torch.device = "cpu"
+    compile: bool = False
+    progress: bool = True
+    on_step: Callable[[int], None] | None = None
+    initialise: bool = True
+    sync_bn: bool = False
+    threads: int | None = None
+    precision: str = "auto"
+
+
 def fit(
     model: nn.Module,
     data: Data,
@@ -268,31 +288,21 @@ def fit(
     *,
     input_shape: tuple[int, int, int],
     spec_hash: str,
-    device: str | torch.device = "cpu",
-    compile: bool = False,
     resume: bool = False,
     meta: dict[str, Any] | None = None,
-    progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
-    initialise: bool = True,
-    sync_bn: bool = False,
-    threads: int | None = None,
-    precision: str = "auto",
+    settings: Settings | None = None,
+    **options: Any,
 ) -> Result:
     """Train ``model`` (already built and seeded) on ``data`` and write the run to ``out``
     (a folder, or a `RunDir` the caller has claimed; a folder is claimed here: created,
     locked for the run, refused if it holds files that are not an archspec run's).
-
-    ``on_step(global_step)`` is called after every step (tests use it to interrupt).
-    ``initialise=False`` keeps the model's weights (``archspec train --init FILE``).
+    ``settings`` (or its fields as keyword ``options``) say how the run executes.
 
     In a process group (``archspec.run.distributed.session`` under torchrun) the model is wrapped
     in DistributedDataParallel and each rank trains on its slice of every global batch of
     ``recipe.batch_size``, so the numbers mean what they mean in one process; rank 0 alone
-    reads and writes files. ``sync_bn`` makes BatchNorm use the statistics of the global
-    batch (CUDA only). ``threads``: torch's intra-op threads on a CPU (None: chosen here, and
-    kept by a resumed run). ``precision``: one of PRECISIONS (see ``uses_bf16``; a resumed
-    run keeps the precision it started with, and refuses another one asked for)."""
+    reads and writes files."""
+    settings = dataclasses.replace(settings or Settings(), **options)
     try:
         recipe = recipe.resolved()
     except ValueError as e:
@@ -304,23 +314,9 @@ def fit(
         run.claim()
     try:
         loop = _Loop.start(
-            model,
-            data,
-            recipe,
-            run,
-            input_shape=input_shape,
-            spec_hash=spec_hash,
-            device=torch.device(device),
-            compile=compile,
-            resume=resume,
-            meta=meta or {},
-            log=_Log(progress and w.main),
-            initialise=initialise,
-            sync_bn=sync_bn,
-            threads=threads,
-            precision=precision,
+            model, data, recipe, run, input_shape, spec_hash, resume, meta or {}, settings
         )
-        return loop.run(on_step)
+        return loop.run(settings.on_step)
     finally:
         if claimed_here:
             run.release()
@@ -364,21 +360,20 @@ class _Loop:
         data: Data,
         recipe: Recipe,
         run: RunDir,
-        *,
         input_shape: tuple[int, int, int],
         spec_hash: str,
-        device: torch.device,
-        compile: bool,
         resume: bool,
         meta: dict[str, Any],
-        log: _Log,
-        initialise: bool,
-        sync_bn: bool,
-        threads: int | None,
-        precision: str,
+        settings: Settings,
     ) -> _Loop:
         """Restore or initialise the model, place it, make the optimizer and the feeds, and
         write config.json (rank 0)."""
+        device, precision, threads = (
+            torch.device(settings.device),
+            settings.precision,
+            settings.threads,
+        )
+        compile, sync_bn = settings.compile, settings.sync_bn
         w = distributed.world()
         if recipe.batch_size % w.size:
             raise TrainError(
@@ -392,7 +387,7 @@ class _Loop:
         )
         if state is None:
             torch.manual_seed(recipe.seed)
-            if initialise:
+            if settings.initialise:
                 init_weights(model)
             if w.rank:  # the ranks' dropout masks must differ, as the images' of one batch do
                 torch.manual_seed((recipe.seed + 1_000_003 * w.rank) % (1 << 64))
@@ -452,7 +447,7 @@ class _Loop:
             threads=threads,
             spec_hash=spec_hash,
             meta=meta,
-            log=log,
+            log=_Log(settings.progress and w.main),
             steps_per_epoch=spe,
             total=total,
             epochs=math.ceil(total / spe),
