@@ -13,11 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from archspec.ir import DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.ir import AUX, LAYER, SEQ, Network, Node
+from archspec.lower import COMBINATORS
 from archspec.ops import OPS, fmt
 
 RENDERED = ("svg", "png", "pdf")
-AUX = "aux"  # ir.AUX: an auxiliary head, whose output leaves the main path
 INSTALL_HINT = (
     "install Graphviz (`apt-get install graphviz`, `brew install graphviz` or "
     "`conda install graphviz`), or write DOT text with `-o FILE.dot`"
@@ -32,7 +32,9 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-class _Writer:
+class Writer:
+    """The DOT text being written; combinators draw themselves on it (`Combinator.draw`)."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
         # Edges go after every cluster: an edge written inside a subgraph would pull both of
@@ -74,27 +76,14 @@ class _Writer:
         """Draw `node` fed by `preds`; return the ids its output leaves from."""
         if node.kind == LAYER:
             return [self.layer(node, preds)]
+        comb = COMBINATORS[node.kind]
         boxed = not node.inline  # a composite that owns a module is a box labelled with its path
         if boxed:
-            label = node.path if node.kind == SEQ else f"{node.path} ({_kind_label(node)})"
-            style = (
-                "rounded,dashed"
-                if node.kind == AUX or (node.kind == SEQ and not stage)
-                else "rounded"
-            )
-            self.open_cluster(key, label, style)
-        if node.kind == PARALLEL:
-            out = self.parallel(node, preds, key)
-        elif node.kind == RESIDUAL:
-            out = self.residual(node, preds, key)
-        elif node.kind == DENSE:
-            out = self.dense(node, preds, key)
-        else:  # seq, aux, and any newer kind: its parts in order
-            out = preds
-            for i, child in enumerate(node.parts()):
-                out = self.walk(child, out, f"{key}_{i}")
-            if node.kind == AUX:  # a side output: the main path goes on from the head's input
-                out = preds
+            caption = comb.caption(node)
+            label = node.path if caption is None else f"{node.path} ({caption})"
+            dashed = node.kind == AUX or (node.kind == SEQ and not stage)
+            self.open_cluster(key, label, "rounded,dashed" if dashed else "rounded")
+        out = comb.draw(self, node, preds, key)
         if boxed:
             self.close_cluster()
         return out
@@ -124,79 +113,10 @@ class _Writer:
             fontsize="10",
         )
 
-    def parallel(self, node: Node, preds: list[str], key: str) -> list[str]:
-        # One small label node per branch, on one rank and chained left to right in spec order:
-        # the branches hang from them side by side. The labels sit in this cluster, not in a
-        # branch's own, which keeps `rank=same` valid whatever clusters the branches open.
-        fans = [
-            self.node(
-                b.name, shape="plaintext", style="", fontsize="9", fontcolor="#666666", height="0.1"
-            )
-            for b in node.children
-        ]
-        self.fans.update(fans)
-        if len(fans) > 1:
-            self.emit("{rank=same; " + " -> ".join(fans) + " [style=invis];}")
-        exits: list[str] = []
-        for i, (branch, fan) in enumerate(zip(node.children, fans, strict=True)):
-            self.edges(preds, fan, arrowhead="none")
-            exits += self.walk(_unboxed(branch), [fan], f"{key}_b{i}")
-        merged = self.merge_node(node.merge, node.out_shape)
-        self.edges(exits, merged)
-        return [merged]
-
-    def residual(self, node: Node, preds: list[str], key: str) -> list[str]:
-        out = preds
-        for i, child in enumerate(node.children):
-            out = self.walk(child, out, f"{key}_{i}")
-        if node.shortcut is not None:
-            short = self.walk(node.shortcut, preds, f"{key}_s")
-            style = {"style": "dashed"}
-        else:
-            short, style = preds, {"style": "dashed", "label": "identity"}
-        add_shape = node.children[-1].out_shape if node.children else node.in_shape
-        add = self.merge_node("add", add_shape)
-        self.edges(out, add)
-        self.edges(short, add, **style)
-        if node.post is not None:
-            return self.walk(node.post, [add], f"{key}_p")
-        return [add]
-
-    def dense(self, node: Node, preds: list[str], key: str) -> list[str]:
-        cur = preds
-        shape = node.in_shape
-        for i, child in enumerate(node.children):
-            out = self.walk(child, cur, f"{key}_{i}")
-            if shape is not None and child.out_shape is not None:
-                shape = (shape[0] + child.out_shape[0], *shape[1:])
-            cat = self.merge_node("concat", shape)
-            self.edges(cur, cat, style="dashed")
-            self.edges(out, cat)
-            cur = [cat]
-        return cur
-
-
-def _kind_label(node: Node) -> str:
-    return {
-        PARALLEL: f"parallel, {node.merge}",
-        RESIDUAL: "residual",
-        DENSE: "dense",
-        AUX: "auxiliary head, training only",
-    }.get(node.kind, node.kind)
-
-
-def _unboxed(node: Node) -> Node:
-    """A branch is named by its label node: don't box its own Sequential as well."""
-    if node.kind == SEQ and not node.inline:
-        from dataclasses import replace
-
-        return replace(node, inline=True)
-    return node
-
 
 def to_dot(network: Network, title: str | None = None) -> str:
     """DOT text of a lowered network (every layer must have been inferred)."""
-    w = _Writer()
+    w = Writer()
     # No `newrank`: with it, dot 2.43 lays sibling clusters out in reverse order.
     w.emit("rankdir=TB; nodesep=0.25; ranksep=0.3;")
     w.emit(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from archspec.ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.ir import AUX, LAYER, Network, Node
+from archspec.lower import COMBINATORS
 from archspec.ops import OPS, Saved, numel
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "bool": 1}
@@ -44,7 +45,7 @@ class Step:
     """One forward operation in execution order: a layer, or a concat/add merge."""
 
     path: str
-    kind: str  # "layer", "concat", "add"
+    kind: str  # "layer", or a join: "concat", "add", "mul"
     inputs: list[Tensor]
     output: Tensor
     saved: list[Storage] = field(default_factory=list)
@@ -124,39 +125,28 @@ class Walk:
     def node(self, node: Node, x: Tensor) -> Tensor:
         if node.kind == LAYER:
             return self.layer(node, x)
-        if node.kind in (SEQ, AUX):
-            for child in node.children:
-                x = self.node(child, x)
-            return x
-        if node.kind == PARALLEL:
-            return self.merge(node.merge, [self.node(b, x) for b in node.children], node.path)
-        if node.kind == RESIDUAL:
-            main = x
-            for child in node.children:
-                main = self.node(child, main)
-            short = self.node(node.shortcut, x) if node.shortcut is not None else x
-            out = self.merge("add", [main, short], node.path)
-            return self.node(node.post, out) if node.post is not None else out
-        if node.kind == DENSE:
-            for child in node.children:
-                x = self.merge("concat", [x, self.node(child, x)], node.path)
-            return x
-        raise AssertionError(node.kind)
+        return COMBINATORS[node.kind].forward(node, x, self)
 
-    def merge(self, how: str, outs: list[Tensor], path: str) -> Tensor:
-        """torch.cat makes a new tensor; `a + b + c` makes (a + b), then its sum with c."""
+    child = node  # the Flow a combinator's forward runs on
+
+    def join(self, how: str, outs: list[Tensor], node: Node) -> Tensor:
+        """torch.cat makes a new tensor; `a + b + c` makes (a + b), then its sum with c; a
+        product keeps both factors for its backward."""
         if len(outs) == 1:
             return outs[0]
         dtype = "float32" if any(t.dtype == "float32" for t in outs) else outs[0].dtype
         grad = any(t.grad for t in outs)
         if how == "concat":
-            out = self.new(sum(t.elems for t in outs), dtype, grad, path)
-            self.steps.append(Step(path, "concat", outs, out, passthrough=True))
+            out = self.new(sum(t.elems for t in outs), dtype, grad, node.path)
+            self.steps.append(Step(node.path, "concat", outs, out, passthrough=True))
             return out
         acc = outs[0]
         for t in outs[1:]:
-            out = self.new(acc.elems, dtype, grad, path)
-            self.steps.append(Step(path, "add", [acc, t], out, passthrough=True))
+            out = self.new(max(acc.elems, t.elems), dtype, grad, node.path)
+            step = Step(node.path, how, [acc, t], out, passthrough=how == "add")
+            if how == "mul":  # each factor's gradient is the other factor times the output's
+                step.saved = [f.storage for f, other in ((t, acc), (acc, t)) if other.grad]
+            self.steps.append(step)
             acc = out
         return acc
 

@@ -1,10 +1,11 @@
 """JSON Schema of the spec format, for editors (YAML language server) and `jsonschema`.
 
-The top level comes from `SpecModel`; the recursive layer grammar, which `lower.py` validates
+The top level comes from `SpecModel`; the recursive layer grammar, which `lower/` validates
 by hand, is written here from the same registries: one definition per op (its pydantic
-`Params` schema, doc line and example), the combinators, the repeat form and template calls. Template names are the
-user's own, so any single-key mapping whose key is not an op, a combinator or a repeat key is
-a template call; an op key keeps its strict parameter schema, so `conv: {ot: 3}` still fails.
+`Params` schema, doc line and example), each combinator's own fragment, the repeat form and
+template calls. Template names are the user's own, so any single-key mapping whose key is not
+an op, a combinator or a repeat key is a template call; an op key keeps its strict parameter
+schema, so `conv: {ot: 3}` still fails.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from archspec.lang.spec import SpecModel
-from archspec.lower import COMBINATORS, MAX_REPEAT, REPEAT_KEYS, TYPES
+from archspec.lower import COMBINATORS, REPEAT_KEYS, TYPES
+from archspec.lower.combinators.base import EXPR, REF_ITEM
+from archspec.lower.combinators.base import described as _d
+from archspec.lower.repeat import schema_props as _repeat_props
 from archspec.ops import OPS
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
-REF_ITEM = {"$ref": "#/$defs/item"}
-EXPR = {"$ref": "#/$defs/expr"}
 
 # Examples shown by editors: each op's own docs example gives one whole layer (Op.example), and
 # these one value per parameter where a default alone says little.
@@ -63,14 +65,6 @@ TOP_EXAMPLES: dict[str, list[Any]] = {
     ],
     "variants": [{"resnet34": {"stages": {"b2": {"repeat": 3}}}}],
 }
-
-
-def _d(description: str, schema: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """A schema with its description (and examples) — every field of the format has one."""
-    out = dict(schema or {})
-    out["description"] = description
-    out.update(extra)
-    return out
 
 
 def _with_expr(schema: dict[str, Any]) -> dict[str, Any]:
@@ -170,202 +164,8 @@ def _single(key: str, value: dict[str, Any], description: str) -> dict[str, Any]
     }
 
 
-def _repeat_props() -> dict[str, Any]:
-    props = {
-        "repeat": _d(
-            "how many times: a whole number or an expression",
-            {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_REPEAT}, EXPR]},
-            examples=[2, "$n"],
-        ),
-        "use": _d(
-            "the template each repetition instantiates (a name, or an expression such as `$block`)",
-            {"type": "string"},
-            examples=["basic", "$block"],
-        ),
-        "body": _d("the layers each repetition runs (instead of `use`)", REF_ITEM),
-        "with": _d(
-            "template arguments (or `$names` for `body`) for every repetition",
-            {"$ref": "#/$defs/args"},
-            examples=[{"c": 64}],
-        ),
-        "first": _d(
-            "arguments overriding `with` in the first repetition",
-            {"$ref": "#/$defs/args"},
-            examples=[{"stride": 2}],
-        ),
-        "at": _d(
-            "arguments overriding `with` in the repetitions with these indices "
-            "(negative ones count from the end)",
-            {
-                "type": "object",
-                "propertyNames": {"pattern": "^-?[0-9]+$"},
-                "additionalProperties": {"$ref": "#/$defs/args"},
-            },
-            examples=[{"1": {"stride": 2}}],
-        ),
-        "prefix": _d(
-            "module-name prefix of the repetitions (`block` gives block0, block1, ...)",
-            {"type": "string"},
-            examples=["denselayer"],
-        ),
-        "start": _d(
-            "index of the first repetition in module names",
-            {"type": "integer", "minimum": 0},
-            examples=[1],
-        ),
-        "name": {"$ref": "#/$defs/name"},
-        "inline": {"$ref": "#/$defs/inline"},
-    }
-    for key in REPEAT_KEYS - set(props):  # added to lower.py, not described here yet
-        props[key] = _d("see the language docs")
-    return props
-
-
 def _combinators() -> dict[str, dict[str, Any]]:
-    name, inline = {"$ref": "#/$defs/name"}, {"$ref": "#/$defs/inline"}
-    parallel = {
-        "type": "object",
-        "description": "branches that all read the same input, merged by concat or add",
-        "required": ["branches"],
-        "properties": {
-            "branches": _d(
-                "the branches: a list, or a mapping from branch name to layers",
-                {
-                    "anyOf": [
-                        {"type": "array", "items": REF_ITEM, "minItems": 1},
-                        {"type": "object", "additionalProperties": REF_ITEM, "minProperties": 1},
-                    ]
-                },
-            ),
-            "merge": _d(
-                "how branch outputs are joined", {"enum": ["concat", "add"], "default": "concat"}
-            ),
-            "flat": _d(
-                "register the branch layers directly on this module (Inception naming)",
-                {"type": "boolean", "default": False},
-            ),
-            "name": name,
-            "inline": inline,
-        },
-        "additionalProperties": False,
-        "examples": [
-            {
-                "flat": True,
-                "branches": {
-                    "p1": [{"conv": {"out": 64, "k": 1}}, "relu"],
-                    "p2": [{"maxpool": {"k": 3, "stride": 1, "pad": 1}}],
-                },
-            }
-        ],
-    }
-    residual = {
-        "type": "object",
-        "description": "main path plus shortcut, summed",
-        "required": ["main"],
-        "properties": {
-            "main": _d("the layers of the main path", REF_ITEM),
-            "shortcut": _d(
-                "`auto` (identity, or a 1x1 projection when the shape changes), `identity`, "
-                "or layers",
-                {"anyOf": [{"enum": ["auto", "identity"]}, REF_ITEM], "default": "auto"},
-            ),
-            "projection": _d(
-                "options of the `auto` projection",
-                {
-                    "type": ["object", "null"],
-                    "properties": {
-                        "bn": _d(
-                            "follow the 1x1 conv with BatchNorm",
-                            {"type": "boolean", "default": True},
-                        ),
-                        "bias": _d(
-                            "give the 1x1 conv a bias", {"type": "boolean", "default": False}
-                        ),
-                        "name": _d(
-                            "module name of the projection",
-                            {"type": "string"},
-                            examples=["downsample"],
-                        ),
-                    },
-                    "additionalProperties": False,
-                },
-                examples=[{"bn": True, "bias": False, "name": "downsample"}],
-            ),
-            "post": _d(
-                "layers applied after the sum",
-                {"anyOf": [REF_ITEM, {"type": "null"}]},
-                examples=["relu"],
-            ),
-            "name": name,
-            "inline": inline,
-        },
-        "additionalProperties": False,
-        "examples": [
-            {
-                "main": [{"conv": {"out": "$c", "k": 3, "pad": 1}}, "bn", "relu"],
-                "shortcut": "auto",
-                "post": "relu",
-            }
-        ],
-    }
-    dense = {
-        "type": "object",
-        "description": "dense block: each layer's output is concatenated to its input",
-        "required": ["repeat"],
-        "properties": _repeat_props(),
-        "additionalProperties": False,
-        "examples": [{"repeat": 4, "use": "conv_block", "with": {"growth": 32}}],
-    }
-    seq = _d(
-        "a nested sequence of layers",
-        {
-            "anyOf": [
-                {"$ref": "#/$defs/layerList"},
-                {
-                    "type": "object",
-                    "required": ["layers"],
-                    "properties": {
-                        "layers": _d("the layers, in order", {"$ref": "#/$defs/layerList"}),
-                        "name": name,
-                        "inline": inline,
-                    },
-                    "additionalProperties": False,
-                },
-            ]
-        },
-    )
-    aux = _d(
-        "an auxiliary head (training only): a stage whose layers read the tensor but whose "
-        "output leaves the main path; the next stage gets this stage's input",
-        {
-            "anyOf": [
-                {"$ref": "#/$defs/layerList"},
-                {
-                    "type": "object",
-                    "required": ["layers"],
-                    "properties": {
-                        "layers": _d("the head's layers", {"$ref": "#/$defs/layerList"}),
-                        "name": name,
-                    },
-                    "additionalProperties": False,
-                },
-            ]
-        },
-        examples=[
-            [
-                {"avgpool": {"k": 5, "stride": 3}},
-                {"conv": {"out": 128, "k": 1}},
-                "relu",
-                "flatten",
-                {"linear": {"out": "$num_classes"}},
-            ]
-        ],
-    )
-    known = {"parallel": parallel, "residual": residual, "dense": dense, "seq": seq, "aux": aux}
-    # A combinator added to lower.py before it is described here still validates, loosely
-    # (tests/test_schema.py fails until it is described).
-    loose = _d("a combinator (see the language docs)", {"type": ["object", "array"]})
-    return {n: known.get(n, loose) for n in COMBINATORS}
+    return {name: comb.schema() for name, comb in COMBINATORS.items()}
 
 
 def _reserved() -> list[str]:

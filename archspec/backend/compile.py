@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from archspec.analysis.report import Report, check
-from archspec.ir import AUX, DENSE, LAYER, PARALLEL, RESIDUAL, SEQ, Network, Node
+from archspec.ir import AUX, LAYER, Network, Node
 from archspec.lang.errors import Diagnostic, Loc, SpecError
+from archspec.lower import COMBINATORS
 from archspec.ops import OPS
 
 DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", "2000000000"))
@@ -130,7 +131,7 @@ def module_for(node: Node) -> nn.Module:
         return OPS[node.op].build(node.params, node.in_shape)
     owned = list(_owned(node))
     children = [(c.name, module_for(c)) for c in owned]
-    if node.kind in (SEQ, AUX) and all(c.kind == LAYER or not c.inline for c in node.children):
+    if COMBINATORS[node.kind].chain and all(c.kind == LAYER or not c.inline for c in node.parts()):
         return nn.Sequential(OrderedDict(children))
     cls = _block_class(node)
     return cls(children)
@@ -148,11 +149,11 @@ def _owned(node: Node):
 # --------------------------------------------------------------------------- code generation
 
 _CLASSES: dict[str, type] = {}
-_KIND_NAMES = {PARALLEL: "Parallel", RESIDUAL: "Residual", DENSE: "Dense", SEQ: "Chain", AUX: "Aux"}
 
 
 def _block_class(node: Node) -> type:
-    return _generated(node.kind, _Emitter().forward_source(node), _KIND_NAMES[node.kind], Block)
+    source = _Emitter().forward_source(node)
+    return _generated(node.kind, source, COMBINATORS[node.kind].class_name, Block)
 
 
 def _net_class(root: Node) -> type:
@@ -221,37 +222,22 @@ class _Emitter:
         self.lines.append(f"{v} = {ref}({inp})")
         return v
 
-    def emit(self, node: Node, inp: str) -> str:
+    def child(self, node: Node, inp: str) -> str:
+        """A part of a combinator: a call of its module, or an inline composite's own code."""
         if node.kind == LAYER or not node.inline:
             return self.call(node, inp)
         return self.body(node, inp)
 
     def body(self, node: Node, inp: str) -> str:
-        if node.kind in (SEQ, AUX):
-            for child in node.children:
-                inp = self.emit(child, inp)
-            return inp
-        if node.kind == PARALLEL:
-            outs = [self.emit(b, inp) for b in node.children]
-            return self.merge(node.merge, outs)
-        if node.kind == RESIDUAL:
-            main = inp
-            for child in node.children:
-                main = self.emit(child, main)
-            short = self.emit(node.shortcut, inp) if node.shortcut is not None else inp
-            out = self.merge("add", [main, short])
-            return self.emit(node.post, out) if node.post is not None else out
-        if node.kind == DENSE:
-            for child in node.children:
-                new = self.emit(child, inp)
-                inp = self.merge("concat", [inp, new])
-            return inp
-        raise AssertionError(node.kind)
+        return COMBINATORS[node.kind].forward(node, inp, self)
 
-    def merge(self, how: str, outs: list[str]) -> str:
+    def join(self, how: str, outs: list[str], node: Node) -> str:
         if len(outs) == 1:
             return outs[0]
         v = self.var()
-        expr = f"torch.cat([{', '.join(outs)}], 1)" if how == "concat" else " + ".join(outs)
+        if how == "concat":
+            expr = f"torch.cat([{', '.join(outs)}], 1)"
+        else:
+            expr = {"add": " + ", "mul": " * "}[how].join(outs)
         self.lines.append(f"{v} = {expr}")
         return v

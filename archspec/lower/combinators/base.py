@@ -1,0 +1,128 @@
+"""What a combinator is: one class that holds everything archspec does with it.
+
+- `lower` parses and validates its keys (errors located at the key or value at fault), lowers
+  its parts through the walk (`lw.item`, `lw.seq`) and applies its shape rule; plain Python,
+  no torch.
+- `forward` is its data flow, written once over an abstract `Flow`: the compiler runs it over
+  code (straight-line `forward` source of a generated module) and the memory model over
+  tensors (which storages each step allocates and keeps for backward).
+- `draw` adds it to the Graphviz picture; `schema` is its JSON Schema fragment.
+
+Built-ins and a user's plugin register the same way, with `register_combinator`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from archspec.ir import Node
+from archspec.lang.source import loc_of
+
+if TYPE_CHECKING:
+    from archspec.analysis.graph import Writer
+    from archspec.lower.core import Scope, Site
+    from archspec.lower.walk import Lowerer
+
+X = TypeVar("X")
+JOINS = ("concat", "add", "mul")  # what a Flow can do to several tensors
+
+
+class Flow(Protocol[X]):
+    """What a combinator's `forward` runs on: values are code variables (the compiler) or
+    tensor records (the memory model)."""
+
+    def child(self, node: Node, x: X) -> X:
+        """Run the part `node` on `x`."""
+        ...
+
+    def join(self, how: str, xs: list[X], node: Node) -> X:
+        """Join several values, `how` one of JOINS: `concat` along channels, `add` or `mul`
+        elementwise (mul broadcasts, as torch does); `node` is the combinator doing it."""
+        ...
+
+
+class Combinator:
+    """Base of every combinator. A subclass sets `name` and `doc` and overrides `lower` and
+    `schema`; `forward` and `draw` default to running the node's parts in order."""
+
+    name: ClassVar[str]
+    doc: ClassVar[str]  # one line: what it does (schema description, docs)
+    takes_list: ClassVar[bool] = False  # its value may be a bare layer list, not only a mapping
+    chain: ClassVar[bool] = False  # runs its parts in order: nn.Sequential when none is inline
+    class_name: ClassVar[str] = ""  # its generated module class (default: from `name`)
+
+    def lower(self, lw: Lowerer, body: Any, at: Site) -> Node:
+        raise NotImplementedError
+
+    def forward(self, node: Node, x: X, flow: Flow[X]) -> X:
+        for part in node.parts():
+            x = flow.child(part, x)
+        return x
+
+    def caption(self, node: Node) -> str | None:
+        """Said beside its module path in the picture (None: the path alone)."""
+        return self.name
+
+    def draw(self, g: Writer, node: Node, preds: list[str], key: str) -> list[str]:
+        """Draw its parts fed by the node ids `preds`; return the ids its output leaves from."""
+        for i, part in enumerate(node.parts()):
+            preds = g.walk(part, preds, f"{key}_{i}")
+        return preds
+
+    def schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers for `lower`
+
+    def opened(
+        self, lw: Lowerer, body: dict, at: Site, merge: str = "concat"
+    ) -> tuple[Node, Scope]:
+        """Open the node (named by `name:`, or by position) and the scope its parts register on
+        (the enclosing one with `inline: true`)."""
+        name = lw.item_name(body, at.body_loc, at.env, at.name)
+        inline = bool(body.get("inline", at.inline))
+        return lw.container(self.name, at.key_loc, at.state, at.scope, name, inline, merge)
+
+    def part(self, lw: Lowerer, body: dict, key: str, at: Site, scope: Scope) -> Node:
+        """Lower the layers under `body[key]` on the combinator's input, as a module named
+        `key` on `scope` (errors inside are located in them)."""
+        loc = loc_of(body, key, at.body_loc)
+        return lw.item(body[key], loc, at.state, at.env, scope, key)
+
+
+COMBINATORS: dict[str, Combinator] = {}
+
+
+def register_combinator(cls: type[Combinator]) -> type[Combinator]:
+    """Class decorator: register a combinator under `cls.name` (a name taken by an op, another
+    combinator or a repeat key is refused: a spec could not say which one it means)."""
+    from archspec.lower.repeat import REPEAT_KEYS
+    from archspec.ops import OPS
+
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"a combinator needs a lower-case `name`, got {name!r}")
+    if name in OPS or name in COMBINATORS or name in REPEAT_KEYS or name in ("name", "inline"):
+        raise ValueError(f"`{name}` is already an op, a combinator or a reserved key")
+    if not cls.class_name:
+        cls.class_name = "".join(p.title() for p in name.split("_"))
+    COMBINATORS[name] = cls()
+    return cls
+
+
+# ---------------------------------------------------------------------- schema fragments
+
+REF_ITEM = {"$ref": "#/$defs/item"}
+EXPR = {"$ref": "#/$defs/expr"}
+NAME = {"$ref": "#/$defs/name"}
+INLINE = {"$ref": "#/$defs/inline"}
+LAYER_LIST = {"$ref": "#/$defs/layerList"}
+
+
+def described(description: str, schema: dict[str, Any] | None = None, **extra: Any) -> dict:
+    """A schema with its description (and examples) — every field of the format has one."""
+    out = dict(schema or {})
+    out["description"] = description
+    out.update(extra)
+    return out

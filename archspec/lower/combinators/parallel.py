@@ -1,0 +1,183 @@
+"""`parallel`: branches that all read the same input, merged by `concat` (Inception) or `add`.
+`flat: true` registers the branches' layers on this module (the seeds' `p2_1` names)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from archspec.ir import SEQ, Node
+from archspec.lang.errors import Loc
+from archspec.lang.source import loc_of
+from archspec.lower.combinators.base import (
+    INLINE,
+    NAME,
+    REF_ITEM,
+    Combinator,
+    Flow,
+    X,
+    described,
+    register_combinator,
+)
+from archspec.lower.core import UNKNOWN, State, after, finish
+from archspec.ops import fmt
+
+if TYPE_CHECKING:
+    from archspec.analysis.graph import Writer
+    from archspec.lower.core import Site
+    from archspec.lower.walk import Lowerer
+
+KEYS = ("branches", "merge", "flat", "name", "inline")
+
+
+@register_combinator
+class Parallel(Combinator):
+    name = "parallel"
+    doc = "branches that all read the same input, merged by concat or add"
+
+    def lower(self, lw: Lowerer, body: dict, at: Site) -> Node:
+        key_loc, body_loc, state, env = at.key_loc, at.body_loc, at.state, at.env
+        lw.options(body, body_loc, KEYS, self.name)
+        flat = bool(body.get("flat", False))
+        merge_kind = body.get("merge", "concat")
+        if merge_kind not in ("concat", "add"):
+            lw.error(
+                loc_of(body, "merge", body_loc),
+                "E-TYPE",
+                f"merge must be `concat` or `add`, got `{merge_kind}`",
+                None,
+            )
+            merge_kind = "concat"
+        node, inner = self.opened(lw, body, at, merge_kind)
+        name, inline = node.name, node.inline
+        branches = body.get("branches")
+        bloc = loc_of(body, "branches", body_loc)
+        if isinstance(branches, list):
+            pairs = [(str(i), b, loc_of(branches, i, bloc)) for i, b in enumerate(branches)]
+        elif isinstance(branches, dict):
+            pairs = [(str(k), b, loc_of(branches, k, bloc)) for k, b in branches.items()]
+        else:
+            lw.error(
+                bloc if branches is not None else key_loc,
+                "E-MISSING-KEY",
+                "`parallel` needs `branches`: a list or a mapping of layer lists",
+                None,
+            )
+            return node
+        if len(pairs) < 1:
+            lw.error(bloc, "E-ITEM", "`parallel` needs at least one branch", None)
+        bname_prefix = f"{name}_" if inline and name else ""
+        for bname, branch, loc in pairs:
+            full = bname_prefix + bname
+            if flat and isinstance(branch, list):
+                child = lw.seq(branch, loc, state, env, inner, full, inline=True)
+            else:
+                child = lw.item(branch, loc, state, env, inner, full)
+            node.children.append(child)
+        outs = [after(c) for c in node.children]
+        return finish(node, _merged(lw, node, outs, key_loc))
+
+    def forward(self, node: Node, x: X, flow: Flow[X]) -> X:
+        return flow.join(node.merge, [flow.child(b, x) for b in node.children], node)
+
+    def caption(self, node: Node) -> str | None:
+        return f"parallel, {node.merge}"
+
+    def draw(self, g: Writer, node: Node, preds: list[str], key: str) -> list[str]:
+        # One small label node per branch, on one rank and chained left to right in spec order:
+        # the branches hang from them side by side. The labels sit in this cluster, not in a
+        # branch's own, which keeps `rank=same` valid whatever clusters the branches open.
+        fans = [
+            g.node(
+                b.name, shape="plaintext", style="", fontsize="9", fontcolor="#666666", height="0.1"
+            )
+            for b in node.children
+        ]
+        g.fans.update(fans)
+        if len(fans) > 1:
+            g.emit("{rank=same; " + " -> ".join(fans) + " [style=invis];}")
+        exits: list[str] = []
+        for i, (branch, fan) in enumerate(zip(node.children, fans, strict=True)):
+            g.edges(preds, fan, arrowhead="none")
+            # A branch is named by its label node: don't box its own Sequential as well.
+            if branch.kind == SEQ and not branch.inline:
+                branch = replace(branch, inline=True)
+            exits += g.walk(branch, [fan], f"{key}_b{i}")
+        merged = g.merge_node(node.merge, node.out_shape)
+        g.edges(exits, merged)
+        return [merged]
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "description": self.doc,
+            "required": ["branches"],
+            "properties": {
+                "branches": described(
+                    "the branches: a list, or a mapping from branch name to layers",
+                    {
+                        "anyOf": [
+                            {"type": "array", "items": REF_ITEM, "minItems": 1},
+                            {
+                                "type": "object",
+                                "additionalProperties": REF_ITEM,
+                                "minProperties": 1,
+                            },
+                        ]
+                    },
+                ),
+                "merge": described(
+                    "how branch outputs are joined",
+                    {"enum": ["concat", "add"], "default": "concat"},
+                ),
+                "flat": described(
+                    "register the branch layers directly on this module (Inception naming)",
+                    {"type": "boolean", "default": False},
+                ),
+                "name": NAME,
+                "inline": INLINE,
+            },
+            "additionalProperties": False,
+            "examples": [
+                {
+                    "flat": True,
+                    "branches": {
+                        "p1": [{"conv": {"out": 64, "k": 1}}, "relu"],
+                        "p2": [{"maxpool": {"k": 3, "stride": 1, "pad": 1}}],
+                    },
+                }
+            ],
+        }
+
+
+def _merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
+    """The shape rule: `add` needs equal shapes, `concat` equal height and width."""
+    shapes = [o.shape for o in outs if o.shape is not None]
+    if not shapes or len(shapes) < len(outs):
+        return UNKNOWN
+    rf = tuple(max(o.rf[i] for o in outs) for i in (0, 1))
+    jump = tuple(max(o.jump[i] for o in outs) for i in (0, 1))
+    named = ", ".join(f"{c.name}: {fmt(s)}" for c, s in zip(node.children, shapes))
+    if node.merge == "add":
+        if len(set(shapes)) != 1:
+            lw.error(
+                loc,
+                "E-MERGE-ADD",
+                f"`add` needs equal shapes, but the branches give {named}",
+                "make every branch end with the same channels and size",
+            )
+            return UNKNOWN
+        return State(shapes[0], rf, jump)  # type: ignore[arg-type]
+    ranks = {len(s) for s in shapes}  # type: ignore[arg-type]
+    spatial = {tuple(s[1:]) for s in shapes}  # type: ignore[index]
+    if len(ranks) != 1 or len(spatial) != 1:
+        lw.error(
+            loc,
+            "E-MERGE-CONCAT",
+            f"`concat` needs equal height and width, but the branches give {named}",
+            "pad or stride the branches so their spatial sizes agree",
+        )
+        return UNKNOWN
+    first = shapes[0]
+    out = (sum(s[0] for s in shapes), *first[1:])
+    return State(out, rf, jump)  # type: ignore[arg-type]

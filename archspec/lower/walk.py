@@ -1,0 +1,405 @@
+"""The item walk: one item of a layer list becomes a node. A string or a one-key mapping names
+an op (lowered here), a combinator (looked up in the registry), or a template; a list is a
+sequence; a mapping with `use`/`body`/`repeat` is a repeat. Module names are claimed here.
+
+Errors never stop the walk: a layer whose input shape is unknown (because something before it
+failed) is still validated structurally, so one run reports every mistake in the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from archspec.ir import LAYER, SEQ, Node
+from archspec.lang.errors import Collector, Loc, Problem, did_you_mean
+from archspec.lang.source import LMap, LSeq, Source, loc_of
+from archspec.lang.spec import SpecModel, pydantic_errors
+from archspec.lower import templates
+from archspec.lower.combinators import COMBINATORS
+from archspec.lower.core import (
+    MAX_LAYERS,
+    MAX_NESTING,
+    NAME_RE,
+    UNKNOWN,
+    Located,
+    Scope,
+    Site,
+    State,
+    TooBig,
+    TooDeep,
+    Unknown,
+    after,
+    finish,
+    join,
+    kind_of,
+)
+from archspec.lower.repeat import repeat
+from archspec.lower.templates import resolve
+from archspec.ops import OPS
+
+# Names a child module may not take: they would shadow nn.Module's own attributes.
+RESERVED = {
+    "forward",
+    "training",
+    "train",
+    "eval",
+    "cuda",
+    "cpu",
+    "to",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "apply",
+    "parameters",
+    "named_parameters",
+    "buffers",
+    "named_buffers",
+    "modules",
+    "named_modules",
+    "children",
+    "named_children",
+    "state_dict",
+    "load_state_dict",
+    "type",
+    "zero_grad",
+    "register_buffer",
+    "register_parameter",
+    "add_module",
+    "extra_repr",
+    "requires_grad_",
+    "get_submodule",
+    "get_parameter",
+    "get_buffer",
+    "share_memory",
+    "compile",
+    "dump_patches",
+    "call_super_init",
+    "spec_name",
+    "input_shape",
+    "num_classes",
+    "append",
+    "extend",
+    "insert",
+    "pop",
+    "aux_heads",
+    "op_names",
+}
+
+
+class Lowerer:
+    """The walk over one spec. Combinators lower their parts through `item` and `seq`."""
+
+    def __init__(self, src: Source, doc: LMap, spec: SpecModel, out: Collector):
+        self.src = src
+        self.doc = doc
+        self.out = out
+        self.spec = spec
+        self.templates: LMap = doc.get("templates") or LMap()
+        self.defaults = spec.defaults
+        self.stack: list[str] = []  # the templates being expanded, outermost first
+        self.count = 0
+        self.depth = 0  # items being lowered, one inside the other
+        self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
+
+    def error(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
+        self.out.add(loc, code, message, help)
+
+    def claim(self, scope: Scope, name: str | None, loc: Loc) -> str:
+        """Register a module name on `scope`; `None` means "the next position", like a list."""
+        if name is None:
+            name = str(len(scope.names))
+        if not NAME_RE.match(name) or name in RESERVED:
+            self.error(
+                scope.key_locs.get(name, loc),
+                "E-NAME",
+                f"`{name}` is not a valid layer name",
+                "use letters, digits and _",
+            )
+        elif name in scope.names:
+            where = scope.path or "the model"
+            self.error(
+                loc,
+                "E-NAME-DUP",
+                f"`{name}` is already a module in {where}",
+                "give one of them another `name`",
+            )
+        scope.names.add(name)
+        return name
+
+    def item(
+        self,
+        item: Any,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        splice: bool = False,
+    ) -> Node:
+        """Lower one item of a layer list (or a stage, or a template body). With `splice`, a
+        list's layers are registered on the enclosing module instead of a nested Sequential."""
+        self.count += 1
+        if self.count > MAX_LAYERS:
+            raise TooBig(loc)
+        with self.deeper(loc):
+            if isinstance(item, str):
+                return self.named_thing(item, None, loc, loc, state, env, scope, name)
+            if isinstance(item, list):
+                return self.seq(item, loc, state, env, scope, name, inline=splice)
+            if not isinstance(item, dict) or not item:
+                self.error(
+                    loc,
+                    "E-ITEM",
+                    f"expected a layer, got {kind_of(item)}",
+                    "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list",
+                )
+                return self.dead(loc, state, scope, name)
+            keys = set(item)
+            if keys & {"use", "body", "repeat"}:
+                return repeat(self, item, loc, state, env, scope, name)
+            name = self.item_name(item, loc, env, name)
+            heads = [k for k in item if k not in ("name", "inline")]
+            if len(heads) != 1:
+                self.error(
+                    loc,
+                    "E-ITEM",
+                    f"a layer mapping needs exactly one op, got {', '.join(map(str, heads)) or 'none'}",
+                    "write each layer as its own list item: `- conv: {...}`",
+                )
+                return self.dead(loc, state, scope, name)
+            head = heads[0]
+            return self.named_thing(
+                str(head),
+                item[head],
+                loc_of(item, head, loc, key_loc=True),
+                loc_of(item, head, loc),
+                state,
+                env,
+                scope,
+                name,
+                inline=bool(item.get("inline", False)),
+            )
+
+    def instantiate(
+        self,
+        tname: str,
+        args: Any,
+        key_loc: Loc,
+        args_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        splice: bool = False,
+    ) -> Node:
+        """A call of template `tname` (templates.py); a method, so a subclass can watch it."""
+        return templates.instantiate(
+            self, tname, args, key_loc, args_loc, state, env, scope, name, splice
+        )
+
+    def item_name(self, item: dict, loc: Loc, env: dict, default: str | None) -> str | None:
+        """The `name:` of a mapping (an expression is resolved), else `default`."""
+        if "name" not in item:
+            return default
+        try:
+            value = resolve(item["name"], loc_of(item, "name", loc), env, UNKNOWN)
+        except (Located, Unknown):
+            value = item["name"]
+        return str(value)
+
+    def named_thing(
+        self,
+        head: str,
+        body: Any,
+        key_loc: Loc,
+        body_loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        inline: bool = False,
+    ) -> Node:
+        if head in OPS:
+            return self.layer(head, body, Site(key_loc, body_loc, state, env, scope, name))
+        comb = COMBINATORS.get(head)
+        if comb is not None:
+            if not isinstance(body, dict) and not comb.takes_list:
+                self.error(body_loc, "E-ITEM", f"`{head}` takes a mapping of options", None)
+                return self.dead(key_loc, state, scope, name)
+            return comb.lower(self, body, Site(key_loc, body_loc, state, env, scope, name, inline))
+        if head in self.templates:
+            args = body if isinstance(body, dict) else LMap()
+            if body is not None and not isinstance(body, dict):
+                self.error(
+                    body_loc, "E-TYPE", f"template `{head}` takes a mapping of arguments", None
+                )
+            if "name" in args:
+                name = str(args["name"])
+                args = {k: v for k, v in args.items() if k != "name"}
+            return self.instantiate(head, args, key_loc, body_loc, state, env, scope, name)
+        known = [*OPS, *COMBINATORS, *self.templates]
+        self.error(
+            key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known)
+        )
+        return self.dead(key_loc, state, scope, name)
+
+    @contextlib.contextmanager
+    def deeper(self, loc: Loc) -> Iterator[None]:
+        """One more level of items inside items; past MAX_NESTING the spec is refused."""
+        if self.depth >= MAX_NESTING:
+            raise TooDeep(loc, list(self.stack))
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def container(
+        self,
+        kind: str,
+        loc: Loc,
+        state: State,
+        scope: Scope,
+        name: str | None,
+        inline: bool,
+        merge: str = "concat",
+    ) -> tuple[Node, Scope]:
+        """A composite node and the scope its children register on: its own module, named on
+        `scope`, or with `inline` none, its children then registering on `scope` directly."""
+        if not inline:
+            name = self.claim(scope, name, loc)
+        name = name or ""
+        node = Node(
+            kind, name, join(scope.path, name), loc, state.shape, inline=inline, merge=merge
+        )
+        return node, scope if inline else Scope(node.path)
+
+    def dead(self, loc: Loc, state: State, scope: Scope, name: str | None) -> Node:
+        """A placeholder for an item that could not be lowered: it hands on an unknown state."""
+        name = name or "?"
+        return Node(LAYER, name, join(scope.path, name), loc, state.shape, None, op="?")
+
+    def options(self, body: dict, body_loc: Loc, allowed: tuple[str, ...], what: str) -> None:
+        """Refuse every key of `body` not in `allowed`, each at its own position."""
+        for k in body:
+            if k not in allowed:
+                self.error(
+                    loc_of(body, k, body_loc, key_loc=True),
+                    "E-UNKNOWN-KEY",
+                    f"unknown key `{k}` in `{what}`",
+                    did_you_mean(str(k), allowed),
+                )
+
+    def seq(
+        self,
+        items: Any,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        inline: bool,
+        prefix: str | None = None,
+    ) -> Node:
+        """A layer list: a Sequential named `name` on `scope` (with `inline`, its layers
+        register on `scope`, named `prefix0, prefix1, ...` when a prefix is given)."""
+        node, inner = self.container(SEQ, loc, state, scope, name, inline)
+        if not isinstance(items, list):
+            items = LSeq([items])
+            items.item_locs = [loc]
+        if not items:
+            self.error(loc, "E-ITEM", "empty layer list", "remove it or add layers")
+        for i, it in enumerate(items):
+            child = self.item(
+                it, loc_of(items, i, loc), state, env, inner, f"{prefix}{i}" if prefix else None
+            )
+            node.children.append(child)
+            state = after(child)
+        return finish(node, state)
+
+    def layer(self, opname: str, body: Any, at: Site) -> Node:
+        key_loc, body_loc, state, env, scope, name, _ = at
+        op = OPS[opname]
+        raw = dict(self.defaults.get(opname, {}))
+        if body is not None and not isinstance(body, dict):
+            self.error(
+                body_loc,
+                "E-TYPE",
+                f"`{opname}` takes a mapping of parameters, got {kind_of(body)}",
+                _param_hint(opname),
+            )
+            body = {}
+        body = body or {}
+        if "name" in body:
+            name = self.item_name(body, body_loc, env, name)
+        name = self.claim(scope, name, loc_of(body, "name", key_loc) if "name" in body else key_loc)
+        node = Node(LAYER, name, join(scope.path, name), key_loc, state.shape, op=opname)
+        node.loc = replace(key_loc, width=len(opname))
+        values: dict = {}
+        ok = True
+        for k, v in raw.items():
+            values[k] = v
+        for k, v in body.items():
+            if k == "name":
+                continue
+            vloc = loc_of(body, k, body_loc)
+            try:
+                values[k] = resolve(v, vloc, env, state)
+            except Located as e:
+                self.out.problem(e.loc, e.problem)
+                ok = False
+            except Unknown:
+                ok = False
+            if (
+                k == "out"
+                and op.scales_with_width
+                and self.spec.width != 1
+                and ok
+                and not (isinstance(v, str) and "$in" in v)
+                and isinstance(values.get(k), int)
+            ):
+                values[k] = max(1, math.floor(values[k] * self.spec.width + 1e-9))
+        if not ok:
+            return node
+        try:
+            params = op.Params.model_validate(values)
+        except ValidationError as exc:
+            pydantic_errors(
+                exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
+            )
+            return node
+        node.params = params
+        if state.shape is None:  # still check the rules that need no input shape (pad, ranges)
+            try:
+                if hasattr(op, "geometry"):
+                    op.geometry(params)
+            except Problem as p:
+                self.out.problem(
+                    loc_of(body, p.field, node.loc) if p.field in body else node.loc, p
+                )
+            return node
+        try:
+            inferred = op.infer(params, state.shape)
+        except Problem as p:  # a value out of range is shown at the value, a shape rule at the op
+            self.out.problem(loc_of(body, p.field, node.loc) if p.field in body else node.loc, p)
+            return node
+        node.inferred = inferred
+        node.out_shape = inferred.out
+        then = state.through(inferred.window, inferred.out)
+        node.rf = then.rf
+        node._state = then  # type: ignore[attr-defined]
+        return node
+
+
+def _param_hint(op: str) -> str | None:
+    fields = list(OPS[op].Params.model_fields)
+    if not fields:
+        return f"`{op}` has no parameters: write it as `- {op}`"
+    return f"`{op}` takes {{" + ", ".join(fields) + "}"
