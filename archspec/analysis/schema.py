@@ -17,8 +17,8 @@ from typing import Any
 
 from archspec.lang.spec import SpecModel
 from archspec.lower import COMBINATORS, REPEAT_KEYS, TYPES
-from archspec.lower.combinators.base import EXPR, REF_ITEM
-from archspec.lower.combinators.base import described as _d
+from archspec.lower.fragments import EXPR, REF_ITEM
+from archspec.lower.fragments import described as _d
 from archspec.lower.repeat import schema_props as _repeat_props
 from archspec.ops import OPS
 

@@ -8,21 +8,18 @@ every layer's shape inferred, in one walk (expressions may read the incoming sha
   repeat.py      the repeat form (`repeat`, `use`/`body`, `with`, `first`, `at`)
   combinators/   one module per combinator, looked up in a registry (`register_combinator`)
   core.py        the state that flows, scopes, sites, the walk's exceptions
+  fragments.py   the pieces of a combinator's schema fragment
 """
 
-from archspec.lower.combinators import (
+from archspec.lower.combinators.base import (
     COMBINATORS,
-    INLINE,
     JOINS,
-    LAYER_LIST,
-    NAME,
-    REF_ITEM,
     Combinator,
     Flow,
-    described,
     register_combinator,
 )
 from archspec.lower.core import UNKNOWN, Scope, Site, State, after, finish
+from archspec.lower.fragments import INLINE, LAYER_LIST, NAME, REF_ITEM, described
 from archspec.lower.network import lower
 from archspec.lower.repeat import MAX_REPEAT, REPEAT_KEYS
 from archspec.lower.templates import TYPES

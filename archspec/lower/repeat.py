@@ -11,9 +11,18 @@ from archspec.ir import SEQ, Node
 from archspec.lang.errors import Loc, did_you_mean
 from archspec.lang.expr import is_expression
 from archspec.lang.source import LMap, loc_of
-from archspec.lower.combinators.base import EXPR, INLINE, NAME, REF_ITEM, described
-from archspec.lower.core import MAX_LAYERS, Located, Scope, State, TooBig, Unknown, finish, kind_of
-from archspec.lower.core import after as _after
+from archspec.lower.core import (
+    MAX_LAYERS,
+    Located,
+    Scope,
+    State,
+    TooBig,
+    Unknown,
+    after,
+    finish,
+    kind_of,
+)
+from archspec.lower.fragments import EXPR, INLINE, NAME, REF_ITEM, described
 from archspec.lower.templates import UNSET, resolve
 
 if TYPE_CHECKING:
@@ -185,7 +194,7 @@ def repeat(
             if lw.count + least * (times - 1 - i) > MAX_LAYERS:
                 raise TooBig(head_loc or loc)
         node.children.append(child)
-        out = _after(child)
+        out = after(child)
         cur = joined.step(lw, cur, out, child, i) if joined else out
     return finish(node, cur)
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from archspec.ir import AUX, Node
-from archspec.lower.combinators.base import (
-    LAYER_LIST,
-    NAME,
-    Combinator,
-    described,
-    register_combinator,
-)
+from archspec.lower.combinators.base import register_combinator
+from archspec.lower.combinators.seq import Seq
 
 if TYPE_CHECKING:
     from archspec.analysis.graph import Writer
@@ -23,20 +18,21 @@ if TYPE_CHECKING:
 
 
 @register_combinator
-class Aux(Combinator):
+class Aux(Seq):
     name = AUX
     doc = (
         "an auxiliary head (training only): a stage whose layers read the tensor but whose "
         "output leaves the main path; the next stage gets this stage's input"
     )
-    takes_list = True
-    chain = True
+    class_name = "Aux"
+    keys = ("layers", "name")
+    layers_doc = "the head's layers"
 
     def lower(self, lw: Lowerer, body: Any, at: Site) -> Node:
         key_loc, body_loc, state, env, scope, name, inline = at
         items = body
         if isinstance(body, dict):
-            lw.options(body, body_loc, ("layers", "name"), "aux")
+            lw.options(body, body_loc, self.keys, self.name)
             name = lw.item_name(body, body_loc, env, name)
             items = body.get("layers")
             if items is None:
@@ -62,29 +58,11 @@ class Aux(Combinator):
         return preds  # a side output: the main path goes on from the head's input
 
     def schema(self) -> dict[str, Any]:
-        return described(
-            self.doc,
-            {
-                "anyOf": [
-                    LAYER_LIST,
-                    {
-                        "type": "object",
-                        "required": ["layers"],
-                        "properties": {
-                            "layers": described("the head's layers", LAYER_LIST),
-                            "name": NAME,
-                        },
-                        "additionalProperties": False,
-                    },
-                ]
-            },
-            examples=[
-                [
-                    {"avgpool": {"k": 5, "stride": 3}},
-                    {"conv": {"out": 128, "k": 1}},
-                    "relu",
-                    "flatten",
-                    {"linear": {"out": "$num_classes"}},
-                ]
-            ],
-        )
+        head = [
+            {"avgpool": {"k": 5, "stride": 3}},
+            {"conv": {"out": 128, "k": 1}},
+            "relu",
+            "flatten",
+            {"linear": {"out": "$num_classes"}},
+        ]
+        return {**super().schema(), "examples": [head]}

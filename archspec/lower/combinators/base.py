@@ -109,20 +109,3 @@ def register_combinator(cls: type[Combinator]) -> type[Combinator]:
         cls.class_name = "".join(p.title() for p in name.split("_"))
     COMBINATORS[name] = cls()
     return cls
-
-
-# ---------------------------------------------------------------------- schema fragments
-
-REF_ITEM = {"$ref": "#/$defs/item"}
-EXPR = {"$ref": "#/$defs/expr"}
-NAME = {"$ref": "#/$defs/name"}
-INLINE = {"$ref": "#/$defs/inline"}
-LAYER_LIST = {"$ref": "#/$defs/layerList"}
-
-
-def described(description: str, schema: dict[str, Any] | None = None, **extra: Any) -> dict:
-    """A schema with its description (and examples) — every field of the format has one."""
-    out = dict(schema or {})
-    out["description"] = description
-    out.update(extra)
-    return out

@@ -9,17 +9,9 @@ from typing import TYPE_CHECKING, Any
 from archspec.ir import SEQ, Node
 from archspec.lang.errors import Loc
 from archspec.lang.source import loc_of
-from archspec.lower.combinators.base import (
-    INLINE,
-    NAME,
-    REF_ITEM,
-    Combinator,
-    Flow,
-    X,
-    described,
-    register_combinator,
-)
+from archspec.lower.combinators.base import Combinator, Flow, X, register_combinator
 from archspec.lower.core import UNKNOWN, State, after, finish
+from archspec.lower.fragments import INLINE, NAME, REF_ITEM, described
 from archspec.ops import fmt
 
 if TYPE_CHECKING:

@@ -5,16 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from archspec.ir import Node
-from archspec.lang.errors import did_you_mean
-from archspec.lang.source import loc_of
-from archspec.lower.combinators.base import (
-    INLINE,
-    LAYER_LIST,
-    NAME,
-    Combinator,
-    described,
-    register_combinator,
-)
+from archspec.lower.combinators.base import Combinator, register_combinator
+from archspec.lower.fragments import INLINE, LAYER_LIST, NAME, described
 
 if TYPE_CHECKING:
     from archspec.lower.core import Site
@@ -28,6 +20,8 @@ class Seq(Combinator):
     takes_list = True
     chain = True
     class_name = "Chain"
+    keys: tuple[str, ...] = ("layers", "name", "inline")
+    layers_doc = "the layers, in order"
 
     def lower(self, lw: Lowerer, body: Any, at: Site) -> Node:
         key_loc, body_loc, state, env, scope, name, inline = at
@@ -35,14 +29,7 @@ class Seq(Combinator):
         if isinstance(body, dict):
             name = lw.item_name(body, body_loc, env, name)
             inline = bool(body.get("inline", inline))
-            extra = set(body) - {"layers", "name", "inline"}
-            for k in extra:
-                lw.error(
-                    loc_of(body, k, body_loc, key_loc=True),
-                    "E-UNKNOWN-KEY",
-                    f"unknown key `{k}` in `seq`",
-                    did_you_mean(str(k), ["layers", "name", "inline"]),
-                )
+            lw.options(body, body_loc, self.keys, self.name)
         if items is None:
             lw.error(body_loc, "E-MISSING-KEY", "`seq` needs `layers`", None)
             return lw.dead(key_loc, state, scope, name)
@@ -52,21 +39,11 @@ class Seq(Combinator):
         return None
 
     def schema(self) -> dict[str, Any]:
-        return described(
-            self.doc,
-            {
-                "anyOf": [
-                    LAYER_LIST,
-                    {
-                        "type": "object",
-                        "required": ["layers"],
-                        "properties": {
-                            "layers": described("the layers, in order", LAYER_LIST),
-                            "name": NAME,
-                            "inline": INLINE,
-                        },
-                        "additionalProperties": False,
-                    },
-                ]
-            },
-        )
+        props = {"layers": described(self.layers_doc, LAYER_LIST), "name": NAME, "inline": INLINE}
+        mapping = {
+            "type": "object",
+            "required": ["layers"],
+            "properties": {k: props[k] for k in self.keys},
+            "additionalProperties": False,
+        }
+        return described(self.doc, {"anyOf": [LAYER_LIST, mapping]})
