@@ -24,7 +24,7 @@ from archspec.backend.measure import saved_bytes
 from archspec.cli import main
 from archspec.lower import COMBINATORS
 
-PLUGIN = '''
+PLUGIN = """
 from archspec.lower import (
     INLINE, NAME, REF_ITEM, UNKNOWN, Combinator, State, after, described, finish,
     register_combinator,
@@ -81,7 +81,7 @@ class Gate(Combinator):
             },
             "additionalProperties": False,
         }
-'''
+"""
 
 SPEC = """\
 name: se_net
@@ -193,3 +193,22 @@ def test_graph_draws_the_plugin_combinator(spec: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["graph", str(spec), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text() == dot
+
+
+@pytest.mark.parametrize(
+    ("name", "doc", "why"),
+    [
+        ("conv", "x", "already an op"),
+        ("residual", "x", "already an op, a combinator"),
+        ("first", "x", "reserved key"),
+        ("Gate", "x", "lower-case"),
+        ("gate2", "", "needs a `doc`"),
+    ],
+)
+def test_register_refuses_a_taken_or_malformed_combinator(name: str, doc: str, why: str) -> None:
+    from archspec.lower import Combinator, register_combinator
+
+    cls = type("C", (Combinator,), {"name": name, "doc": doc})
+    with pytest.raises(ValueError, match=why):
+        register_combinator(cls)
+    assert COMBINATORS.get(name) is None or type(COMBINATORS[name]) is not cls

@@ -50,7 +50,7 @@ class Combinator:
     doc: ClassVar[str]  # one line: what it does (schema description, docs)
     takes_list: ClassVar[bool] = False  # its value may be a bare layer list, not only a mapping
     chain: ClassVar[bool] = False  # runs its parts in order: nn.Sequential when none is inline
-    class_name: ClassVar[str] = ""  # its generated module class (default: from `name`)
+    class_name: ClassVar[str] = ""  # its generated module class (default: from its `name`)
 
     def lower(self, lw: Lowerer, body: Any, at: Site) -> Node:
         raise NotImplementedError
@@ -105,7 +105,9 @@ def register_combinator(cls: type[Combinator]) -> type[Combinator]:
         raise ValueError(f"a combinator needs a lower-case `name`, got {name!r}")
     if name in OPS or name in COMBINATORS or name in REPEAT_KEYS or name in ("name", "inline"):
         raise ValueError(f"`{name}` is already an op, a combinator or a reserved key")
-    if not cls.class_name:
+    if not getattr(cls, "doc", None):
+        raise ValueError(f"combinator `{name}` needs a `doc` line")
+    if "class_name" not in cls.__dict__:
         cls.class_name = "".join(p.title() for p in name.split("_"))
     COMBINATORS[name] = cls()
     return cls
