@@ -17,7 +17,9 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from archspec.ir import Node
+from archspec.lang.errors import raised_at
 from archspec.lang.source import loc_of
+from archspec.lower.core import TooBig, TooDeep
 
 if TYPE_CHECKING:
     from archspec.analysis.graph import Writer
@@ -109,5 +111,29 @@ def register_combinator(cls: type[Combinator]) -> type[Combinator]:
         raise ValueError(f"combinator `{name}` needs a `doc` line")
     if "class_name" not in cls.__dict__:
         cls.class_name = "".join(p.title() for p in name.split("_"))
+    if not cls.__module__.startswith("archspec."):
+        _report_plugin_bugs(cls)
     COMBINATORS[name] = cls()
     return cls
+
+
+def _report_plugin_bugs(cls: type[Combinator]) -> None:
+    """A plugin's `lower` that fails (a bug in the plugin) is reported as E-PLUGIN at its key,
+    like any error of the spec, not as a traceback; the walk goes on after it."""
+    rule = cls.lower
+
+    def lower(self: Combinator, lw: Lowerer, body: Any, at: Site) -> Node:
+        try:
+            return rule(self, lw, body, at)
+        except (TooBig, TooDeep):  # the walk's own bounds, raised by the parts
+            raise
+        except Exception as e:  # noqa: BLE001  # a plugin may raise anything
+            lw.error(
+                at.key_loc,
+                "E-PLUGIN",
+                f"the combinator `{cls.name}` ({cls.__module__}) raised {type(e).__name__}: {e}",
+                f"the error is raised at {raised_at(e)}",
+            )
+            return lw.dead(at.key_loc, at.state, at.scope, at.name)
+
+    cls.lower = lower  # type: ignore[method-assign]
