@@ -109,9 +109,12 @@ class Collector:
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A `help:` line suggesting the closest known name, or listing the known names."""
     choices = sorted({str(c) for c in choices})  # YAML keys may be numbers
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{close[0]}`?"
+    # difflib ranks the candidates; a suggestion must also be a few edits away, or `attention`
+    # would suggest `flatten` and `hardsigmoid` `sigmoid` (a different thing, not a typo).
+    most = max(2, len(word) // 3)
+    for close in difflib.get_close_matches(word, choices, n=3, cutoff=0.6):
+        if edits(word.lower(), close.lower()) <= most:
+            return f"did you mean `{close}`?"
     if choices and len(choices) <= 30:
         return "expected one of: " + ", ".join(choices)
     return None
@@ -123,3 +126,17 @@ def raised_at(e: BaseException) -> str:
         return f"{e.filename}:{e.lineno}"
     frames = traceback.extract_tb(e.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "an unknown place"
+
+
+def edits(a: str, b: str) -> int:
+    """Edit distance: insertions, deletions, substitutions and swaps of neighbours, each 1."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]

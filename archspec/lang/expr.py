@@ -37,6 +37,24 @@ _CMP = {
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
+
+
+def make_divisible(v: float, divisor: float, min_value: float | None = None) -> int:
+    """torchvision's `_make_divisible` (MobileNet, EfficientNet, MnasNet, RegNet): `v` rounded
+    to the nearest multiple of `divisor`, at least `min_value` (default: `divisor`), and never
+    more than 10% below `v`."""
+    if isinstance(divisor, float) and divisor.is_integer():
+        divisor = int(divisor)
+    if not isinstance(divisor, int) or divisor < 1:
+        raise ValueError("the divisor must be a positive integer")
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return int(new_v)
+
+
 _FUNCS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
@@ -45,6 +63,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "abs": abs,
     "ceil": math.ceil,
     "floor": math.floor,
+    "make_divisible": make_divisible,
 }
 
 

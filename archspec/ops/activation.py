@@ -93,6 +93,7 @@ _activation(
 )
 _activation("silu", "SiLU", InplaceParams, inplace_keeps="copy", family=RELU)
 _activation("hardswish", "Hardswish", InplaceParams, inplace_keeps="copy", family=RELU)
+_activation("hardsigmoid", "Hardsigmoid", InplaceParams, inplace_keeps="copy")
 _activation("sigmoid", "Sigmoid", keeps="output")
 _activation("tanh", "Tanh", keeps="output")
 _activation("gelu", "GELU", family=RELU)

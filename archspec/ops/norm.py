@@ -1,8 +1,8 @@
-"""Normalisation and regularisation: batch norm, local response norm, dropout."""
+"""Normalisation and regularisation: batch norm, local response norm, dropout, stochastic depth."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -115,3 +115,37 @@ class Dropout(Op):
         from torch import nn
 
         return nn.Dropout(p.p, p.inplace)
+
+
+class StochasticDepthParams(Params):
+    p: float = Field(ge=0, le=1, description="probability of dropping a sample's whole tensor")
+    mode: Literal["row", "batch"] = Field(
+        "row", description="`row`: each sample on its own; `batch`: the whole batch at once"
+    )
+
+
+@register
+class StochasticDepth(Op):
+    name = "stochastic_depth"
+    doc = (
+        "stochastic depth (torchvision.ops.StochasticDepth): in training, zeroes a sample's "
+        "tensor with probability `p` and scales the others by 1 / (1 - p); identity in eval"
+    )
+    example = ("16,8,8", "- stochastic_depth: {p: 0.2}")
+    Params = StochasticDepthParams
+    color = "#eeeeee"
+    fuzz: ClassVar[Fuzz] = {"p": [0.0, 0.2], "mode": ["row", "batch"]}
+
+    def saved(self, p: StochasticDepthParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        if p.p == 0:
+            return Saved(alias=True)  # returns its input untouched
+        # input * noise keeps the noise: one value per sample (`row`), or one in all (`batch`)
+        return Saved(extra=(Extra("noise", 1, per_sample=p.mode == "row"),))
+
+    def build(self, p: StochasticDepthParams, shape: Shape) -> Any:
+        from torchvision.ops import StochasticDepth as TorchStochasticDepth  # type: ignore[import-untyped]
+
+        return TorchStochasticDepth(p.p, p.mode)
+
+    def describe(self, p: StochasticDepthParams) -> str:
+        return f"stochastic_depth {p.p:g}"
