@@ -104,6 +104,26 @@ def test_seed_round_trip(key, tmp_path):
     round_trip(model, shape, tmp_path, key)
 
 
+# Builders beyond specs/torchvision/ that the language also covers (fire modules, inverted
+# residuals, x.mean([2, 3]) as a global pool). MNASNet's and MobileNet's depthwise convs included.
+EXTRA = ["squeezenet1_0", "squeezenet1_1", "mobilenet_v2", "mnasnet0_5", "mnasnet0_75",
+         "mnasnet1_0", "mnasnet1_3"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "builder", everything(EXTRA, {"squeezenet1_1", "mobilenet_v2", "mnasnet0_5"})
+)
+def test_more_torchvision_builders_round_trip(builder, tmp_path):
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    model = getattr(tvm, builder)(weights=None, num_classes=10)  # small: built as it is
+    state = model.state_dict()  # keeps the version metadata MNASNet's loader reads
+    state.update(random_state(model, torch.Generator().manual_seed(0)))
+    model.load_state_dict(state)
+    round_trip(model, (3, 64, 64), tmp_path, builder)
+
+
 def test_resnet50_is_one_bottleneck_template_repeated_in_at_most_60_lines():
     text = imported("resnet50")
     doc = yaml.safe_load(text)
@@ -196,6 +216,15 @@ class Recurrent(nn.Module):
         return self.fc(out[:, -1])
 
 
+class Dashed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add_module("conv-1", nn.Conv2d(3, 4, 3))
+
+    def forward(self, x):
+        return getattr(self, "conv-1")(x)
+
+
 class Gate(nn.Module):
     def __init__(self):
         super().__init__()
@@ -272,6 +301,12 @@ def test_multiplying_two_tensors_is_refused_at_its_module(user_module):
     assert "error: cannot express <model> (operator.mul): combines several tensors" in (
         result.output
     )
+
+
+def test_a_module_name_a_spec_cannot_give_is_refused(user_module):
+    result = run("import", f"{user_module}:Dashed", "--input", "3,8,8")
+    assert result.exit_code == 1
+    assert "error: cannot express conv-1 (nn.Conv2d): `conv-1` is not a name" in result.output
 
 
 @pytest.mark.parametrize(

@@ -106,9 +106,8 @@ def import_cmd(
     schema = "archspec.schema.json"
     local = Path("docs/archspec.schema.json")
     if local.is_file():  # inside an archspec checkout: the schema the shipped specs use
-        schema = os.path.relpath(
-            local.resolve(), Path(output or ".").resolve().parent if output else Path.cwd()
-        )
+        start = Path(output).absolute().parent if output else Path.cwd()
+        schema = os.path.relpath(local.absolute(), start)
     text, problems = _import(model, shape, name, source, schema)
     for p in problems:
         why = f": {p.why}" if p.why else ""

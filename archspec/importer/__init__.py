@@ -61,6 +61,8 @@ def _import(model, shape, name=None, source=None, schema=SCHEMA) -> tuple[str, l
                     why = "never called, but has weights"
                     problems.append(Located(path, type(mod).__qualname__, why))
             doc, classes = _document(model, shape, name, items, aux)
+            order = {path: i for i, (path, _) in enumerate(model.named_modules())}
+            problems.sort(key=lambda p: order.get(p.path, 0))  # in the model's order
         except Located as e:
             return _failed_text(model, shape, name, source, schema, e), [e]
     finally:

@@ -24,6 +24,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from archspec.importer import match
 from archspec.importer.match import Unsupported
+from archspec.lower import NAME_RE, RESERVED
 
 
 class Located(Exception):
@@ -295,10 +296,11 @@ class Recover:
             if _indexes(u) and src is not None and src.path and len(src.nodes) == 1:
                 # out, state = self.lstm(x): the layer is what cannot be said, not the indexing
                 ctx.seen.add(src.key)
-                items.insert(0, self.unit(ctx, src, src.ins[0] if src.ins else u.ins[0]))
+                items.insert(0, self.module(ctx, src, src.ins[0] if src.ins else u.ins[0]))
                 v = src.ins[0] if src.ins else entry
                 continue
-            items.insert(0, self.unit(ctx, u, u.ins[0]))
+            got = self.unit(ctx, u, u.ins[0])
+            items[0:0] = got if isinstance(got, list) else [got]
             v = u.ins[0]
         return items
 
@@ -395,7 +397,7 @@ class Recover:
             body.append(item)
         return It("dense", items=body)
 
-    def unit(self, ctx: _Ctx, u: Unit, entry: fx.Node) -> It:
+    def unit(self, ctx: _Ctx, u: Unit, entry: fx.Node) -> It | list[It]:
         if not u.path:
             return self.function(ctx, u)
         return self.module(ctx, u, entry)
@@ -406,6 +408,10 @@ class Recover:
     def module(self, ctx: _Ctx, u: Unit, entry: fx.Node) -> It:
         m = u.module
         assert m is not None and u.out is not None
+        bad = [p for p in u.path.split(".") if not NAME_RE.match(p) or p in RESERVED]
+        if bad:
+            why = f"`{bad[0]}` is not a name a spec can give a module (letters, digits and _)"
+            return self.fail(Located(u.path, match.module_name(m), why))
         name = self.rel(ctx, u.path)
         calls = [n for n in u.nodes if n.op == "call_module" and n.target == u.path]
         if calls and len(u.nodes) == 1:
@@ -427,9 +433,12 @@ class Recover:
         it.cls = type(m).__name__
         return it
 
-    def function(self, ctx: _Ctx, u: Unit) -> It:
+    def function(self, ctx: _Ctx, u: Unit) -> It | list[It]:
         n = u.nodes[0]
         try:
+            if n.target in ("mean", torch.mean) and self.spatial_mean(n) is not None:
+                keep = self.spatial_mean(n)  # x.mean([2, 3]): a global average pool
+                return [It("op", op="gap")] + ([] if keep else [It("op", op="flatten")])
             if n.op == "call_method" and n.target in ("view", "reshape"):
                 return (
                     It("op", op="flatten")
@@ -445,6 +454,19 @@ class Recover:
         except Unsupported as e:
             return self.fail(Located(ctx.path, e.what, e.why))
         return It("op", op=opname, params=params)
+
+    def spatial_mean(self, n: fx.Node) -> bool | None:
+        """keepdim of a mean over the height and width of an image, or None."""
+        src = n.args[0] if n.args else None
+        if not isinstance(src, fx.Node) or not is_tensor(src) or len(shape_of(src)) != 4:
+            return None
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        if not isinstance(dims, (list, tuple)) or {d % 4 for d in dims} != {2, 3} or len(dims) != 2:
+            return None
+        if n.kwargs.get("dtype") is not None:
+            return None
+        return bool(keep)
 
     def flattens(self, n: fx.Node) -> bool:
         src = n.args[0]
