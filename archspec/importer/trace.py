@@ -24,7 +24,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from archspec.importer import match
 from archspec.importer.match import Unsupported
-from archspec.lower import NAME_RE, RESERVED
+from archspec.lower.core import NAME_RE
+from archspec.lower.walk import RESERVED
 
 
 class Located(Exception):
