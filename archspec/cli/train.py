@@ -97,20 +97,6 @@ def _latest_run(name: str) -> Path | None:
     return runs[-1].parent if runs else None
 
 
-def _started_recipe(run: Path) -> Any:
-    """The recipe in the config.json of a run that has no checkpoint yet (else defaults)."""
-    import dataclasses
-
-    from archspec.run.recipe import Recipe
-
-    try:
-        saved = json.loads((run / "config.json").read_text())["recipe"]
-        names = {f.name for f in dataclasses.fields(Recipe)}
-        return Recipe(**{k: v for k, v in saved.items() if k in names})
-    except (OSError, ValueError, KeyError, TypeError):
-        return Recipe()
-
-
 def _os_error(e: OSError, run: Path) -> str:
     """One line for a failed write (or read) of a run, and whether its checkpoint survived:
     writes are atomic, so a full disk leaves the last checkpoint as it was."""
@@ -518,6 +504,50 @@ def _launch(nproc: int, dev: Any, options: dict[str, Any]) -> NoReturn:
     sys.exit(0)
 
 
+def _run_directory(out: str | None, resume: bool, run_name: str) -> tuple[Any, bool, Any]:
+    """Where the run goes, whether it resumes, and the recipe it starts from (before the
+    options given): --out, or with --resume and no --out the latest run of this spec, or a
+    new folder under runs/. A run killed before its first checkpoint starts over with the
+    recipe in its config.json, so one command line (`--resume --out DIR`) both starts and
+    continues a preemptible run. The folder is checked before any data is read."""
+    from archspec.run import distributed
+    from archspec.run.recipe import Recipe
+    from archspec.run.rundir import RunDir, RunDirError, saved_recipe
+
+    restart = bool(resume and out and not (Path(out) / "checkpoint.pt").exists())
+    if restart:
+        run = Path(str(out))
+    elif resume:
+        latest = Path(out) if out else _latest_run(run_name)
+        if latest is None or not (latest / "checkpoint.pt").exists():
+            raise click.UsageError(f"--resume: no checkpoint in {latest or f'runs/{run_name}-*'}")
+        run = latest
+    else:
+        stamp = distributed.from_main(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one for all ranks
+        run = Path(out) if out else Path("runs") / f"{run_name}-{stamp}"
+        if (run / "checkpoint.pt").exists():
+            raise click.UsageError(
+                f"{run} already holds a run: pass --resume to continue it or choose another --out"
+            )
+    rundir = RunDir(run)
+    try:
+        rundir.check()  # a refused --out fails fast, before the data is read
+    except RunDirError as e:
+        _fail(str(e), EXIT_USAGE)
+    if restart:
+        click.echo(
+            f"--resume: no checkpoint in {run} yet; starting the run from the beginning", err=True
+        )
+        return rundir, False, rundir.started_recipe()
+    if not resume:
+        return rundir, False, Recipe()
+    try:
+        saved = saved_recipe(run)
+    except _runtime_errors() as e:
+        _fail(str(e))
+    return rundir, True, saved or Recipe()
+
+
 def _train(
     spec: str,
     data: str | None,
@@ -552,45 +582,12 @@ def _train(
     from archspec.run.data import DataError
     from archspec.run.loop import Settings, fit
     from archspec.run.recipe import Recipe, uses_bf16
-    from archspec.run.rundir import RunDir, RunDirError, saved_recipe
+    from archspec.run.rundir import RunDirError
 
     errors = _runtime_errors()
     given = {k: v for k, v in {**recipe_options, "data": data}.items() if v is not None}
-    if resume and out and not (Path(out) / "checkpoint.pt").exists():
-        # Killed before its first checkpoint: start the run over, with its recorded recipe, so
-        # one command line (`--resume --out DIR`) both starts and continues a preemptible run.
-        run, resume = Path(out), False
-        try:
-            RunDir(run).check()
-        except RunDirError as e:
-            _fail(str(e), EXIT_USAGE)
-        click.echo(
-            f"--resume: no checkpoint in {run} yet; starting the run from the beginning", err=True
-        )
-        base = _started_recipe(run)
-    elif resume:
-        latest = Path(out) if out else _latest_run(run_name)
-        if latest is None or not (latest / "checkpoint.pt").exists():
-            raise click.UsageError(f"--resume: no checkpoint in {latest or f'runs/{run_name}-*'}")
-        run = latest
-        try:
-            saved = saved_recipe(run)
-        except errors as e:
-            _fail(str(e))
-        base = saved or Recipe()
-    else:
-        stamp = distributed.from_main(lambda: time.strftime("%Y%m%d-%H%M%S"))  # one for all ranks
-        run = Path(out) if out else Path("runs") / f"{run_name}-{stamp}"
-        if (run / "checkpoint.pt").exists():
-            raise click.UsageError(
-                f"{run} already holds a run: pass --resume to continue it or choose another --out"
-            )
-        base = Recipe()
-    rundir = RunDir(run)
-    try:
-        rundir.check()  # before the data is read: a refused --out fails fast
-    except RunDirError as e:
-        _fail(str(e), EXIT_USAGE)
+    rundir, resume, base = _run_directory(out, resume, run_name)
+    run = rundir.path
     auto_batch = given.get("batch_size") == "auto"
     if auto_batch:  # sized below, once the device and the data set are known
         del given["batch_size"]

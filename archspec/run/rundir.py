@@ -108,6 +108,14 @@ class RunDir:
     def saved_recipe(self) -> Recipe | None:
         return saved_recipe(self.path)
 
+    def started_recipe(self) -> Recipe:
+        """The recipe in the config.json of a run that has no checkpoint yet (else the
+        defaults): a run killed before its first checkpoint starts over with it."""
+        try:
+            return _recipe(json.loads((self.path / "config.json").read_text())["recipe"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return Recipe()
+
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     """model.safetensors with the run's input normalisation etc. as string metadata."""
@@ -208,7 +216,11 @@ def saved_recipe(out: str | Path) -> Recipe | None:
     path = Path(out) / "checkpoint.pt"
     if not path.exists():
         return None
-    saved = checkpoint.load(path).get("recipe", {})
+    return _recipe(checkpoint.load(path).get("recipe", {}))
+
+
+def _recipe(saved: dict[str, Any]) -> Recipe:
+    """A recipe as saved (unknown keys, from another version, left out)."""
     names = {f.name for f in dataclasses.fields(Recipe)}
     return Recipe(**{k: v for k, v in saved.items() if k in names})
 
