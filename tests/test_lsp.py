@@ -145,6 +145,15 @@ async def test_hover_on_a_conv_shows_its_row_of_checks_table(client: LanguageCli
     hovered = next(ln for ln in result.contents.value.split("\n") if ln.startswith("stem.0"))
     assert hovered.split() == row.split()  # path, op, output, params, MACs, RF as check prints
 
+    hints = await client.text_document_inlay_hint_async(
+        lsp.InlayHintParams(
+            lsp.TextDocumentIdentifier(uri), lsp.Range(lsp.Position(0, 0), lsp.Position(99, 0))
+        )
+    )
+    by_line = {h.position.line: h.label for h in hints}
+    assert by_line[position_of(FIXED, "  head:").line] == "→ 10"
+    assert by_line[position_of(FIXED, "- relu").line] == "→ 16x32x32"
+    assert by_line[position_of(FIXED, "conv: {out: $c").line] == "→ 16x32x32"  # both uses
     # A template body: one row per use.
     result = await client.text_document_hover_async(
         lsp.HoverParams(lsp.TextDocumentIdentifier(uri), position_of(FIXED, "conv: {out: $c"))

@@ -253,3 +253,24 @@ def test_expression_results_are_kept_per_value_and_type():
         evaluate("$in.c // 2", {})
     assert evaluate("$l[1] + 1", {"l": [1, 2]}) == 3
     assert evaluate("$l[1] + 1", {"l": [1, 5]}) == 6  # lists are not kept: read again
+
+
+def test_inlay_hints_only_where_every_use_agrees(resnet):
+    analysis, lines = resnet
+    hints = {line: label for line, _, label in F.inlay_hints(F.Index.build(analysis), lines)}
+    assert hints[_at(lines, "conv1: {conv")[0]] == "→ 64x112x112"
+    assert hints[_at(lines, "layer3:")[0]] == "→ 1024x14x14"
+    assert _at(lines, "- conv: {out: $mid, k: 1")[0] not in hints  # four widths, four sizes
+
+
+def test_the_server_checks_the_configured_variant_where_the_spec_has_it(tmp_path):
+    pytest.importorskip("pygls")
+    from archspec.lsp.server import ArchspecServer
+
+    server = ArchspecServer()
+    server.variant = "resnet152"
+    text = Path(RESNET).read_text()
+    assert server.check(text, RESNET).report.variant == "resnet152"
+    lenet = Path("specs/lenet.yaml").read_text()  # no such variant: the base spec, no error
+    got = server.check(lenet, "specs/lenet.yaml").report
+    assert got.variant is None and got.ok
