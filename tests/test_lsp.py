@@ -3,7 +3,6 @@ over stdio, and what it gets is compared with what `archspec check` says of the 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -247,17 +246,18 @@ def _apply(text: str, edits: list[lsp.TextEdit]) -> str:
     return "\n".join(lines)
 
 
-# Eight thousand layers: a check of a second or so, run while other requests come in.
+# Twelve thousand layers, each its own shape: a check of a second or more, run while other
+# requests come in.
 HUGE = """\
 name: huge
 input: [4, 8, 8]
 templates:
   unit:
-    body: [conv: {out: 4, k: 3, pad: 1}, bn, relu, conv: {out: 4, k: 1}, bn, relu, identity]
+    body: [conv: {out: $i + 4, k: 3, pad: 1}, bn, relu, conv: {out: 4, k: 1}, bn, relu, identity]
 stages:
-  a: {repeat: 400, use: unit}
-  b: {repeat: 400, use: unit}
-  c: {repeat: 400, use: unit}
+  a: {repeat: 600, use: unit}
+  b: {repeat: 600, use: unit}
+  c: {repeat: 600, use: unit}
 """
 
 
@@ -268,8 +268,6 @@ async def test_a_long_check_blocks_no_request(client: LanguageClient, tmp_path):
     client.text_document_did_open(
         lsp.DidOpenTextDocumentParams(lsp.TextDocumentItem(huge, "yaml", 1, HUGE))
     )
-    loop = asyncio.get_running_loop()
-    start = loop.time()
     got = await client.text_document_hover_async(
         lsp.HoverParams(lsp.TextDocumentIdentifier(small), position_of(FIXED, "conv: {out: 16"))
     )
@@ -277,8 +275,7 @@ async def test_a_long_check_blocks_no_request(client: LanguageClient, tmp_path):
     await client.text_document_hover_async(  # the huge one: answered from what is known
         lsp.HoverParams(lsp.TextDocumentIdentifier(huge), lsp.Position(7, 4))
     )
-    assert loop.time() - start < 1.0
-    client.diagnostics.pop(huge, None)
+    assert huge not in client.diagnostics  # both answered while the huge check still runs
     while huge not in client.diagnostics:
         await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
     assert list(client.diagnostics[huge]) == []

@@ -21,6 +21,8 @@ every shipped spec and variant and over random edits of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -32,14 +34,15 @@ from archspec.lang.source import (
     MAX_NODES,
     MAX_YAML_NODES,
     LMap,
+    LSeq,
     Source,
     SourceError,
     _check_flow_depth,
     parse_text,
     source_from_bytes,
 )
-from archspec.lower import COMBINATORS, Lowerer, lower
-from archspec.ops import OPS
+from archspec.lower import COMBINATORS, DOLLAR_NAME, Lowerer, lower
+from archspec.ops import OPS, Inferred
 
 _KEY_START = re.compile(r"[A-Za-z0-9_\"']")  # a line that starts a key of a block mapping
 _PARENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:[ \t]*(#.*)?")  # `stages:` alone on its line
@@ -72,8 +75,9 @@ class Engine:
 
     def __init__(self) -> None:
         self.pieces: dict[tuple[str, str], tuple[LMap, int]] = {}
-        self.maps: dict[tuple[int, ...], tuple[LMap, list[LMap]]] = {}
+        self.maps: dict[tuple[int, ...], tuple[LMap, Any]] = {}
         self.stages: dict[tuple, _Stage] = {}
+        self.rules: dict[tuple, tuple] = {}
 
     def check(
         self,
@@ -83,7 +87,8 @@ class Engine:
         input_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
     ) -> Analysis:
-        for cache, most in ((self.pieces, 4096), (self.maps, 1024), (self.stages, 256)):
+        bounds = ((self.pieces, 4096), (self.maps, 1024), (self.stages, 256), (self.rules, 20_000))
+        for cache, most in bounds:
             if len(cache) > most:  # a stage holds its nodes: a few hundred KB for resnet152's
                 cache.clear()
         data = text.encode("utf-8", "surrogatepass")
@@ -95,7 +100,7 @@ class Engine:
             return src
 
         uses: list[Use] = []
-        lowering = partial(_lower_cached, memo=self.stages, uses=uses)
+        lowering = partial(_lower_cached, memo=self.stages, rules=self.rules, uses=uses)
         report = check_source(path, read, variant, input_shape, num_classes, lower=lowering)
         return Analysis(report, seen[0] if seen else None, uses)
 
@@ -117,17 +122,17 @@ class Engine:
         if _OTHER_BREAKS.search(text):
             return None
         lines = text.split("\n")
-        tops = _starts(lines, 0, 0, len(lines))
+        tops = _spans(lines, 0, 0, len(lines), "-")
         if not tops:
             return None
         _check_flow_depth(text, name)  # raises as parse_text would, before any piece is read
         root, total = LMap(), 0
         root.key_locs, root.val_locs = {}, {}
         for n, (start, end) in enumerate(tops):
-            got = self._top(lines, start if n else 0, end, name)
+            got = self._key(lines, [], start if n else 0, end, name)
             if got is None:
                 return None
-            piece, size = got
+            piece, size, _ = got
             total += size
             if total > _BOUND:
                 return None
@@ -141,63 +146,84 @@ class Engine:
             root.val_locs[key] = piece.val_locs[key]
         return root
 
-    def _top(self, lines: list[str], start: int, end: int, name: str) -> tuple[LMap, int] | None:
-        """One top-level key: whole, or cut at the keys of the block mapping it holds."""
+    def _key(self, lines: list[str], anc: list[int], start: int, end: int, name: str) -> Any:
+        """One key of the block mapping under the `anc` lines (`key:` each, outermost first):
+        `({key: value} as the parse at that depth gives it, its size, a parsed root it came
+        from)`. A key holding a block mapping or list is cut at its keys or items, recursively;
+        others are parsed alone. None where the cut is not sure to give what the parse gives."""
         head = start
-        while not _KEY_START.match(lines[head]):
+        while not _KEY_START.match(lines[head], len(lines[head]) - len(lines[head].lstrip(" "))):
             head += 1  # the comments above the first key
-        subs = _block(lines, head, end)
-        if subs is None or len(subs) < 2:
-            return self._piece(lines, [(start, end)], name)
-        parts, total = [], 0
-        for s, e in subs:
-            got = self._piece(lines, [(head, head + 1), (s, e)], name)
-            if got is None:
-                return None
-            parts.append(got[0])
-            total += got[1]
-        key = next(iter(parts[0]))
-        inner = self._join(key, parts)
-        if inner is None:
+        cut = _children(lines, head, end) if len(anc) < _MAX_DEPTH else None
+        if cut is None or len(cut[1]) < 2:
+            whole = self._parse(lines, [*anc, start], end, name)
+            return None if whole is None else _down(whole, len(anc))
+        kind, spans = cut
+        parts, total, sample = [], 0, LMap()
+        for s, e in spans:
+            if kind == "map":
+                got = self._key(lines, [*anc, head], s, e, name)
+                if got is None:
+                    return None
+                part, size, root = got
+            else:
+                parsed = self._parse(lines, [*anc, head, s], e, name)
+                got = None if parsed is None else _down(parsed, len(anc) + 1)
+                if got is None or not isinstance(got[0], LSeq):
+                    return None
+                part, size, root = got
+            parts.append(part)
+            total += size
+            sample = sample or root  # the first piece's parse: the key's own position
+        outer = _down((sample, 0), len(anc))
+        if outer is None:
             return None
-        piece = LMap({key: inner})
-        piece.loc = parts[0].loc
-        piece.key_locs = {key: parts[0].key_locs[key]}
-        piece.val_locs = {key: replace(parts[0].val_locs[key], width=1)}  # spans several lines
-        return piece, total
+        wrapper = self._join(outer[0], parts)
+        return None if wrapper is None else (wrapper, total, sample)
 
-    def _join(self, key: Any, parts: list[LMap]) -> LMap | None:
-        """The block mapping the pieces of one top-level key make, the same object while they
-        are (the stage cache knows templates by identity)."""
-        ident = tuple(id(p) for p in parts)
+    def _join(self, outer: LMap, parts: list[Any]) -> LMap | None:
+        """`{key: the mapping or list the parts make}`, the same object while they are (the
+        caches know templates and layers by identity). `outer` is `{key: first part}` as parsed."""
+        ident = (id(outer), *map(id, parts))
         hit = self.maps.get(ident)
         if hit is not None:
             return hit[0]
-        inner = LMap()
-        for n, part in enumerate(parts):
-            if list(part) != [key] or not isinstance(part[key], LMap) or len(part[key]) != 1:
-                return None
-            sub = part[key]
-            (k,) = sub
-            if k in inner:
-                return None
-            if n == 0:
-                inner.loc = sub.loc
-                inner.key_locs, inner.val_locs = {}, {}
-            inner[k] = sub[k]
-            inner.key_locs[k] = sub.key_locs[k]
-            inner.val_locs[k] = sub.val_locs[k]
-        self.maps[ident] = (inner, parts)  # the parts stay alive, so their ids stay theirs
-        return inner
+        (key,) = outer
+        if isinstance(parts[0], LSeq):
+            inner: Any = LSeq(p[0] for p in parts)
+            inner.loc = parts[0].loc
+            inner.item_locs = [p.item_locs[0] for p in parts]
+        else:
+            inner = LMap()
+            inner.loc, inner.key_locs, inner.val_locs = parts[0].loc, {}, {}
+            for part in parts:
+                if not isinstance(part, LMap) or len(part) != 1:
+                    return None
+                (k,) = part
+                if k in inner:
+                    return None
+                inner[k] = part[k]
+                inner.key_locs[k] = part.key_locs[k]
+                inner.val_locs[k] = part.val_locs[k]
+        wrapper = LMap({key: inner})
+        wrapper.loc = outer.loc
+        wrapper.key_locs = {key: outer.key_locs[key]}
+        wrapper.val_locs = {key: replace(outer.val_locs[key], width=1)}  # spans several lines
+        self.maps[ident] = (wrapper, (outer, parts))  # alive, so the ids stay theirs
+        return wrapper
 
-    def _piece(self, lines: list[str], spans: list[tuple[int, int]], name: str) -> Any:
-        """Parse the given line spans alone, every other line blank: (the mapping, its size)."""
-        last = spans[-1][1]
-        buf = [""] * last
-        for s, e in spans:
-            buf[s:e] = lines[s:e]
+    def _parse(
+        self, lines: list[str], keep: list[int], end: int, name: str
+    ) -> tuple[LMap, int] | None:
+        """Parse lines `keep[:-1]` (the `key:` lines above) and `keep[-1]:end`, every other line
+        blank, so positions are the file's."""
+        last = keep[-1]
+        buf = [""] * end
+        for i in keep[:-1]:
+            buf[i] = lines[i]
+        buf[last:end] = lines[last:end]
         # A piece ends as it does in the file: with a line break unless the file ends there.
-        text = "\n".join(buf) + ("\n" if last < len(lines) else "")
+        text = "\n".join(buf) + ("\n" if end < len(lines) else "")
         hit = self.pieces.get((name, text))
         if hit is not None:
             return hit
@@ -205,17 +231,33 @@ class Engine:
             root = parse_text(text, name).root
         except SourceError:
             return None
-        if not isinstance(root, LMap) or len(root) != 1:
+        if not isinstance(root, LMap):
             return None
-        size = _size(root, _BOUND + 1)
-        got = (root, size)
-        self.pieces[(name, text)] = got
+        got = self.pieces[(name, text)] = (root, _size(root, _BOUND + 1))
         return got
 
 
-def _starts(lines: list[str], indent: int, first: int, end: int) -> list[tuple[int, int]] | None:
-    """The spans of a block mapping's keys at `indent` between lines `first` and `end`: each
-    from its key's line to the next key's. None if a line could belong to anything else."""
+_MAX_DEPTH = 6  # levels of keys cut into pieces
+
+
+def _down(parsed: tuple[LMap, int], depth: int) -> tuple[Any, int, LMap] | None:
+    """The container `depth` keys below a parsed root, each level holding one key only, with
+    the root's size and the root."""
+    root, size = parsed
+    node: Any = root
+    for _ in range(depth):
+        if not isinstance(node, LMap) or len(node) != 1:
+            return None
+        node = next(iter(node.values()))
+    if not isinstance(node, (LMap, LSeq)) or len(node) != 1:
+        return None
+    return node, size, root
+
+
+def _spans(lines: list[str], indent: int, first: int, end: int, item: str) -> Any:
+    """The spans of the entries of a block collection at `indent` between lines `first` and
+    `end`, each from its first line to the next one's: keys (`item` "-": none may start with
+    `-`), or list items (`item` "- "). None if a line could belong to anything else."""
     spans: list[tuple[int, int]] = []
     for i in range(first, end):
         line = lines[i]
@@ -226,7 +268,9 @@ def _starts(lines: list[str], indent: int, first: int, end: int) -> list[tuple[i
         if col < indent or col > indent and not spans:
             return None
         if col == indent:
-            if not _KEY_START.match(body):
+            if item == "-" and not _KEY_START.match(body):
+                return None
+            if item == "- " and not (body == "-" or body.startswith("- ")):
                 return None
             if spans:
                 spans[-1] = (spans[-1][0], i)
@@ -234,17 +278,23 @@ def _starts(lines: list[str], indent: int, first: int, end: int) -> list[tuple[i
     return spans
 
 
-def _block(lines: list[str], head: int, end: int) -> list[tuple[int, int]] | None:
-    """The key spans of the block mapping `lines[head]` (`key:` alone) holds, or None."""
-    if not _PARENT.fullmatch(lines[head]):
+def _children(lines: list[str], head: int, end: int) -> tuple[str, list] | None:
+    """How the value of `lines[head]` (`key:` alone) is cut: ("map", its keys' spans) or
+    ("seq", its items' spans); None if it is not a block collection indented under the key."""
+    if not _PARENT.fullmatch(lines[head].lstrip(" ")):
         return None
+    indent = len(lines[head]) - len(lines[head].lstrip(" "))
     for i in range(head + 1, end):
         body = lines[i].lstrip(" ")
         if body and not body.startswith("#"):
-            indent = len(lines[i]) - len(body)
-            if indent == 0 or body.startswith("-"):
+            n = len(lines[i]) - len(body)
+            if n <= indent:
                 return None
-            return _starts(lines, indent, i, end)
+            if body == "-" or body.startswith("- "):
+                spans = _spans(lines, n, i, end, "- ")
+                return ("seq", spans) if spans else None
+            spans = _spans(lines, n, i, end, "-")
+            return ("map", spans) if spans else None
     return None
 
 
@@ -279,17 +329,27 @@ class _Stage:
 
 @dataclass
 class _Recorder(Collector):
-    """A Collector that also logs each error offered to it, so a reused stage can offer them
-    again, and that carries the stage cache and the template uses."""
+    """A Collector that also logs each error offered to it, so a reused stage or layer can offer
+    them again, and that carries the caches and the template uses."""
 
-    memo: dict = field(default_factory=dict)
-    log: list | None = None
+    memo: dict = field(default_factory=dict)  # stages
+    rules: dict = field(default_factory=dict)  # layers' parameters and shapes
+    logs: list[list] = field(default_factory=list)  # what is being recorded, outermost first
     uses: list[Use] = field(default_factory=list)
 
     def add(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
-        if self.log is not None:
-            self.log.append((loc, code, message, help))
+        for log in self.logs:
+            log.append((loc, code, message, help))
         super().add(loc, code, message, help)
+
+    @contextmanager
+    def recording(self) -> Iterator[list]:
+        log: list = []
+        self.logs.append(log)
+        try:
+            yield log
+        finally:
+            self.logs.pop()
 
 
 def _lower_cached(
@@ -300,10 +360,11 @@ def _lower_cached(
     out: Collector,
     *,
     memo: dict,
+    rules: dict,
     uses: list[Use],
 ) -> Network | None:
-    """`lower`, reusing stages from `memo`; notes the template uses in `uses`."""
-    rec = _Recorder(memo=memo, uses=uses)
+    """`lower`, reusing stages from `memo` and layers from `rules`; notes the template uses."""
+    rec = _Recorder(memo=memo, rules=rules, uses=uses)
     try:
         return lower(src, variant, input_shape, num_classes, rec, lowerer=_CachingLowerer)
     finally:
@@ -364,18 +425,55 @@ class _CachingLowerer(Lowerer):
             self.count += hit.count
             return hit.node
         before_names, before_count, before_uses = set(scope.names), self.count, len(out.uses)
-        out.log = []
-        try:
+        with out.recording() as log:
             node = super().item(item, loc, state, env, scope, name, splice)
-            out.memo[key] = _Stage(
-                keep,
-                node,
-                out.log,
-                out.uses[before_uses:],
-                scope.names - before_names,
-                self.count - before_count,
-                before_count,
-            )
-        finally:
-            out.log = None
+        out.memo[key] = _Stage(
+            keep,
+            node,
+            log,
+            out.uses[before_uses:],
+            scope.names - before_names,
+            self.count - before_count,
+            before_count,
+        )
         return node
+
+    def rule(
+        self, opname: str, body: dict, body_loc: Loc, loc: Loc, state: Any, env: dict
+    ) -> tuple[Any, Inferred | None]:
+        """A layer's parameters and shape, kept by everything they depend on: the uses of a
+        template with the same arguments and input, within a check and across checks."""
+        out = self.out
+        if not isinstance(out, _Recorder):
+            return super().rule(opname, body, body_loc, loc, state, env)
+        key = (
+            opname,
+            id(body) if body else 0,  # an empty mapping may be a new one each time
+            body_loc,
+            loc,
+            state.shape,
+            tuple((n, type(env.get(n)).__name__, repr(env.get(n))) for n in _dollars(body)),
+            self.spec.width,
+            repr(self.defaults.get(opname)),
+            id(OPS.get(opname)),
+        )
+        hit = out.rules.get(key)
+        if hit is not None:
+            for args in hit[2]:
+                out.add(*args)
+            return hit[0], hit[1]
+        with out.recording() as log:
+            params, inferred = super().rule(opname, body, body_loc, loc, state, env)
+        out.rules[key] = (params, inferred, log, body)  # the body stays alive: its id stays its
+        return params, inferred
+
+
+def _dollars(value: Any) -> list[str]:
+    """The `$` names a layer's parameters read (`in` is the input shape, in the key already)."""
+    if isinstance(value, str):
+        return DOLLAR_NAME.findall(value) if "$" in value else []
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _dollars(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _dollars(v)]
+    return []
