@@ -41,7 +41,7 @@ from archspec.lower.core import (
 )
 from archspec.lower.repeat import repeat
 from archspec.lower.templates import resolve
-from archspec.ops import OPS
+from archspec.ops import OPS, Inferred
 
 # Names a child module may not take: they would shadow nn.Module's own attributes.
 RESERVED = {
@@ -326,8 +326,6 @@ class Lowerer:
 
     def layer(self, opname: str, body: Any, at: Site) -> Node:
         key_loc, body_loc, state, env, scope, name, _ = at
-        op = OPS[opname]
-        raw = dict(self.defaults.get(opname, {}))
         if body is not None and not isinstance(body, dict):
             self.error(
                 body_loc,
@@ -342,6 +340,25 @@ class Lowerer:
         name = self.claim(scope, name, loc_of(body, "name", key_loc) if "name" in body else key_loc)
         node = Node(LAYER, name, join(scope.path, name), key_loc, state.shape, op=opname)
         node.loc = replace(key_loc, width=len(opname))
+        params, inferred = self.rule(opname, body, body_loc, node.loc, state, env)
+        node.params = params
+        if inferred is None:
+            return node
+        node.inferred = inferred
+        node.out_shape = inferred.out
+        then = state.through(inferred.window, inferred.out)
+        node.rf = then.rf
+        node._state = then  # type: ignore[attr-defined]
+        return node
+
+    def rule(
+        self, opname: str, body: dict, body_loc: Loc, loc: Loc, state: State, env: dict
+    ) -> tuple[Any, Inferred | None]:
+        """A layer's parameters (None if they fail) and inferred shape and cost (None if that
+        fails or the input shape is unknown): pure, given the arguments, the spec's width and
+        defaults, and the errors it reports (the language server keeps it per template use)."""
+        op = OPS[opname]
+        raw = self.defaults.get(opname, {})
         values: dict = {}
         ok = True
         for k, v in raw.items():
@@ -367,35 +384,27 @@ class Lowerer:
             ):
                 values[k] = max(1, math.floor(values[k] * self.spec.width + 1e-9))
         if not ok:
-            return node
+            return None, None
         try:
             params = op.Params.model_validate(values)
         except ValidationError as exc:
             pydantic_errors(
                 exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
             )
-            return node
-        node.params = params
+            return None, None
         if state.shape is None:  # still check the rules that need no input shape (pad, ranges)
             try:
                 if hasattr(op, "geometry"):
                     op.geometry(params)
             except Problem as p:
-                self.out.problem(
-                    loc_of(body, p.field, node.loc) if p.field in body else node.loc, p
-                )
-            return node
+                self.out.problem(loc_of(body, p.field, loc) if p.field in body else loc, p)
+            return params, None
         try:
             inferred = op.infer(params, state.shape)
         except Problem as p:  # a value out of range is shown at the value, a shape rule at the op
-            self.out.problem(loc_of(body, p.field, node.loc) if p.field in body else node.loc, p)
-            return node
-        node.inferred = inferred
-        node.out_shape = inferred.out
-        then = state.through(inferred.window, inferred.out)
-        node.rf = then.rf
-        node._state = then  # type: ignore[attr-defined]
-        return node
+            self.out.problem(loc_of(body, p.field, loc) if p.field in body else loc, p)
+            return params, None
+        return params, inferred
 
 
 def _param_hint(op: str) -> str | None:

@@ -41,7 +41,8 @@ from archspec.lang.source import (
     parse_text,
     source_from_bytes,
 )
-from archspec.lower import COMBINATORS, DOLLAR_NAME, Lowerer, lower
+from archspec.lower import COMBINATORS, Lowerer, lower
+from archspec.lower.templates import DOLLAR_NAME
 from archspec.ops import OPS, Inferred
 
 _KEY_START = re.compile(r"[A-Za-z0-9_\"']")  # a line that starts a key of a block mapping
@@ -414,7 +415,7 @@ class _CachingLowerer(Lowerer):
             repr(self.spec.defaults),
             self.spec.width,
             tuple(map(id, OPS.values())),
-            tuple(COMBINATORS),
+            tuple(map(id, COMBINATORS.values())),
         )
         hit = out.memo.get(key)
         if hit is not None and self.count <= hit.start:
