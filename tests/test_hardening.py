@@ -261,6 +261,10 @@ def test_bad_data_files_are_clear_errors(spec: Path, npz: Path, tmp_path: Path) 
         "normalised floats": _npz(
             tmp_path / "norm.npz", **{**good, "x_test": good["x_test"] / 127.5 - 1.0}
         ),
+        "zero-sized images": _npz(
+            tmp_path / "zero.npz",
+            **{**good, "x_train": np.zeros((8, 0, 0), np.uint8), "y_train": good["y_train"][:8]},
+        ),
         "huge labels": _npz(
             tmp_path / "labels.npz", **{**good, "y_train": good["y_train"].astype(np.int64) << 40}
         ),
@@ -275,6 +279,7 @@ def test_bad_data_files_are_clear_errors(spec: Path, npz: Path, tmp_path: Path) 
         "int64 over 255": "pixel values run from 0 to ",
         "normalised floats": "from -1.0",
         "huge labels": "at most 1,048,576 classes",
+        "zero-sized images": "hold no pixels",
     }
     for what, path in bad.items():
         err = one_clear_line(cli("train", spec, "--data", path, "--out", tmp_path / "r", *QUICK), 1)
@@ -370,6 +375,21 @@ def test_empty_test_split_reports_no_accuracy(spec: Path, npz: Path, tmp_path: P
         cli("eval", spec, "--data", data, "--weights", out / "model.safetensors"), 1
     )
     assert "test split" in err and "empty" in err
+
+
+def test_eval_of_weights_that_give_nan_is_an_error_not_invalid_json(
+    spec: Path, npz: Path, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import save_model
+
+    model = archspec.build(spec)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    save_model(model, str(tmp_path / "nan.safetensors"))
+    r = cli("eval", spec, "--data", npz, "--weights", tmp_path / "nan.safetensors")
+    assert "NaN or infinite" in one_clear_line(r, 1) and "{" not in r.output
 
 
 def test_float_and_wide_integer_pixels_that_fit_are_read_exactly(tmp_path: Path) -> None:

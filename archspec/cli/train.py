@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import sys
@@ -736,4 +737,9 @@ def eval_cmd(
         if isinstance(e, MemoryError) or _is_oom(e):
             _oom(e, batch_size, dev)
         raise
+    if not math.isfinite(result["loss"]):
+        _fail(
+            f"the loss on the {split} split is NaN or infinite: the weights in {weights} "
+            "hold NaN or infinite values, or overflow on this data"
+        )
     click.echo(json.dumps({k: result[k] for k in ("loss", "accuracy", "examples")}))

@@ -153,6 +153,8 @@ def _images_to_nchw(a: np.ndarray, what: str) -> torch.Tensor:
                 "(integers 0..255, or floats in [0, 1] or [0, 255]): store the images "
                 "unnormalised, scaled to that range"
             )
+    if a.ndim in (3, 4) and 0 in a.shape[1:]:
+        raise DataError(f"{what}: images of shape {a.shape[1:]} hold no pixels")
     if a.dtype.kind == "f":  # float images in [0, 1] (or [0, 255])
         a = np.rint(a * (255.0 if a.max(initial=0) <= 1.0 else 1.0))
     a = a.astype(np.uint8)
