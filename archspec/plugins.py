@@ -2,7 +2,8 @@
 built-ins use (`archspec.ops.register`; docs/plugins.md).
 
 A spec names them in a top-level `plugins: [my_pkg.my_ops]` list, and installed packages may
-advertise modules under the `archspec.plugins` entry-point group. Each is imported by module
+advertise modules under the `archspec.plugins` entry-point group (loaded when a spec names an
+op nothing else knows). Each is imported by module
 name, if importable — a spec never runs a file path. Importing one must not import torch: its
 shape rule is plain Python and its torch module is built in `build`. A missing plugin, one that
 raises on import, or an entry that is not a dotted module name is `E-PLUGIN`, located at its
@@ -92,7 +93,8 @@ def _failed(name: str, e: BaseException) -> Problem:
 
 
 def entry_point_problems() -> list[Problem]:
-    """Import the modules installed packages advertise under `archspec.plugins` (once)."""
+    """Import the modules installed packages advertise under `archspec.plugins` (once: the
+    problems of those that failed)."""
     global _entry_points
     if _entry_points is None:
         from importlib.metadata import entry_points
@@ -106,17 +108,27 @@ def entry_point_problems() -> list[Problem]:
     return _entry_points
 
 
+def load_entry_points() -> bool:
+    """Import the entry-point plugins unless done; True if that registered anything. `check`
+    calls it only for a spec that names an op it does not know, so checking a spec of known ops
+    never scans the installed packages."""
+    if _entry_points is not None:
+        return False
+    before = [len(r) for r in _registries()]
+    entry_point_problems()
+    return [len(r) for r in _registries()] != before
+
+
 def load_plugins(doc: Any, fallback: Loc, out: Collector) -> bool:
-    """Import the entry-point plugins and those the spec's `plugins:` names, reporting each
-    failure at its entry (an entry point's at the top of the spec). False if any failed."""
-    problems = [(fallback, p) for p in entry_point_problems()]
+    """Import the modules the spec's `plugins:` names, reporting each failure at its entry.
+    False if any failed."""
+    ok = True
     entries = doc.get("plugins") if isinstance(doc, dict) else None
     if isinstance(entries, list):  # a wrong type is the spec model's E-TYPE
         for i, name in enumerate(entries):
             if isinstance(name, str):
                 problem = import_plugin(name)
                 if problem is not None:
-                    problems.append((loc_of(entries, i, fallback), problem))
-    for loc, problem in problems:
-        out.problem(loc, problem)
-    return not problems
+                    out.problem(loc_of(entries, i, fallback), problem)
+                    ok = False
+    return ok

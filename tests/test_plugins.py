@@ -202,6 +202,27 @@ def test_entry_point_plugins_need_no_plugins_key(plugin_dir: Path) -> None:
     r = run(plugin_dir, "-m", "archspec", "check", "net.yaml")
     assert r.returncode == 0, r.stderr
     assert "space_to_depth" in r.stdout
+    # installed plugins load only for a spec that names an op nothing else knows
+    lazy = run(
+        plugin_dir,
+        "-c",
+        "import archspec, archspec.plugins as p\n"
+        f"assert archspec.check({str(ROOT / 'specs' / 'lenet.yaml')!r}).ok\n"
+        "print(p._entry_points is None, 'space_to_depth' in archspec.ops.OPS)\n"
+        "assert archspec.check('net.yaml').ok\n"
+        "print(p._entry_points == [], 'space_to_depth' in archspec.ops.OPS)\n",
+    )
+    assert lazy.returncode == 0, lazy.stderr
+    assert lazy.stdout.split() == ["True", "False", "True", "True"]
+    # a broken one is reported at the top of such a spec
+    (plugin_dir / "s2d_plugin.py").write_text("raise ValueError('broken')\n")
+    broken = run(plugin_dir, "-m", "archspec", "check", "net.yaml", "--json")
+    errors = json.loads(broken.stdout)["errors"]
+    assert (errors[0]["code"], errors[0]["line"]) == ("E-PLUGIN", 1), errors
+    assert (
+        "entry point `s2d` (archspec.plugins): plugin `s2d_plugin` failed" in errors[0]["message"]
+    )
+    assert "E-UNKNOWN-OP" in {e["code"] for e in errors}
 
 
 BAD = {

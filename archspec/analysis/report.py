@@ -15,6 +15,7 @@ from archspec.ir import Network, Node
 from archspec.lang.errors import Collector, Diagnostic, Loc
 from archspec.lang.source import Source, SourceError, read_source, source_from_bytes
 from archspec.lower import lower
+from archspec.plugins import entry_point_problems, load_entry_points
 
 
 @dataclass
@@ -173,6 +174,18 @@ def check_source(
     report.source_lines = src.lines
     try:
         report.network = lower(src, variant, shape, num_classes, out)
+        if any(d.code == "E-UNKNOWN-OP" for d in out.items):
+            # Maybe an installed plugin's op: entry points load only now, so a spec of known
+            # ops never pays for scanning the installed packages.
+            changed = load_entry_points()
+            again = Collector()  # a failing entry point first: it may be why the op is unknown
+            for problem in entry_point_problems():
+                again.problem(getattr(src.root, "loc", None) or Loc(name), problem)
+            if changed:
+                report.network = lower(src, variant, shape, num_classes, again)
+            else:
+                again.items += out.items
+            out = again
     except RecursionError:
         out.add(Loc(name), "E-TOO-DEEP", "the spec nests too deeply to expand", None)
     report.errors = out.items
