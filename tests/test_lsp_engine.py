@@ -123,6 +123,21 @@ def test_an_edit_in_one_stage_relowers_that_stage_only():
     assert new[-1].out_shape == (10,)
 
 
+def test_an_edit_in_a_template_relowers_the_stages_that_use_it():
+    spec = "specs/torchvision/inception_v3.yaml"
+    engine = Engine()
+    text = Path(spec).read_text()
+    before = engine.check(text, spec).report.network
+    old = "- basic_conv: {c: 448, name: branch3x3dbl_1}"  # in inception_e: Mixed_7b and 7c
+    edited = text.replace(old, old.replace("448", "440"))
+    got = engine.check(edited, spec)
+    assert got.report.to_json() == check_text(edited, spec).to_json()
+    stages = dict(zip([s.name for s in before.root.children], before.root.children))
+    for stage in got.report.network.root.children:
+        reused = stage is stages[stage.name]
+        assert reused == (stage.name not in ("Mixed_7b", "Mixed_7c")), stage.name
+
+
 def test_checking_text_never_reads_the_file(tmp_path):
     spec = tmp_path / "net.yaml"
     spec.write_text("name: x\n")  # not what is checked

@@ -326,6 +326,7 @@ class _Stage:
     names: set[str]
     count: int  # items lowered
     start: int  # items lowered before it, when it was cached
+    templates: dict[str, Any]  # the templates it expanded, by name: reused while they are
 
 
 @dataclass
@@ -396,7 +397,7 @@ class _CachingLowerer(Lowerer):
         if self.depth or self.stack or not isinstance(out, _Recorder):
             return super().item(item, loc, state, env, scope, name, splice)
         parts = list(item) if isinstance(item, list) else [item]
-        keep = (item, *parts, self.templates)
+        keep = (item, *parts)
         key = (
             type(item),
             tuple(
@@ -404,7 +405,7 @@ class _CachingLowerer(Lowerer):
             ),
             tuple(getattr(item, "item_locs", ())),
             getattr(item, "loc", None),
-            id(self.templates) if self.templates else 0,  # an absent one is new each time
+            tuple(self.templates),  # names decide what is an op; the bodies used are below
             loc,
             state,
             repr(env),
@@ -418,7 +419,11 @@ class _CachingLowerer(Lowerer):
             tuple(map(id, COMBINATORS.values())),
         )
         hit = out.memo.get(key)
-        if hit is not None and self.count <= hit.start:
+        if (
+            hit is not None
+            and self.count <= hit.start
+            and all(self.templates.get(t) is body for t, body in hit.templates.items())
+        ):
             for args in hit.log:
                 out.add(*args)
             out.uses.extend(hit.uses)
@@ -428,14 +433,16 @@ class _CachingLowerer(Lowerer):
         before_names, before_count, before_uses = set(scope.names), self.count, len(out.uses)
         with out.recording() as log:
             node = super().item(item, loc, state, env, scope, name, splice)
+        used = out.uses[before_uses:]
         out.memo[key] = _Stage(
             keep,
             node,
             log,
-            out.uses[before_uses:],
+            used,
             scope.names - before_names,
             self.count - before_count,
             before_count,
+            {u.template: self.templates.get(u.template) for u in used},
         )
         return node
 
