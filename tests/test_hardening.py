@@ -356,6 +356,19 @@ def test_python_api_arguments_of_the_wrong_type_are_a_type_error(kw: dict, says:
     assert archspec.check(LENET, input_shape=np.array([1, 28, 28]).tolist()).ok
 
 
+def test_build_options_of_the_wrong_type_and_a_bad_limit_are_clear(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(TypeError, match="max_params must be an int"):
+        archspec.build(LENET, max_params="10")
+    with pytest.raises(TypeError, match="weights must be a path"):
+        archspec.build(LENET, weights=5)
+    monkeypatch.setenv("ARCHSPEC_MAX_PARAMS", "lots")
+    with pytest.raises(archspec.SpecError, match="ARCHSPEC_MAX_PARAMS must be a whole number"):
+        archspec.build(LENET)
+    assert archspec.build(LENET, max_params=10**6) is not None  # an explicit limit wins
+
+
 # ---------------------------------------------------------------- silent wrong results
 
 

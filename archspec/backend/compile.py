@@ -25,7 +25,7 @@ from archspec.lang.errors import Diagnostic, Loc, SpecError
 from archspec.lower import COMBINATORS
 from archspec.ops import OPS
 
-DEFAULT_MAX_PARAMS = int(os.environ.get("ARCHSPEC_MAX_PARAMS", "2000000000"))
+DEFAULT_MAX_PARAMS = 2_000_000_000  # ARCHSPEC_MAX_PARAMS overrides it (read at each build)
 
 
 class ArchNet(nn.Sequential):
@@ -82,10 +82,14 @@ def build_from_report(
     that report, never reading or lowering the file again. Raises SpecError if the report has
     errors, if the model is over ``max_params`` (default ARCHSPEC_MAX_PARAMS), or if
     ``weights`` (`backend.weights.load_weights`) do not fit."""
+    if max_params is not None and (not isinstance(max_params, int) or isinstance(max_params, bool)):
+        raise TypeError(f"max_params must be an int or None, got {max_params!r:.60}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be a path or None, got {weights!r:.60}")
     if not report.ok:
         raise SpecError(report.errors, report.source_lines)
     assert report.network is not None and report.params is not None
-    limit = DEFAULT_MAX_PARAMS if max_params is None else max_params
+    limit = _max_params(report) if max_params is None else max_params
     if report.params > limit:
         raise SpecError(
             [
@@ -105,6 +109,25 @@ def build_from_report(
 
         load_weights(model, weights)
     return model
+
+
+def _max_params(report: Report) -> int:
+    text = os.environ.get("ARCHSPEC_MAX_PARAMS")
+    if text is None:
+        return DEFAULT_MAX_PARAMS
+    try:
+        return int(text)
+    except ValueError:
+        raise SpecError(
+            [
+                Diagnostic(
+                    Loc(report.spec),
+                    "E-TOO-BIG",
+                    f"ARCHSPEC_MAX_PARAMS must be a whole number of parameters, got {text!r:.40}",
+                    "unset it (the limit is then 2,000,000,000) or set it to a number",
+                )
+            ]
+        ) from None
 
 
 class _nullcontext:
