@@ -366,6 +366,7 @@ def _lower_cached(
     uses: list[Use],
 ) -> Network | None:
     """`lower`, reusing stages from `memo` and layers from `rules`; notes the template uses."""
+    uses.clear()  # the check may lower twice (entry-point plugins): the uses of the last
     rec = _Recorder(memo=memo, rules=rules, uses=uses)
     try:
         return lower(src, variant, input_shape, num_classes, rec, lowerer=_CachingLowerer)
