@@ -132,6 +132,22 @@ def test_more_torchvision_builders_round_trip(builder, tmp_path):
     round_trip(model, (3, 64, 64), tmp_path, builder)
 
 
+def test_hardsigmoid_channel_shuffle_and_stochastic_depth_map_to_their_ops(tmp_path):
+    from torchvision.ops import StochasticDepth
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.Hardsigmoid(), nn.ChannelShuffle(2), StochasticDepth(0.2, "row"),
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 4),
+    )  # fmt: skip
+    doc = yaml.safe_load(round_trip(model, (3, 8, 8), tmp_path))
+    assert list(doc["stages"].values())[1:4] == [
+        "hardsigmoid",
+        {"channel_shuffle": {"groups": 2}},
+        {"stochastic_depth": {"p": 0.2}},
+    ]
+
+
 def test_resnet50_is_one_bottleneck_template_repeated_in_at_most_60_lines():
     text = imported("resnet50")
     doc = yaml.safe_load(text)

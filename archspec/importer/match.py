@@ -112,9 +112,21 @@ def match_module(m: nn.Module) -> tuple[str, dict[str, Any]]:
         if m.approximate != "none":
             raise _no(m, f"approximate={m.approximate!r}")
         return op("gelu")
+    if t is nn.Hardsigmoid:
+        return op("hardsigmoid", inplace=m.inplace)
+    if t is nn.ChannelShuffle:
+        return op("channel_shuffle", groups=m.groups)
+    if is_stochastic_depth(m):
+        return op("stochastic_depth", p=float(m.p), mode=m.mode)  # type: ignore[arg-type]
     if t in (nn.Sigmoid, nn.Tanh, nn.Identity):
         return op({nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}[t])
     raise _no(m, "no archspec op")
+
+
+def is_stochastic_depth(m: nn.Module) -> bool:
+    """torchvision.ops.StochasticDepth (a leaf for the tracer, like torch.nn's modules)."""
+    cls = type(m)
+    return cls.__name__ == "StochasticDepth" and cls.__module__.startswith("torchvision.ops")
 
 
 def _pool(name, k, stride, pad, dilation, ceil_mode):
@@ -153,6 +165,7 @@ ACTIVATIONS = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "silu",
     F.hardswish: "hardswish", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu", F.leaky_relu: "leaky_relu",
+    F.hardsigmoid: "hardsigmoid",
 }  # fmt: skip
 INPLACE = {torch.relu_: "relu", F.relu_: "relu"}
 METHOD_ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}

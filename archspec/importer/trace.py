@@ -80,7 +80,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             return False
-        return type(m).__module__.startswith("torch.nn")
+        return type(m).__module__.startswith("torch.nn") or match.is_stochastic_depth(m)
 
     def call_module(self, m, forward, args, kwargs):
         try:
