@@ -79,6 +79,7 @@ class Engine:
         self.maps: dict[tuple[int, ...], tuple[LMap, Any]] = {}
         self.stages: dict[tuple, _Stage] = {}
         self.rules: dict[tuple, tuple] = {}
+        self.dollars: dict[int, tuple] = {}
 
     def check(
         self,
@@ -88,7 +89,13 @@ class Engine:
         input_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
     ) -> Analysis:
-        bounds = ((self.pieces, 4096), (self.maps, 1024), (self.stages, 256), (self.rules, 20_000))
+        bounds = (
+            (self.pieces, 4096),
+            (self.maps, 1024),
+            (self.stages, 256),
+            (self.rules, 20_000),
+            (self.dollars, 20_000),
+        )
         for cache, most in bounds:
             if len(cache) > most:  # a stage holds its nodes: a few hundred KB for resnet152's
                 cache.clear()
@@ -101,7 +108,9 @@ class Engine:
             return src
 
         uses: list[Use] = []
-        lowering = partial(_lower_cached, memo=self.stages, rules=self.rules, uses=uses)
+        lowering = partial(
+            _lower_cached, memo=self.stages, rules=self.rules, dollars=self.dollars, uses=uses
+        )
         report = check_source(path, read, variant, input_shape, num_classes, lower=lowering)
         return Analysis(report, seen[0] if seen else None, uses)
 
@@ -336,6 +345,7 @@ class _Recorder(Collector):
 
     memo: dict = field(default_factory=dict)  # stages
     rules: dict = field(default_factory=dict)  # layers' parameters and shapes
+    dollars: dict = field(default_factory=dict)  # id of a parameter mapping -> the $ names
     logs: list[list] = field(default_factory=list)  # what is being recorded, outermost first
     uses: list[Use] = field(default_factory=list)
 
@@ -363,11 +373,12 @@ def _lower_cached(
     *,
     memo: dict,
     rules: dict,
+    dollars: dict,
     uses: list[Use],
 ) -> Network | None:
     """`lower`, reusing stages from `memo` and layers from `rules`; notes the template uses."""
     uses.clear()  # the check may lower twice (entry-point plugins): the uses of the last
-    rec = _Recorder(memo=memo, rules=rules, uses=uses)
+    rec = _Recorder(memo=memo, rules=rules, dollars=dollars, uses=uses)
     try:
         return lower(src, variant, input_shape, num_classes, rec, lowerer=_CachingLowerer)
     finally:
@@ -461,7 +472,7 @@ class _CachingLowerer(Lowerer):
             body_loc,
             loc,
             state.shape,
-            tuple((n, type(env.get(n)).__name__, repr(env.get(n))) for n in _dollars(body)),
+            tuple((n, type(env.get(n)).__name__, repr(env.get(n))) for n in self.dollars(body)),
             self.spec.width,
             repr(self.defaults.get(opname)),
             id(OPS.get(opname)),
@@ -475,6 +486,18 @@ class _CachingLowerer(Lowerer):
             params, inferred = super().rule(opname, body, body_loc, loc, state, env)
         out.rules[key] = (params, inferred, log, body)  # the body stays alive: its id stays its
         return params, inferred
+
+    def dollars(self, body: dict) -> tuple[str, ...]:
+        """The `$` names a layer's parameters read, kept per parameter mapping (while the rule
+        cache holds it, its id is its own)."""
+        out = self.out
+        assert isinstance(out, _Recorder)
+        hit = out.dollars.get(id(body))
+        if hit is not None and hit[0] is body:
+            return hit[1]
+        names = tuple(_dollars(body))
+        out.dollars[id(body)] = (body, names)
+        return names
 
 
 def _dollars(value: Any) -> list[str]:
