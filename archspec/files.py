@@ -21,6 +21,7 @@ import errno
 import glob
 import json
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -35,18 +36,21 @@ os.umask(_UMASK)
 
 def _remove_stale(path: Path) -> None:
     """Delete the temporary files of writers of ``path`` that died mid-write (kill -9, power
-    loss): they are never renamed, and a run that is killed often would fill the disk."""
+    loss): they are never renamed, and a run that is killed often would fill the disk. Only
+    names this module makes (``.NAME.PID.RANDOM.SUFFIX``, or the older ``.NAME.PID.tmp``) of
+    processes that no longer exist are touched."""
     prefix = f".{path.name}."
-    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = tmp.name[len(prefix) : -len(".tmp")].split(".")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+    ours = re.compile(r"(\d+)(\.[a-z0-9_]{8}(\.[^.]+)?|\.tmp)")
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        m = ours.fullmatch(tmp.name[len(prefix) :])
+        if m is None or int(m[1]) == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(m[1]), 0)
         except ProcessLookupError:  # no such process: nobody will finish this file
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        except OSError:  # alive under another user (EPERM), or cannot tell: leave it
+        except (OSError, OverflowError):  # alive under another user (EPERM), or cannot tell
             pass
 
 
@@ -89,7 +93,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp
         fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW)
         try:
-            os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_UMASK)
+            os.fchmod(fd, stat.S_IMODE(mode) & 0o777 if mode is not None else 0o666 & ~_UMASK)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -98,6 +98,16 @@ def test_atomic_writes_never_follow_a_planted_link_and_keep_the_mode(tmp_path: P
     assert victim.read_text() == "precious" and stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert target.read_text() == "new" and not target.is_symlink()
     assert stat.S_IMODE(target.stat().st_mode) == 0o600  # the file it replaced: not widened
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    left = {  # a killed export's temporary file goes; a user's look-alike stays
+        f".out.json.{dead.pid}.abcd_123.json": False,
+        f".out.json.{dead.pid}.backup": True,
+    }
+    for name in left:
+        (tmp_path / name).write_text("x")
+    files.write_text(target, "newer")
+    assert {n: (tmp_path / n).exists() for n in left} == left
     fresh = tmp_path / "fresh.txt"
     files.write_text(fresh, "x")
     umask = os.umask(0)
