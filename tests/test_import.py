@@ -35,7 +35,7 @@ from archspec.importer import ImportFailure
 
 def round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path, name: str = "net") -> str:
     model.eval()
-    text = archspec.import_module(model, shape)
+    text = archspec.import_module(model, shape, verify=False)  # verified here, step by step
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     report = archspec.check(path)
@@ -89,7 +89,7 @@ def kept(variant: str) -> nn.Module:
 @cache
 def imported(variant: str) -> str:
     size = SMALL.get(variant, 64)
-    return archspec.import_module(kept(variant), (3, size, size))
+    return archspec.import_module(kept(variant), (3, size, size), verify=False)
 
 
 @pytest.mark.parametrize("variant", everything(ZOO, DEFAULT_TV))
@@ -175,6 +175,41 @@ def test_densenet121_has_a_dense_block_template():
     calls = [x["dense_block"]["n"] for x in doc["stages"]["features"] if "dense_block" in x]
     assert calls == [6, 12, 24, 16]
     assert "transition" in doc["templates"]
+
+
+@pytest.mark.parametrize(
+    "index, layer, why",
+    [
+        (-1, {"linear": {"out": 3}}, "state_dict differs (missing [], unexpected [], shapes ["),
+        (2, "sigmoid", "outputs differ by"),
+    ],
+)
+def test_a_spec_that_would_build_another_network_is_refused(monkeypatch, index, layer, why):
+    """The import builds what it wrote and compares: a mistake in the importer itself (here a
+    pass that changes a width, or an activation) is an ImportFailure, not a returned spec."""
+    from archspec.importer import templates
+
+    def corrupt(doc, classes=None):
+        doc["stages"]["classifier"][index] = layer
+
+    monkeypatch.setattr(templates, "templatize", corrupt)
+    torch.manual_seed(0)
+    with pytest.raises(ImportFailure) as e:
+        archspec.import_module(tvm_small("alexnet"), (3, 64, 64))
+    (problem,) = e.value.problems
+    assert problem.what == "the written spec" and why in problem.why
+
+
+def tvm_small(builder: str) -> nn.Module:
+    import torchvision.models as tvm
+
+    return getattr(tvm, builder)(weights=None, num_classes=10).eval()
+
+
+def test_import_verifies_by_default():
+    torch.manual_seed(0)
+    text = archspec.import_module(tvm_small("resnet18"), (3, 32, 32))
+    assert "layer4: {repeat: 2, use: basic_block" in text
 
 
 def test_import_gives_the_model_its_mode_back():

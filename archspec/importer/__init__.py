@@ -32,17 +32,22 @@ def import_module(
     source: str | None = None,
     partial: bool = False,
     schema: str = SCHEMA,
+    verify: bool = True,
 ) -> str:
     """The YAML text of a spec that builds `model` (same module paths, so its state_dict loads
     strictly). Raises ImportFailure naming every module path the language cannot express; with
-    `partial`, those places are written as `# archspec import: cannot express ...` comments."""
-    text, problems = _import(model, tuple(input_shape), name, source, schema)
+    `partial`, those places are written as `# archspec import: cannot express ...` comments.
+    `verify` builds the written spec, loads the model's state_dict into it strictly and compares
+    the outputs on a random input: a difference is an ImportFailure, never a returned spec."""
+    text, problems = _import(model, tuple(input_shape), name, source, schema, verify)
     if problems and not partial:
         raise ImportFailure(problems)
     return text
 
 
-def _import(model, shape, name=None, source=None, schema=SCHEMA) -> tuple[str, list[Located]]:
+def _import(
+    model, shape, name=None, source=None, schema=SCHEMA, verify=True
+) -> tuple[str, list[Located]]:
     """The spec text (places the language cannot express written as comments) and those
     places: every one of them, not only the first."""
     partial = True
@@ -65,12 +70,51 @@ def _import(model, shape, name=None, source=None, schema=SCHEMA) -> tuple[str, l
             problems.sort(key=lambda p: order.get(p.path, 0))  # in the model's order
         except Located as e:
             return _failed_text(model, shape, name, source, schema, e), [e]
+        from archspec.importer.templates import templatize
+
+        templatize(doc, classes)
+        text = to_text(doc, _header(model, source, schema, problems))
+        if verify and not problems:
+            wrong = _differs(text, model, shape)
+            if wrong:
+                problems = [Located("", "the written spec", wrong)]
     finally:
         model.train(was_training)
-    from archspec.importer.templates import templatize
+    return text, problems
 
-    templatize(doc, classes)
-    return to_text(doc, _header(model, source, schema, problems)), problems
+
+def _differs(text: str, model, shape) -> str | None:
+    """Why the spec `text` does not build `model` (None: it does): it must check, have the same
+    state_dict keys and shapes, and give the same eval outputs with the model's weights."""
+    import torch
+
+    from archspec.analysis.report import check_text
+    from archspec.backend.compile import build_from_report
+
+    report = check_text(text, "<imported>")
+    if not report.ok:
+        d = report.errors[0]
+        return f"it does not check: {d.loc.line}:{d.loc.column}: {d.code}: {d.message}"
+    ours = build_from_report(report, device="meta", max_params=1 << 62)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    if want != got:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        other = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        return f"its state_dict differs (missing {missing[:2]}, unexpected {extra[:2]}, shapes {other[:2]})"
+    ours.load_state_dict(model.state_dict(), strict=True, assign=True)
+    ours.eval()
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = model(x), ours(x)
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+        return "its output has another shape"
+    scale = a.abs().max().item()
+    diff = (a - b).abs().max().item()
+    if not diff <= 1e-5 * scale + 1e-6:
+        return f"its outputs differ by {diff:.3g} (of {scale:.3g})"
+    return None
 
 
 def _header(model, source, schema, problems) -> list[str]:
