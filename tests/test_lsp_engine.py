@@ -206,6 +206,7 @@ def test_completion_contexts(resnet):
     line, col = _at(lines, "k: 1, bias: false, name: conv1", 0)  # in the bottleneck template
     dollar = labels(F.complete(src, [*lines[:line], lines[line][:col] + "$"], line, col + 1))
     assert {"planes", "stride", "mid", "layers", "groups", "in", "num_classes"} <= dollar
+    assert labels(F.complete(src, ["    - conv: {out: $in."], 0, 22)) == {"c", "h", "w", "f"}
 
 
 def test_definition_of_a_template_and_of_a_parameter(resnet):

@@ -221,6 +221,14 @@ class Completion:
     detail: str = ""
 
 
+_IN_ATTRS = [
+    ("c", "channels of the incoming image"),
+    ("h", "height of the incoming image"),
+    ("w", "width of the incoming image"),
+    ("f", "features of an incoming flat tensor"),
+]
+
+
 def _op_params(name: str) -> list[str]:
     return [*OPS[name].Params.model_fields, "name"]
 
@@ -265,6 +273,8 @@ def complete(src: Source | None, lines: list[str], line: int, col: int) -> list[
     and template names where a layer starts."""
     text = lines[line] if line < len(lines) else ""
     before = text[:col]
+    if re.search(r"\$in\.[a-z]*$", before):
+        return [Completion(a, "variable", d) for a, d in _IN_ATTRS]
     if re.search(r"\$[A-Za-z0-9_]*$", before):
         return _dollar_names(src, line)
     if re.search(r"\buse:\s*['\"]?[A-Za-z0-9_]*$", before):
