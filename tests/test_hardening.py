@@ -334,6 +334,29 @@ def test_non_finite_and_out_of_range_options_are_usage_errors(
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    "bad", [{"lr": float("nan")}, {"weight_decay": float("inf")}, {"seed": 1 << 64}, {"epochs": 0}]
+)
+def test_python_api_recipe_values_no_run_can_use_are_refused(
+    spec: Path, npz: Path, tmp_path: Path, bad: dict
+) -> None:
+    from archspec.run.data import load
+    from archspec.run.loop import TrainError, fit
+    from archspec.run.recipe import Recipe
+
+    report = archspec.check(spec)
+    with pytest.raises(TrainError, match=f"invalid recipe: {next(iter(bad))}"):
+        fit(
+            archspec.build(spec),
+            load(str(npz)),
+            Recipe(data=str(npz), **bad),
+            tmp_path / "run",
+            input_shape=report.input,
+            spec_hash=report.spec_hash,
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_export_tolerance_must_be_a_finite_number(tmp_path: Path) -> None:
     for bad in ("nan", "-1"):
         r = cli("export", LENET, "-o", tmp_path / "x.pt", "--tolerance", bad)
