@@ -129,6 +129,10 @@ class Walk:
 
     child = node  # the Flow a combinator's forward runs on
 
+    def split(self, x: Tensor, parts: int, node: Node) -> list[Tensor]:
+        """`x.chunk(parts, 1)`: views of its storage, nothing allocated or kept."""
+        return [Tensor(x.storage, x.elems // parts, x.dtype, x.grad) for _ in range(parts)]
+
     def join(self, how: str, outs: list[Tensor], node: Node) -> Tensor:
         """torch.cat makes a new tensor; `a + b + c` makes (a + b), then its sum with c; a
         product keeps both factors for its backward."""

@@ -254,6 +254,11 @@ class _Emitter:
     def body(self, node: Node, inp: str) -> str:
         return COMBINATORS[node.kind].forward(node, inp, self)
 
+    def split(self, x: str, parts: int, node: Node) -> list[str]:
+        vs = [self.var() for _ in range(parts)]
+        self.lines.append(f"{', '.join(vs)}, = {x}.chunk({parts}, 1)")
+        return vs
+
     def join(self, how: str, outs: list[str], node: Node) -> str:
         if len(outs) == 1:
             return outs[0]

@@ -64,6 +64,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "ceil": math.ceil,
     "floor": math.floor,
     "make_divisible": make_divisible,
+    "str": str,
 }
 
 
@@ -179,6 +180,19 @@ class _Eval:
             if isinstance(base, Shape):
                 return base.attr(node.attr)
             raise self.fail(f"attribute `.{node.attr}` is not allowed", "only `$in.c/h/w/f`")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left = self.run(node.left)
+            if isinstance(left, str):  # joining text: a module name such as `block1-0`
+                right = self.run(node.right)
+                if not isinstance(right, str):
+                    raise Problem(
+                        "E-EXPR-TYPE",
+                        f"cannot add {type(right).__name__} to text in `{self.text}`",
+                        "turn a number into text with `str(...)`",
+                    )
+                if len(left) + len(right) > MAX_LEN:
+                    raise self.fail("text too long")
+                return left + right
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
             left, right = self.number(node.left), self.number(node.right)
             if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 10**6):

@@ -15,7 +15,9 @@ MAX_LAYERS = 100_000
 # Items inside items once templates are expanded. A fixed bound, not Python's recursion limit,
 # which torch.compile and others raise at will: the same spec must fail the same way everywhere.
 MAX_NESTING = 100
-NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+# Letters, digits, _ and - (RegNet's `block1-0`): anything nn.Module accepts that a module path
+# (dots) and the generated forward (getattr for a name that is not an identifier) can carry.
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,16 @@ repetition's output to its input with its own `step`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from archspec.ir import SEQ, Node
 from archspec.lang.errors import Loc, did_you_mean
 from archspec.lang.expr import is_expression
-from archspec.lang.source import LMap, loc_of
+from archspec.lang.source import LMap, loc_of, to_plain
 from archspec.lower.core import (
     MAX_LAYERS,
+    UNKNOWN,
     Located,
     Scope,
     State,
@@ -23,13 +25,15 @@ from archspec.lower.core import (
     kind_of,
 )
 from archspec.lower.fragments import EXPR, INLINE, NAME, REF_ITEM, described
-from archspec.lower.templates import UNSET, resolve
+from archspec.lower.templates import DOLLAR_NAME, UNSET, resolve
 
 if TYPE_CHECKING:
     from archspec.lower.walk import Lowerer
 
 REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
+REPEAT_KEYS |= {"rows", "columns", "nest", "names"}  # a stage table (see `_table`)
 MAX_REPEAT = 1024
+READERS = ("use", "with", "first", "at", "repeat", "names")  # keys whose `$names` a row feeds
 
 
 class Joined(Protocol):
@@ -79,7 +83,8 @@ def repeat(
             )
     if not isinstance(args, dict):  # said above; the body would only add "missing argument"
         return lw.dead(loc, state, scope, name)
-    times = item.get("repeat", None)
+    rows = _table(lw, item, loc, env, state) if "rows" in item else None
+    times = item.get("repeat", None) if rows is None else sum(len(r.reps) for r in rows)
     if joined and times is None:
         lw.error(
             head_loc or loc,
@@ -89,7 +94,7 @@ def repeat(
         )
         return lw.dead(loc, state, scope, name)
     rloc = loc_of(item, "repeat", loc)
-    if times is not None:
+    if times is not None and rows is None:
         try:
             times = resolve(times, rloc, env, state)
         except Located as e:
@@ -106,33 +111,55 @@ def repeat(
             )
             times = 1
     uloc = loc_of(item, "use" if uses is not None else "body", loc)
-    if is_expression(
-        uses
-    ):  # `use: $block`: the template is a parameter (ResNet's basic/bottleneck)
-        try:
-            uses = resolve(uses, uloc, env, state)
-        except Located as e:
-            lw.out.problem(e.loc, e.problem)
+    # Names the repeat's own keys read: a `with` argument or a table column read by `use`,
+    # `first`, `at`, `repeat` or `names` is a value for them, not an argument of the template.
+    read = set(DOLLAR_NAME.findall(str(to_plain({k: item.get(k) for k in READERS}))))
+    deferred = {str(k) for k in args} & read if is_expression(uses) else set()
+
+    def template(uses: Any, values: dict) -> str | None:
+        """`use:` resolved (`use: $block` reads a spec parameter, a `with` argument or a
+        column), or None after saying why it names no template."""
+        if is_expression(uses):
+            try:
+                uses = resolve(uses, uloc, values, state)
+            except Located as e:
+                lw.out.problem(e.loc, e.problem)
+                return None
+            except Unknown:
+                return None
+        if not isinstance(uses, str) or uses not in lw.templates:
+            lw.error(
+                uloc,
+                "E-UNKNOWN-TEMPLATE",
+                f"unknown template `{uses}`",
+                did_you_mean(str(uses), lw.templates),
+            )
+            return None
+        return uses
+
+    if uses is not None and rows is None and not deferred:
+        uses = template(uses, env)
+        if uses is None:
             return lw.dead(loc, state, scope, name)
-        except Unknown:
-            return lw.dead(loc, state, scope, name)
-    if uses is not None and (not isinstance(uses, str) or uses not in lw.templates):
-        lw.error(
-            uloc,
-            "E-UNKNOWN-TEMPLATE",
-            f"unknown template `{uses}`",
-            did_you_mean(str(uses), lw.templates),
-        )
-        return lw.dead(loc, state, scope, name)
 
     def one(i: int | None, st: State, sc: Scope, nm: str | None) -> Node:
         call = dict(args)
+        rep = reps[i] if rows is not None and i is not None else None
+        local = dict(env, i=i if i is not None else 0)
+        if rep is not None:
+            local.update(rep.row.values, j=rep.j, row=rep.row.index, total=times)
+            passed = (
+                rep.row.values
+                if uses is None
+                else {k: v for k, v in rep.row.values.items() if k not in read}
+            )
+            call.update(passed)
         for key in ("first", "at"):
             over = item.get(key)
             if over is None or i is None:
                 continue
             if key == "first":
-                if i == 0:
+                if (rep.j if rep is not None else i) == 0:
                     call.update(over if isinstance(over, dict) else {})
             elif isinstance(over, dict):
                 for k, v in over.items():
@@ -146,10 +173,25 @@ def repeat(
                         )
                     elif idx == i and isinstance(v, dict):
                         call.update(v)
-        local = dict(env, i=i if i is not None else 0)
         if uses is not None:
+            used = uses
+            if is_expression(uses):
+                for k in deferred:
+                    call.pop(k, None)
+                plain = {k: v for k, v in {**args, **(rep.row.values if rep else {})}.items()}
+                try:
+                    values = {
+                        k: resolve(v, loc_of(item, "with", loc), local, st)
+                        for k, v in plain.items()
+                        if k in read
+                    }
+                except (Located, Unknown):
+                    values = {}
+                used = template(uses, {**local, **values})
+                if used is None:
+                    return lw.dead(loc, st, sc, nm)
             return lw.instantiate(
-                uses,
+                used,
                 _relocate(call, args, item),
                 uloc,
                 loc_of(item, "with", loc),
@@ -175,6 +217,7 @@ def repeat(
                 scope_env[k] = UNSET
         return lw.item(body, uloc, st, scope_env, sc, nm, splice=inline)
 
+    reps = [rep for row in rows for rep in row.reps] if rows is not None else []
     if times is None and not joined:
         return one(None, state, scope, name)
     kind = joined.name if joined else SEQ
@@ -182,21 +225,151 @@ def repeat(
     prefix = item.get("prefix")
     start = item.get("start", 0)
     start = start if isinstance(start, int) else 0
+    nest = bool(item.get("nest", False)) and rows is not None
     cur = state
     least = None  # fewest items a repetition after the first expanded to
     assert times is not None  # a joined repeat without `repeat` returned above
+    holder: Node | None = None  # with `nest`, the current row's module
     for i in range(times):
-        auto = None if inline else str(start + i)
+        index = reps[i].j if nest else i
+        auto = None if inline and not nest else str(start + index)
+        if nest:
+            auto = str(index)
+            if reps[i].j == 0:
+                rname = f"{prefix}{start + reps[i].row.index}" if prefix is not None else None
+                if rname is None and not inline:
+                    rname = str(start + reps[i].row.index)
+                holder, row_scope = lw.container(SEQ, reps[i].row.loc, cur, inner, rname, False)
+                node.children.append(holder)
+        nm = f"{prefix}{start + i}" if prefix is not None and not nest else auto
+        if "names" in item:
+            nm = _name(lw, item, loc, dict(env, i=i), reps[i] if rows is not None else None, nm)
         before = lw.count
-        child = one(i, cur, inner, f"{prefix}{start + i}" if prefix is not None else auto)
+        child = one(i, cur, row_scope if nest else inner, nm)
         if i >= 1:  # refuse a nested-repeat bomb after two repetitions, not 100,000 layers
             least = min(least or lw.count - before, lw.count - before)
             if lw.count + least * (times - 1 - i) > MAX_LAYERS:
                 raise TooBig(head_loc or loc)
-        node.children.append(child)
         out = after(child)
+        if nest and holder is not None:
+            holder.children.append(child)
+            finish(holder, out)
+        else:
+            node.children.append(child)
         cur = joined.step(lw, cur, out, child, i) if joined else out
     return finish(node, cur)
+
+
+@dataclass
+class Row:
+    """One row of a stage table: its values (by column) and its repetitions."""
+
+    index: int
+    values: dict
+    loc: Loc
+    reps: list[Rep] = field(default_factory=list)
+
+
+@dataclass
+class Rep:
+    row: Row
+    j: int  # the repetition's index within its row
+
+
+def _table(lw: Lowerer, item: dict, loc: Loc, env: dict, state: State) -> list[Row]:
+    """`rows` (with `columns` for rows written as lists): each row gives the template's
+    arguments (or, for `body`, `$names`), and is repeated by its `repeat` column, else by the
+    repeat's own `repeat` (an expression may read the row: `"ceil($n * $depth)"`), else once."""
+    rows, cols = item.get("rows"), item.get("columns")
+    rloc = loc_of(item, "rows", loc)
+    if not isinstance(rows, list) or not rows:
+        lw.error(rloc, "E-ROW", "`rows` must be a non-empty list of rows", _ROW_HINT)
+        return []
+    if cols is not None and (
+        not isinstance(cols, list) or not all(isinstance(c, str) for c in cols)
+    ):
+        lw.error(loc_of(item, "columns", loc), "E-ROW", "`columns` must be a list of names", None)
+        cols = None
+    out: list[Row] = []
+    total = 0
+    for r, raw in enumerate(rows):
+        at = loc_of(rows, r, rloc)
+        if isinstance(raw, list):
+            if cols is None or len(raw) != len(cols):
+                want = f"{len(cols)} values, one per column" if cols is not None else "`columns`"
+                lw.error(
+                    at,
+                    "E-ROW",
+                    f"row {r} has {len(raw)} values; a row written as a list needs {want}",
+                    _ROW_HINT,
+                )
+                continue
+            given: Any = LMap(zip(cols, raw, strict=True))
+            given.loc, given.key_locs = at, {}
+            given.val_locs = {c: loc_of(raw, k, at) for k, c in enumerate(cols)}
+        elif isinstance(raw, dict):
+            given = raw
+        else:
+            lw.error(at, "E-ROW", f"row {r} must be a list or a mapping, got {kind_of(raw)}", None)
+            continue
+        values: dict = {}
+        for k, v in given.items():
+            try:
+                values[str(k)] = resolve(v, loc_of(given, k, at), env, state)
+            except Located as e:
+                lw.out.problem(e.loc, e.problem)
+                values[str(k)] = UNSET
+            except Unknown:
+                values[str(k)] = UNSET
+        count: Any = values.pop("repeat", None)
+        cloc = loc_of(given, "repeat", at)
+        if count is None and "repeat" in item:
+            cloc = loc_of(item, "repeat", loc)
+            try:
+                count = resolve(item["repeat"], cloc, {**env, **values}, state)
+            except Located as e:
+                lw.out.problem(e.loc, e.problem)
+            except Unknown:
+                pass
+        if count is None:
+            count = 1
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REPEAT:
+            lw.error(
+                cloc,
+                "E-RANGE",
+                f"row {r} repeats {count!r} times; it must be a whole number from 1 to {MAX_REPEAT}",
+                None,
+            )
+            count = 1
+        total += count
+        if total > MAX_LAYERS:
+            raise TooBig(rloc)
+        row = Row(r, values, at)
+        row.reps = [Rep(row, j) for j in range(count)]
+        out.append(row)
+    return out
+
+
+_ROW_HINT = "e.g. `columns: [c, repeat, stride]` and `rows: [[16, 1, 1], [24, 2, 2]]`"
+
+
+def _name(lw: Lowerer, item: dict, loc: Loc, env: dict, rep: Rep | None, default: Any) -> Any:
+    """A repetition's module name from `names:` (an expression over `$i`, `$j`, `$row` and the
+    row's values, e.g. `"'block' + str($row + 1) + '-' + str($j)"`)."""
+    if rep is not None:
+        env = {**env, **rep.row.values, "j": rep.j, "row": rep.row.index}
+    nloc = loc_of(item, "names", loc)
+    try:
+        value = resolve(item["names"], nloc, env, UNKNOWN)
+    except Located as e:
+        lw.out.problem(e.loc, e.problem)
+        return default
+    except Unknown:
+        return default
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        lw.error(nloc, "E-TYPE", f"`names` must give text, got {kind_of(value)}", None)
+        return default
+    return str(value)
 
 
 def _index(key: Any, n: int) -> int | None:

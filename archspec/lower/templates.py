@@ -79,6 +79,9 @@ def instantiate(
     declared = template.get("params") or {}
     local = dict(lw.globals)
     local["i"] = env.get("i", 0)
+    for rep in ("j", "row", "total"):  # a table repeat's indices (repeat.py)
+        if rep in env:
+            local[rep] = env[rep]
     ok = True
     for k in args:
         if k not in declared:

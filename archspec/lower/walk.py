@@ -120,7 +120,7 @@ class Lowerer:
                 scope.key_locs.get(name, loc),
                 "E-NAME",
                 f"`{name}` is not a valid layer name",
-                "use letters, digits and _",
+                "use letters, digits, _ and -",
             )
         elif name in scope.names:
             where = scope.path or "the model"
@@ -161,6 +161,11 @@ class Lowerer:
                     "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list",
                 )
                 return self.dead(loc, state, scope, name)
+            if "when" in item:
+                present = self.when(item, loc, state, env)
+                if present is not True:
+                    return self.absent(loc, state, scope)
+                item = _without(item, "when")
             keys = set(item)
             if keys & {"use", "body", "repeat"}:
                 return repeat(self, item, loc, state, env, scope, name)
@@ -186,6 +191,32 @@ class Lowerer:
                 name,
                 inline=bool(item.get("inline", False)),
             )
+
+    def when(self, item: dict, loc: Loc, state: State, env: dict) -> bool | None:
+        """An item's `when:` condition: True or False, None when it cannot be evaluated (the
+        error is said, and the item left out)."""
+        wloc = loc_of(item, "when", loc)
+        try:
+            value = resolve(item["when"], wloc, env, state)
+        except Located as e:
+            self.out.problem(e.loc, e.problem)
+            return None
+        except Unknown:
+            return None
+        if not isinstance(value, bool):
+            self.error(
+                wloc,
+                "E-TYPE",
+                f"`when` must be true or false, got {kind_of(value)}",
+                'a condition such as `when: "$expand != 1"`',
+            )
+            return None
+        return value
+
+    def absent(self, loc: Loc, state: State, scope: Scope) -> Node:
+        """An item whose `when` is false: no module, no name, its input handed on unchanged."""
+        node = Node(SEQ, "", scope.path, loc, state.shape, inline=True)
+        return finish(node, state)
 
     def instantiate(
         self,
@@ -412,3 +443,12 @@ def _param_hint(op: str) -> str | None:
     if not fields:
         return f"`{op}` has no parameters: write it as `- {op}`"
     return f"`{op}` takes {{" + ", ".join(fields) + "}"
+
+
+def _without(item: dict, key: str) -> LMap:
+    """`item` less one key, keeping the file positions of the rest."""
+    out = LMap({k: v for k, v in item.items() if k != key})
+    out.loc = getattr(item, "loc", None)  # type: ignore[assignment]
+    out.key_locs = {k: v for k, v in getattr(item, "key_locs", {}).items() if k != key}
+    out.val_locs = {k: v for k, v in getattr(item, "val_locs", {}).items() if k != key}
+    return out

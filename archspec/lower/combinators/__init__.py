@@ -5,7 +5,7 @@ order of the schema and the docs); a plugin registers its own with the same deco
 from archspec.lower.combinators.base import COMBINATORS
 
 # isort: off
-from archspec.lower.combinators import parallel, residual, dense, seq, aux  # noqa: F401  # registers them
+from archspec.lower.combinators import parallel, residual, dense, seq, aux, scale, split  # noqa: F401  # registers them
 # isort: on
 
 __all__ = ["COMBINATORS"]

@@ -43,6 +43,10 @@ class Flow(Protocol[X]):
         elementwise (mul broadcasts, as torch does); `node` is the combinator doing it."""
         ...
 
+    def split(self, x: X, parts: int, node: Node) -> list[X]:
+        """Split `x` along channels into `parts` equal views (`x.chunk(parts, 1)`)."""
+        ...
+
 
 class Combinator:
     """Base of every combinator. A subclass sets `name` and `doc` and overrides `lower` and

@@ -7,12 +7,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from archspec.ir import SEQ, Node
-from archspec.lang.errors import Loc
+from archspec.lang.errors import Loc, did_you_mean
 from archspec.lang.source import loc_of
 from archspec.lower.combinators.base import Combinator, Flow, X, register_combinator
 from archspec.lower.core import UNKNOWN, State, after, finish
 from archspec.lower.fragments import INLINE, NAME, REF_ITEM, described
-from archspec.ops import fmt
+from archspec.ops import Shape, fmt
 
 if TYPE_CHECKING:
     from archspec.analysis.graph import Writer
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from archspec.lower.walk import Lowerer
 
 KEYS = ("branches", "merge", "flat", "name", "inline")
+MERGES = ("concat", "add", "mul")
 
 
 @register_combinator
@@ -32,12 +33,12 @@ class Parallel(Combinator):
         lw.options(body, body_loc, KEYS, self.name)
         flat = bool(body.get("flat", False))
         merge_kind = body.get("merge", "concat")
-        if merge_kind not in ("concat", "add"):
+        if merge_kind not in MERGES:
             lw.error(
                 loc_of(body, "merge", body_loc),
                 "E-TYPE",
-                f"merge must be `concat` or `add`, got `{merge_kind}`",
-                None,
+                f"merge must be `concat`, `add` or `mul`, got `{merge_kind}`",
+                did_you_mean(str(merge_kind), MERGES),
             )
             merge_kind = "concat"
         node, inner = self.opened(lw, body, at, merge_kind)
@@ -67,7 +68,7 @@ class Parallel(Combinator):
                 child = lw.item(branch, loc, state, env, inner, full)
             node.children.append(child)
         outs = [after(c) for c in node.children]
-        return finish(node, _merged(lw, node, outs, key_loc))
+        return finish(node, merged(lw, node, outs, key_loc))
 
     def forward(self, node: Node, x: X, flow: Flow[X]) -> X:
         return flow.join(node.merge, [flow.child(b, x) for b in node.children], node)
@@ -119,8 +120,9 @@ class Parallel(Combinator):
                     },
                 ),
                 "merge": described(
-                    "how branch outputs are joined",
-                    {"enum": ["concat", "add"], "default": "concat"},
+                    "how branch outputs are joined: `concat` along channels, `add` or `mul` "
+                    "element-wise (`mul` broadcasts a 1x1 or 1-channel factor)",
+                    {"enum": list(MERGES), "default": "concat"},
                 ),
                 "flat": described(
                     "register the branch layers directly on this module (Inception naming)",
@@ -142,7 +144,7 @@ class Parallel(Combinator):
         }
 
 
-def _merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
+def merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
     """The shape rule: `add` needs equal shapes, `concat` equal height and width."""
     shapes = [o.shape for o in outs if o.shape is not None]
     if not shapes or len(shapes) < len(outs):
@@ -160,6 +162,17 @@ def _merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
             )
             return UNKNOWN
         return State(shapes[0], rf, jump)  # type: ignore[arg-type]
+    if node.merge == "mul":
+        shape = broadcast(shapes)  # type: ignore[arg-type]
+        if shape is None:
+            lw.error(
+                loc,
+                "E-MERGE-MUL",
+                f"`mul` needs shapes that broadcast to one, but the branches give {named}",
+                "each size must equal the others' or be 1 (a 1x1 gate, or one channel)",
+            )
+            return UNKNOWN
+        return State(shape, rf, jump)  # type: ignore[arg-type]
     ranks = {len(s) for s in shapes}  # type: ignore[arg-type]
     spatial = {tuple(s[1:]) for s in shapes}  # type: ignore[index]
     if len(ranks) != 1 or len(spatial) != 1:
@@ -173,3 +186,17 @@ def _merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
     first = shapes[0]
     out = (sum(s[0] for s in shapes), *first[1:])
     return State(out, rf, jump)  # type: ignore[arg-type]
+
+
+def broadcast(shapes: list[Shape]) -> Shape | None:
+    """The shape an element-wise product of same-rank `shapes` gives, as torch broadcasts
+    (each size equal to the others' or 1); None when they do not broadcast."""
+    if len({len(s) for s in shapes}) != 1:
+        return None
+    out = []
+    for sizes in zip(*shapes, strict=True):
+        big = {d for d in sizes if d != 1}
+        if len(big) > 1:
+            return None
+        out.append(big.pop() if big else 1)
+    return tuple(out)

@@ -6,18 +6,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from archspec.ir import Node
-from archspec.lang.errors import Loc
+from archspec.lang.errors import Loc, did_you_mean
 from archspec.lang.source import LMap, LSeq, loc_of
 from archspec.lower.combinators.base import Combinator, Flow, X, register_combinator
 from archspec.lower.core import UNKNOWN, Scope, Site, State, after, finish
 from archspec.lower.fragments import INLINE, NAME, REF_ITEM, described
-from archspec.ops import fmt
+from archspec.ops import OPS, fmt
 
 if TYPE_CHECKING:
     from archspec.analysis.graph import Writer
     from archspec.lower.walk import Lowerer
 
 KEYS = ("main", "shortcut", "projection", "post", "name", "inline")
+SHORTCUTS = ("auto", "identity", "identity_if_same")
+NO_SHORTCUT = "none"  # the node's merge when `identity_if_same` finds the shape changed
 
 
 @register_combinator
@@ -64,8 +66,18 @@ class Residual(Combinator):
                 sstate = after(proj)
         elif sc == "identity":
             pass
-        elif sc is None:
-            lw.error(sloc, "E-TYPE", "`shortcut` must be `auto`, `identity` or layers", None)
+        elif sc == "identity_if_same":
+            # MobileNet's and EfficientNet's blocks: the sum only where the shape is kept
+            if mstate.shape is None or mstate.shape != state.shape:
+                node.merge = NO_SHORTCUT
+                sstate = mstate
+        elif sc is None or isinstance(sc, str) and sc not in lw.templates and sc not in OPS:
+            lw.error(
+                sloc,
+                "E-TYPE",
+                f"`shortcut` must be `auto`, `identity`, `identity_if_same` or layers, got {sc!r}",
+                did_you_mean(str(sc), SHORTCUTS),
+            )
         else:
             node.shortcut = lw.item(sc, sloc, state, env, inner, f"{prefix}shortcut")
             sstate = after(node.shortcut)
@@ -92,14 +104,19 @@ class Residual(Combinator):
         main = x
         for child in node.children:
             main = flow.child(child, main)
-        short = flow.child(node.shortcut, x) if node.shortcut is not None else x
-        out = flow.join("add", [main, short], node)
+        if node.merge == NO_SHORTCUT:
+            out = main
+        else:
+            short = flow.child(node.shortcut, x) if node.shortcut is not None else x
+            out = flow.join("add", [main, short], node)
         return flow.child(node.post, out) if node.post is not None else out
 
     def draw(self, g: Writer, node: Node, preds: list[str], key: str) -> list[str]:
         out = preds
         for i, child in enumerate(node.children):
             out = g.walk(child, out, f"{key}_{i}")
+        if node.merge == NO_SHORTCUT:
+            return g.walk(node.post, out, f"{key}_p") if node.post is not None else out
         if node.shortcut is not None:
             short = g.walk(node.shortcut, preds, f"{key}_s")
             style = {"style": "dashed"}
@@ -122,8 +139,9 @@ class Residual(Combinator):
                 "main": described("the layers of the main path", REF_ITEM),
                 "shortcut": described(
                     "`auto` (identity, or a 1x1 projection when the shape changes), `identity`, "
-                    "or layers",
-                    {"anyOf": [{"enum": ["auto", "identity"]}, REF_ITEM], "default": "auto"},
+                    "`identity_if_same` (identity when the shape is kept, else no shortcut and "
+                    "no sum), or layers",
+                    {"anyOf": [{"enum": list(SHORTCUTS)}, REF_ITEM], "default": "auto"},
                 ),
                 "projection": described(
                     "options of the `auto` projection",
