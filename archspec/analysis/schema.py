@@ -159,6 +159,7 @@ def _single(key: str, value: dict[str, Any], description: str) -> dict[str, Any]
             key: value,
             "name": {"$ref": "#/$defs/name"},
             "inline": {"$ref": "#/$defs/inline"},
+            "when": {"$ref": "#/$defs/when"},
         },
         "additionalProperties": False,
     }
@@ -169,8 +170,9 @@ def _combinators() -> dict[str, dict[str, Any]]:
 
 
 def _reserved() -> list[str]:
-    """Keys that are not template names (`name` and `inline` may sit beside a template call)."""
-    return sorted({*OPS, *COMBINATORS, *REPEAT_KEYS} - {"name", "inline"})
+    """Keys that are not template names (`name`, `inline` and `when` may sit beside a template
+    call)."""
+    return sorted({*OPS, *COMBINATORS, *REPEAT_KEYS} - {"name", "inline", "when"})
 
 
 def build_schema() -> dict[str, Any]:
@@ -189,6 +191,12 @@ def build_schema() -> dict[str, Any]:
         "inline": _d(
             "register the children on the enclosing module instead of a module of their own",
             {"type": "boolean", "default": False},
+        ),
+        "when": _d(
+            'a condition: the item exists only where it is true (e.g. `"$t != 1"`); '
+            "otherwise it is left out, taking no module and no position",
+            {"anyOf": [{"type": "boolean"}, {"$ref": "#/$defs/expr"}]},
+            examples=["$t != 1"],
         ),
         "args": _d(
             "arguments: parameter name to value (a number, list, string or expression)",
@@ -215,11 +223,15 @@ def build_schema() -> dict[str, Any]:
         "description": "a call of a template defined under `templates:`, "
         "e.g. `- inception: {c1: 64}`",
         "minProperties": 1,
-        "maxProperties": 3,
+        "maxProperties": 4,
         # The key is the template's name: any name that is not an op, combinator or repeat key.
         "propertyNames": {"not": {"enum": _reserved()}},
-        "not": {"propertyNames": {"enum": ["name", "inline"]}},
-        "properties": {"name": {"$ref": "#/$defs/name"}, "inline": {"$ref": "#/$defs/inline"}},
+        "not": {"propertyNames": {"enum": ["name", "inline", "when"]}},
+        "properties": {
+            "name": {"$ref": "#/$defs/name"},
+            "inline": {"$ref": "#/$defs/inline"},
+            "when": {"$ref": "#/$defs/when"},
+        },
         "additionalProperties": {"$ref": "#/$defs/args"},
     }
     op_names = list(OPS)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 REPEAT_KEYS = {"use", "body", "with", "repeat", "first", "at", "prefix", "start", "name", "inline"}
 REPEAT_KEYS |= {"rows", "columns", "nest", "names"}  # a stage table (see `_table`)
+REPEAT_KEYS.add("when")  # beside any item (walk.py)
 MAX_REPEAT = 1024
 READERS = ("use", "with", "first", "at", "repeat", "names")  # keys whose `$names` a row feeds
 
@@ -114,7 +115,9 @@ def repeat(
     # Names the repeat's own keys read: a `with` argument or a table column read by `use`,
     # `first`, `at`, `repeat` or `names` is a value for them, not an argument of the template.
     read = set(DOLLAR_NAME.findall(str(to_plain({k: item.get(k) for k in READERS}))))
-    deferred = {str(k) for k in args} & read if is_expression(uses) else set()
+    deferred = (
+        {str(k) for k in args} & set(DOLLAR_NAME.findall(str(uses))) if is_expression(uses) else set()
+    )
 
     def template(uses: Any, values: dict) -> str | None:
         """`use:` resolved (`use: $block` reads a spec parameter, a `with` argument or a
@@ -282,6 +285,14 @@ def _table(lw: Lowerer, item: dict, loc: Loc, env: dict, state: State) -> list[R
     repeat's own `repeat` (an expression may read the row: `"ceil($n * $depth)"`), else once."""
     rows, cols = item.get("rows"), item.get("columns")
     rloc = loc_of(item, "rows", loc)
+    if is_expression(rows):  # `rows: $blocks`: the table is a spec parameter, per variant
+        try:
+            rows = resolve(rows, rloc, env, state)
+        except Located as e:
+            lw.out.problem(e.loc, e.problem)
+            return []
+        except Unknown:
+            return []
     if not isinstance(rows, list) or not rows:
         lw.error(rloc, "E-ROW", "`rows` must be a non-empty list of rows", _ROW_HINT)
         return []
@@ -444,6 +455,28 @@ def schema_props() -> dict[str, Any]:
             {"type": "integer", "minimum": 0},
             examples=[1],
         ),
+        "rows": described(
+            "a stage table: one row per group of repetitions, each a mapping or a list (named "
+            "by `columns`) of template arguments; a `repeat` column repeats its row",
+            {"anyOf": [{"type": "array", "minItems": 1}, EXPR]},
+            examples=[[[1, 16, 1, 1], [6, 24, 2, 2]]],
+        ),
+        "columns": described(
+            "names of the values of rows written as lists",
+            {"type": "array", "items": {"type": "string"}},
+            examples=[["t", "c", "repeat", "s"]],
+        ),
+        "nest": described(
+            "make each row a module of its own, holding its repetitions (EfficientNet's "
+            "features.2.0, features.2.1)",
+            {"type": "boolean", "default": False},
+        ),
+        "names": described(
+            "an expression naming each repetition (over `$i`, `$j`, `$row` and the columns)",
+            {"type": "string"},
+            examples=["'block' + str($row + 1) + '-' + str($j)"],
+        ),
         "name": NAME,
         "inline": INLINE,
+        "when": {"$ref": "#/$defs/when"},
     }

@@ -1,0 +1,103 @@
+"""The rest of torchvision's convolutional zoo (specs/torchvision/mobilenet.yaml, ...): for every
+builder, torchvision's state_dict loads strictly into the built model and the parameter counts
+agree; `check` counts the MACs torch.utils.flop_counter counts for torchvision's model
+(convolutions and matmuls, counted on the meta device: no memory, no arithmetic). For the
+smallest builder of each family, and each with a structure of its own, eval-mode outputs agree
+within 1e-5 of max |output| with every parameter and BatchNorm statistic randomised.
+
+Everything but the numeric comparison runs on the meta device; the forwards use small inputs
+on one thread (see test_torchvision_zoo.py, whose random state this file shares).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision.models as tvm
+from test_torchvision_zoo import random_state
+from torch.utils.flop_counter import FlopCounterMode
+
+import archspec
+
+SPECS = "specs/torchvision"
+
+# builder -> spec file (the variant is the builder's name)
+ZOO = {
+    "mobilenet_v2": "mobilenet",
+    "mobilenet_v3_large": "mobilenet",
+    "mobilenet_v3_small": "mobilenet",
+}
+# The builders compared numerically, with the input size of the comparison.
+NUMERIC = {
+    "mobilenet_v2": 64,
+    "mobilenet_v3_small": 64,
+    "mobilenet_v3_large": 64,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spec_of(builder: str) -> str:
+    return f"{SPECS}/{ZOO[builder]}.yaml"
+
+
+def torchvision_model(builder: str) -> torch.nn.Module:
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        return getattr(tvm, builder)(weights=None, num_classes=1000)
+
+
+def test_every_builder_is_a_variant_and_the_default_is_the_first() -> None:
+    for name in sorted(set(ZOO.values())):
+        variants = archspec.variants(f"{SPECS}/{name}.yaml")
+        assert set(variants) == {b for b, f in ZOO.items() if f == name}
+        base = archspec.check(f"{SPECS}/{name}.yaml")
+        first = archspec.check(f"{SPECS}/{name}.yaml", variants[0])
+        assert base.ok and (base.name, base.params, base.macs) == (
+            first.name,
+            first.params,
+            first.macs,
+        )
+
+
+@pytest.mark.parametrize("builder", list(ZOO))
+def test_state_dict_loads_strictly_params_and_macs_match(builder: str) -> None:
+    tv = torchvision_model(builder)
+    ours = archspec.build(spec_of(builder), builder, device="meta")
+    ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
+    want = {k: tuple(v.shape) for k, v in tv.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == want
+    report = archspec.check(spec_of(builder), builder)
+    assert report.ok and report.name == builder
+    assert report.params == sum(p.numel() for p in tv.parameters())
+    x = torch.empty(1, *report.input, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tv.eval()(x)
+    macs = counter.get_total_flops() // 2
+    assert abs(report.macs - macs) <= 0.01 * macs, (report.macs, macs)
+
+
+@pytest.mark.parametrize("builder", list(NUMERIC))
+def test_outputs_match_with_random_weights(builder: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    tv = torchvision_model(builder)
+    tv.load_state_dict(random_state(tv, gen), strict=True, assign=True)
+    tv.eval()
+    size = NUMERIC[builder]
+    ours = archspec.build(spec_of(builder), builder, input_shape=(3, size, size), device="meta")
+    ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
+    ours.eval()
+    x = torch.randn(2, 3, size, size, generator=gen)
+    with torch.no_grad():
+        want, got = tv(x), ours(x)
+    assert got.shape == want.shape == (2, 1000)
+    assert want.std() > 1e-3  # a real signal, not a collapsed one
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
