@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 import torchvision.models as tvm
-from test_torchvision_zoo import random_state
+from test_torchvision_zoo import _one_thread, random_state  # noqa: F401  # autouse fixture
 from torch.utils.flop_counter import FlopCounterMode
 
 import archspec
@@ -35,14 +35,6 @@ NUMERIC = {
     "mobilenet_v3_small": 64,
     "mobilenet_v3_large": 64,
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def spec_of(builder: str) -> str:

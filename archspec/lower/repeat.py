@@ -116,7 +116,9 @@ def repeat(
     # `first`, `at`, `repeat` or `names` is a value for them, not an argument of the template.
     read = set(DOLLAR_NAME.findall(str(to_plain({k: item.get(k) for k in READERS}))))
     deferred = (
-        {str(k) for k in args} & set(DOLLAR_NAME.findall(str(uses))) if is_expression(uses) else set()
+        {str(k) for k in args} & set(DOLLAR_NAME.findall(str(uses)))
+        if is_expression(uses)
+        else set()
     )
 
     def template(uses: Any, values: dict) -> str | None:

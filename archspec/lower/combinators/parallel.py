@@ -43,22 +43,9 @@ class Parallel(Combinator):
             merge_kind = "concat"
         node, inner = self.opened(lw, body, at, merge_kind)
         name, inline = node.name, node.inline
-        branches = body.get("branches")
-        bloc = loc_of(body, "branches", body_loc)
-        if isinstance(branches, list):
-            pairs = [(str(i), b, loc_of(branches, i, bloc)) for i, b in enumerate(branches)]
-        elif isinstance(branches, dict):
-            pairs = [(str(k), b, loc_of(branches, k, bloc)) for k, b in branches.items()]
-        else:
-            lw.error(
-                bloc if branches is not None else key_loc,
-                "E-MISSING-KEY",
-                "`parallel` needs `branches`: a list or a mapping of layer lists",
-                None,
-            )
+        pairs = branch_list(lw, body, at, "`parallel` needs `branches`")
+        if pairs is None:
             return node
-        if len(pairs) < 1:
-            lw.error(bloc, "E-ITEM", "`parallel` needs at least one branch", None)
         bname_prefix = f"{name}_" if inline and name else ""
         for bname, branch, loc in pairs:
             full = bname_prefix + bname
@@ -200,3 +187,30 @@ def broadcast(shapes: list[Shape]) -> Shape | None:
             return None
         out.append(big.pop() if big else 1)
     return tuple(out)
+
+
+def branch_list(
+    lw: Lowerer, body: dict, at: Site, missing: str
+) -> list[tuple[str, Any, Loc]] | None:
+    """`branches:` as (name, layers, position) triples: a list is named by position, a mapping
+    by its keys. None, after saying `missing`, when there are none."""
+    branches = body.get("branches")
+    bloc = loc_of(body, "branches", at.body_loc)
+    if isinstance(branches, list):
+        pairs = [(str(i), b, loc_of(branches, i, bloc)) for i, b in enumerate(branches)]
+    elif isinstance(branches, dict):
+        pairs = [(str(k), b, loc_of(branches, k, bloc)) for k, b in branches.items()]
+    else:
+        pairs = None
+    if pairs:
+        return pairs
+    if pairs is not None:
+        lw.error(bloc, "E-ITEM", f"{missing.split(' needs')[0]} needs at least one branch", None)
+        return None
+    lw.error(
+        bloc if branches is not None else at.key_loc,
+        "E-MISSING-KEY",
+        f"{missing}: a list or a mapping of layer lists",
+        None,
+    )
+    return None

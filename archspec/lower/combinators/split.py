@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from archspec.ir import SEQ, Node
-from archspec.lang.source import loc_of
 from archspec.lower.combinators.base import Flow, X, register_combinator
-from archspec.lower.combinators.parallel import Parallel, merged
+from archspec.lower.combinators.parallel import Parallel, branch_list, merged
 from archspec.lower.core import UNKNOWN, State, after, finish
 from archspec.lower.fragments import INLINE, NAME, REF_ITEM, described
 from archspec.ops import fmt
@@ -29,19 +28,8 @@ class Split(Parallel):
     def lower(self, lw: Lowerer, body: dict, at: Site) -> Node:
         lw.options(body, at.body_loc, KEYS, self.name)
         node, inner = self.opened(lw, body, at, "concat")
-        branches = body.get("branches")
-        bloc = loc_of(body, "branches", at.body_loc)
-        if isinstance(branches, list):
-            pairs = [(str(i), b, loc_of(branches, i, bloc)) for i, b in enumerate(branches)]
-        elif isinstance(branches, dict):
-            pairs = [(str(k), b, loc_of(branches, k, bloc)) for k, b in branches.items()]
-        else:
-            lw.error(
-                bloc if branches is not None else at.key_loc,
-                "E-MISSING-KEY",
-                "`split` needs `branches`: a list or a mapping of layer lists, one per part",
-                None,
-            )
+        pairs = branch_list(lw, body, at, "`split` needs `branches`, one per part")
+        if pairs is None:
             return finish(node, UNKNOWN)
         part = UNKNOWN
         x = at.state
