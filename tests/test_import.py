@@ -212,6 +212,15 @@ def test_import_verifies_by_default():
     assert "layer4: {repeat: 2, use: basic_block" in text
 
 
+def test_import_archspec_stays_torch_free():
+    import subprocess
+    import sys
+
+    code = "import archspec, sys; archspec.import_module; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_import_gives_the_model_its_mode_back():
     model = tv("resnet18").train()
     archspec.import_module(model, (3, 32, 32))

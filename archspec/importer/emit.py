@@ -336,6 +336,8 @@ def block(v: Any, indent: int) -> list[str]:
                 lines.append(f"{pad}- {sub[0].lstrip()}" if sub else f"{pad}- []")
                 lines.extend(sub[1:])
         return lines
+    if isinstance(v, Marker):
+        return [f"{pad}# archspec import: {v.text}"]
     return [f"{pad}{scalar(v)}"]
 
 
