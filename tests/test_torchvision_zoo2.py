@@ -12,6 +12,7 @@ on one thread (see test_torchvision_zoo.py, whose random state this file shares)
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -28,12 +29,21 @@ ZOO = {
     "mobilenet_v2": "mobilenet",
     "mobilenet_v3_large": "mobilenet",
     "mobilenet_v3_small": "mobilenet",
+    "squeezenet1_0": "squeezenet",
+    "squeezenet1_1": "squeezenet",
+    "mnasnet0_5": "mnasnet",
+    "mnasnet0_75": "mnasnet",
+    "mnasnet1_0": "mnasnet",
+    "mnasnet1_3": "mnasnet",
 }
 # The builders compared numerically, with the input size of the comparison.
 NUMERIC = {
     "mobilenet_v2": 64,
     "mobilenet_v3_small": 64,
     "mobilenet_v3_large": 64,
+    "squeezenet1_0": 64,
+    "squeezenet1_1": 64,
+    "mnasnet0_5": 64,
 }
 
 
@@ -81,7 +91,9 @@ def test_state_dict_loads_strictly_params_and_macs_match(builder: str) -> None:
 def test_outputs_match_with_random_weights(builder: str) -> None:
     gen = torch.Generator().manual_seed(0)
     tv = torchvision_model(builder)
-    tv.load_state_dict(random_state(tv, gen), strict=True, assign=True)
+    state = OrderedDict(random_state(tv, gen))
+    state._metadata = tv.state_dict()._metadata  # type: ignore[attr-defined]  # MNASNet's version
+    tv.load_state_dict(state, strict=True, assign=True)
     tv.eval()
     size = NUMERIC[builder]
     ours = archspec.build(spec_of(builder), builder, input_shape=(3, size, size), device="meta")
