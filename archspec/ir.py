@@ -10,9 +10,11 @@ from typing import Any
 from archspec.lang.errors import Loc
 from archspec.ops import Inferred, Shape
 
-# Composite kinds. A composite either owns a module (`inline=False`) or lends its children to
-# the module of its nearest owning ancestor (`inline=True`), which is how a spec reproduces
-# flat layouts such as torchvision's `layer1.0.conv1` or Inception's `Mixed_5b.branch5x5_1`.
+# Node kinds: LAYER, or the name of the combinator that made a composite (the built-ins are in
+# archspec/lower/combinators/; a plugin may add more). A composite either owns a module
+# (`inline=False`) or lends its children to the module of its nearest owning ancestor
+# (`inline=True`), which is how a spec reproduces flat layouts such as torchvision's
+# `layer1.0.conv1` or Inception's `Mixed_5b.branch5x5_1`.
 SEQ, PARALLEL, RESIDUAL, DENSE, LAYER = "seq", "parallel", "residual", "dense", "layer"
 # An auxiliary head: a stage that reads the tensor but does not pass its output on (training only).
 AUX = "aux"

@@ -1,5 +1,6 @@
 """A combinator from a user's plugin module, registered with the public API the built-ins use,
-is seen by every part of archspec: check (table, JSON, memory), build, schema and graph.
+is seen by every part of archspec: check (table, JSON, memory), build, schema, graph and the
+generated docs.
 
 The plugin and the spec are the pair docs/plugins.md shows under "A combinator" (`gate`: the
 input times what its `by` layers compute from it), written by the test into a throw-away folder
@@ -102,7 +103,7 @@ def test_build_runs_the_product_and_matches_a_torch_reference(folder: Path) -> N
     assert "x1 = self.by(x)" in source[1] and "x * x1" in source[2]
 
 
-def test_schema_and_graph_show_the_gate(folder: Path) -> None:
+def test_schema_graph_and_docs_show_the_gate(folder: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     r = run(folder, "-m", "archspec", "schema", "--plugin", "my_gate")
     assert r.returncode == 0, r.stderr
@@ -118,6 +119,15 @@ def test_schema_and_graph_show_the_gate(folder: Path) -> None:
     assert r.returncode == 0, r.stderr
     dot = (folder / "net.dot").read_text()
     assert 'label="se (gate)"' in dot and 'label="mul\\n32x32x32"' in dot
+
+    r = run(
+        folder,
+        "-c",
+        "import my_gate\nfrom archspec.analysis.docs import combinator_reference\n"
+        "print(combinator_reference())",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| `gate` | `by`, `name`, `inline` | the input times a gate its `by` layers" in r.stdout
 
 
 def test_memory_counts_what_the_product_keeps(importable: Path) -> None:

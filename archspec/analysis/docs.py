@@ -7,7 +7,8 @@ command, rewrite the regions with
     python -m archspec.analysis.docs --write
 
 (without `--write` it only checks, exit 1 if a page is stale). An op added by a plugin shows up
-in `op_reference()` once its module is imported.
+in `op_reference()` once its module is imported, a plugin's combinator in
+`combinator_reference()`.
 """
 
 from __future__ import annotations
@@ -168,6 +169,19 @@ def top_level_reference() -> str:
     return "\n".join(out)
 
 
+def combinator_reference() -> str:
+    """One row per registered combinator (a plugin's too): its keys and its doc line."""
+    from archspec.lower import COMBINATORS
+
+    out = ["| combinator | keys | what it does |", "| --- | --- | --- |"]
+    for name, comb in COMBINATORS.items():
+        frag = comb.schema()
+        forms = [frag, *frag.get("anyOf", [])]
+        keys = next((list(f["properties"]) for f in forms if "properties" in f), [])
+        out.append(f"| `{name}` | {', '.join(f'`{k}`' for k in keys)} | {_cell(comb.doc)} |")
+    return "\n".join(out)
+
+
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -230,7 +244,11 @@ def cli_reference() -> str:
 
 
 GENERATED: dict[str, dict[str, Callable[[], str]]] = {
-    "language.md": {"ops": op_reference, "top-level": top_level_reference},
+    "language.md": {
+        "ops": op_reference,
+        "top-level": top_level_reference,
+        "combinators": combinator_reference,
+    },
     "cli.md": {"commands": cli_reference},
 }
 

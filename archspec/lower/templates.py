@@ -82,16 +82,8 @@ def instantiate(
     for rep in ("j", "row", "total"):  # a table repeat's indices (repeat.py)
         if rep in env:
             local[rep] = env[rep]
-    ok = True
-    for k in args:
-        if k not in declared:
-            lw.error(
-                loc_of(args, k, args_loc, key_loc=True),
-                "E-TEMPLATE-ARG",
-                f"template `{tname}` has no parameter `{k}`",
-                did_you_mean(str(k), declared),
-            )
-            ok = False
+    message = "template `{what}` has no parameter `{key}`"
+    ok = lw.options(args, args_loc, declared, tname, "E-TEMPLATE-ARG", message)
     for p, decl in declared.items():
         ploc = loc_of(declared, p, tloc)
         tdecl, spec = _declaration(decl)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -218,22 +218,10 @@ class Lowerer:
         node = Node(SEQ, "", scope.path, loc, state.shape, inline=True)
         return finish(node, state)
 
-    def instantiate(
-        self,
-        tname: str,
-        args: Any,
-        key_loc: Loc,
-        args_loc: Loc,
-        state: State,
-        env: dict,
-        scope: Scope,
-        name: str | None,
-        splice: bool = False,
-    ) -> Node:
-        """A call of template `tname` (templates.py); a method, so a subclass can watch it."""
-        return templates.instantiate(
-            self, tname, args, key_loc, args_loc, state, env, scope, name, splice
-        )
+    def instantiate(self, tname: str, *args: Any, **kw: Any) -> Node:
+        """A call of template `tname` (templates.instantiate); a method, so a subclass (the
+        language server's) can watch every call."""
+        return templates.instantiate(self, tname, *args, **kw)
 
     def item_name(self, item: dict, loc: Loc, env: dict, default: str | None) -> str | None:
         """The `name:` of a mapping (an expression is resolved), else `default`."""
@@ -317,16 +305,28 @@ class Lowerer:
         name = name or "?"
         return Node(LAYER, name, join(scope.path, name), loc, state.shape, None, op="?")
 
-    def options(self, body: dict, body_loc: Loc, allowed: tuple[str, ...], what: str) -> None:
-        """Refuse every key of `body` not in `allowed`, each at its own position."""
+    def options(
+        self,
+        body: dict,
+        body_loc: Loc,
+        allowed: Iterable[str],
+        what: str,
+        code: str = "E-UNKNOWN-KEY",
+        message: str = "unknown key `{key}` in `{what}`",
+    ) -> bool:
+        """Refuse every key of `body` not in `allowed`, each at its own position; whether none
+        was refused."""
+        ok = True
         for k in body:
             if k not in allowed:
                 self.error(
                     loc_of(body, k, body_loc, key_loc=True),
-                    "E-UNKNOWN-KEY",
-                    f"unknown key `{k}` in `{what}`",
+                    code,
+                    message.format(key=k, what=what),
                     did_you_mean(str(k), allowed),
                 )
+                ok = False
+        return ok
 
     def seq(
         self,
