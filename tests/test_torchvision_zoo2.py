@@ -35,6 +35,8 @@ ZOO = {
     "mnasnet0_75": "mnasnet",
     "mnasnet1_0": "mnasnet",
     "mnasnet1_3": "mnasnet",
+    **{f"efficientnet_b{i}": "efficientnet" for i in range(8)},
+    **{f"efficientnet_v2_{s}": "efficientnet" for s in "sml"},
 }
 # The builders compared numerically, with the input size of the comparison.
 NUMERIC = {
@@ -44,6 +46,8 @@ NUMERIC = {
     "squeezenet1_0": 64,
     "squeezenet1_1": 64,
     "mnasnet0_5": 64,
+    "efficientnet_b0": 64,
+    "efficientnet_v2_s": 64,
 }
 
 
