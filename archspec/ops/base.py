@@ -24,6 +24,7 @@ from archspec.ops.shapes import pair
 __all__ = ["OPS", "Fuzz", "NoParams", "Op", "Params", "Problem", "he_init", "register"]
 __all__ += ["NOTHING", "Extra", "Inferred", "IntOrPair", "PosInt", "Saved", "Shape", "Window"]
 __all__ += ["MAX_CHANNELS", "MAX_KERNEL", "check_pair", "collapse", "fmt", "need_image", "numel"]
+__all__ += ["need_tokens", "rank_name"]
 
 Shape = tuple[int, ...]
 MAX_CHANNELS = 1 << 20
@@ -100,12 +101,37 @@ def fmt(shape: Shape) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def rank_name(shape: Shape) -> str:
+    """What a shape is, in words: shapes are [C, H, W] images, [L, D] tokens or [F] features."""
+    if len(shape) == 3:
+        return f"a {fmt(shape)} image"
+    if len(shape) == 2:
+        return f"{shape[0]} tokens of {shape[1]}"
+    return f"a flat vector of {shape[0]} features"
+
+
 def need_image(op: str, shape: Shape) -> tuple[int, int, int]:
     if len(shape) != 3:
+        hint = (
+            "turn the tokens back into an image first (`to_image`)"
+            if len(shape) == 2
+            else "move `flatten` after the last convolution or pool"
+        )
         raise Problem(
-            "E-SHAPE-RANK",
-            f"{op} needs a CxHxW input, but gets a flat vector of {shape[0]} features",
-            "move `flatten` after the last convolution or pool",
+            "E-SHAPE-RANK", f"{op} needs a CxHxW input, but gets {rank_name(shape)}", hint
+        )
+    return shape  # type: ignore[return-value]
+
+
+def need_tokens(op: str, shape: Shape) -> tuple[int, int]:
+    if len(shape) != 2:
+        hint = (
+            "turn the image into tokens first (`to_tokens`)"
+            if len(shape) == 3
+            else "tokens come from an image (`to_tokens`) or a spec input [L, D]"
+        )
+        raise Problem(
+            "E-SHAPE-RANK", f"{op} needs LxD tokens, but gets {rank_name(shape)}", hint
         )
     return shape  # type: ignore[return-value]
 
@@ -160,6 +186,11 @@ class Op:
     # Output dtype under autocast: "keep" the input's, "lower" (runs in the 16-bit dtype, like
     # conv and linear) or "float32" (an op autocast widens).
     autocast: ClassVar[str] = "keep"
+    # A learnable tensor op (class token, position embedding, layer scale): `build` returns an
+    # `nn.Parameter` that the compiler registers on the enclosing module under the layer's name
+    # (torchvision's `class_token`, `encoder.pos_embedding`, `features.1.0.layer_scale`), and
+    # `code` is the forward expression using it. Its report path names that parameter.
+    tensor: ClassVar[bool] = False
 
     def infer(self, p: Any, shape: Shape) -> Inferred:
         """Output shape, parameters, MACs and window; raise `Problem` for a bad combination."""
@@ -177,6 +208,10 @@ class Op:
     def describe(self, p: Any) -> str:
         """Short label for tables and graphs: `conv 3x3/2`."""
         return self.name
+
+    def code(self, p: Any, shape: Shape, param: str, x: str) -> str:
+        """A tensor op's forward as a Python expression over its parameter and its input."""
+        raise NotImplementedError
 
 
 OPS: dict[str, Op] = {}

@@ -52,7 +52,7 @@ class LinearParams(Params):
 @register
 class Linear(Op):
     name = "linear"
-    doc = "fully connected layer (torch.nn.Linear)"
+    doc = "fully connected layer (torch.nn.Linear); on LxD tokens, applied to each token"
     example = ("256", "- linear: {out: 10}")
     Params = LinearParams
     color = "#f9cb9c"
@@ -60,22 +60,24 @@ class Linear(Op):
     autocast = "lower"
 
     def infer(self, p: LinearParams, shape: Shape) -> Inferred:
-        if len(shape) != 1:
+        if len(shape) == 3:
             raise Problem(
                 "E-SHAPE-RANK",
-                f"linear needs flat features, but gets a {fmt(shape)} tensor",
-                "insert `flatten` (or `gap`, `flatten`) before `linear`",
+                f"linear needs flat features or tokens, but gets a {fmt(shape)} image",
+                "insert `flatten` (or `gap`, `flatten`) before `linear`, or `to_tokens`",
             )
-        return Inferred((p.out,), shape[0] * p.out + (p.out if p.bias else 0), shape[0] * p.out)
+        d = shape[-1]
+        rows = shape[0] if len(shape) == 2 else 1
+        return Inferred((*shape[:-1], p.out), d * p.out + (p.out if p.bias else 0), rows * d * p.out)
 
     def saved(self, p: LinearParams, shape: Shape, out: Shape, grad: bool) -> Saved:
         # addmm/mm keep the input (for grad_weight) and weight.t() only when the input needs grad
-        return Saved(input=True, weight=shape[0] * p.out if grad else 0)
+        return Saved(input=True, weight=shape[-1] * p.out if grad else 0)
 
     def build(self, p: LinearParams, shape: Shape) -> Any:
         from torch import nn
 
-        return nn.Linear(shape[0], p.out, p.bias)
+        return nn.Linear(shape[-1], p.out, p.bias)
 
     def describe(self, p: LinearParams) -> str:
         return f"linear {p.out}"

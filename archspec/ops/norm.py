@@ -17,8 +17,10 @@ from archspec.ops.base import (
     Shape,
     need_image,
     numel,
+    rank_name,
     register,
 )
+from archspec.lang.errors import Problem
 
 
 class BatchNormParams(Params):
@@ -37,6 +39,12 @@ class BatchNorm(Op):
     fuzz: ClassVar[Fuzz] = {"affine": [False], "eps": [0.001]}
 
     def infer(self, p: BatchNormParams, shape: Shape) -> Inferred:
+        if len(shape) == 2:
+            raise Problem(
+                "E-SHAPE-RANK",
+                f"bn normalises the channels of an image or features, but gets {rank_name(shape)}",
+                "normalise tokens with `layernorm`",
+            )
         return Inferred(shape, 2 * shape[0] if p.affine else 0)
 
     def saved(self, p: BatchNormParams, shape: Shape, out: Shape, grad: bool) -> Saved:
@@ -149,3 +157,44 @@ class StochasticDepth(Op):
 
     def describe(self, p: StochasticDepthParams) -> str:
         return f"stochastic_depth {p.p:g}"
+
+
+class LayerNormParams(Params):
+    eps: float = Field(1e-5, gt=0, lt=1, description="added to the variance")
+    affine: bool = Field(True, description="learn a scale (`weight`)")
+    bias: bool = Field(True, description="learn a shift (`bias`; only with `affine`)")
+
+
+@register
+class LayerNorm(Op):
+    name = "layernorm"
+    doc = (
+        "layer normalisation over the last dimension of tokens or features (torch.nn.LayerNorm), "
+        "over the channels of each position of an image (ConvNeXt's LayerNorm2d)"
+    )
+    example = ("16,8,8", "- layernorm\n- to_tokens\n- layernorm: {eps: 0.000001}")
+    Params = LayerNormParams
+    color = "#fff2cc"
+    fuzz: ClassVar[Fuzz] = {"affine": [False], "bias": [False], "eps": [1e-6]}
+    autocast = "float32"  # layer_norm is on autocast's float32 list
+
+    def infer(self, p: LayerNormParams, shape: Shape) -> Inferred:
+        d = shape[0] if len(shape) == 3 else shape[-1]
+        return Inferred(shape, d * (int(p.affine) + int(p.affine and p.bias)))
+
+    def saved(self, p: LayerNormParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # native_layer_norm keeps its input and a float32 mean and 1/std per normalised row
+        rows = numel(shape) // (shape[0] if len(shape) == 3 else shape[-1])
+        return Saved(input=True, extra=(Extra("stats", 2 * rows, "float32"),))
+
+    def build(self, p: LayerNormParams, shape: Shape) -> Any:
+        from torch import nn
+
+        from archspec.backend.layers import LayerNorm2d
+
+        if len(shape) == 3:
+            return LayerNorm2d(shape[0], p.eps, p.affine, p.affine and p.bias)
+        return nn.LayerNorm(shape[-1], p.eps, p.affine, p.affine and p.bias)
+
+    def describe(self, p: LayerNormParams) -> str:
+        return "layernorm"

@@ -1,0 +1,70 @@
+"""The torch modules of ops that torch.nn lacks as such: each is one small class whose
+parameter names are torchvision's, so its state_dicts load strictly. Imported by the ops'
+`build` (never by `check`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each position of an NCHW image (torchvision's
+    convnext.LayerNorm2d: the same parameters as nn.LayerNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ToTokens(nn.Module):
+    """N x C x H x W -> N x (H*W) x C: one token per position (a view, nothing copied)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class ToImage(nn.Module):
+    """N x (H*W) x C -> N x C x H x W (a view: the inverse of ToTokens)."""
+
+    def __init__(self, h: int, w: int):
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.h, self.w)
+
+    def extra_repr(self) -> str:
+        return f"h={self.h}, w={self.w}"
+
+
+class TakeToken(nn.Module):
+    """N x L x D -> N x D: the token at `index` (ViT's x[:, 0])."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
+
+
+class MeanTokens(nn.Module):
+    """N x L x D -> N x D: the mean over the tokens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+class SelfAttention(nn.MultiheadAttention):
+    """Multi-head self-attention on N x L x D tokens: nn.MultiheadAttention (batch_first)
+    called as attention(x, x, x, need_weights=False), as torchvision's ViT encoder block does —
+    the same parameters (in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, x, x, need_weights=False)[0]

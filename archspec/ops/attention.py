@@ -1,0 +1,82 @@
+"""Attention over tokens: multi-head self-attention as torch.nn.MultiheadAttention."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from archspec.lang.errors import Problem
+from archspec.ops.base import (
+    Extra,
+    Fuzz,
+    Inferred,
+    Op,
+    Params,
+    Saved,
+    Shape,
+    need_tokens,
+    register,
+)
+
+
+class AttentionParams(Params):
+    heads: int = Field(ge=1, le=1 << 12, description="attention heads (they split D)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the attention weights")
+    bias: bool = Field(True, description="learn the projections' biases")
+
+
+@register
+class Attention(Op):
+    name = "attention"
+    doc = (
+        "multi-head self-attention over LxD tokens (torch.nn.MultiheadAttention, batch_first, "
+        "called as attention(x, x, x, need_weights=False) like torchvision's ViT)"
+    )
+    example = ("50,64", "- attention: {heads: 4}")
+    Params = AttentionParams
+    color = "#b4a7d6"
+    fuzz: ClassVar[Fuzz] = {"heads": [1, 2], "dropout": [0.1], "bias": [False]}
+    autocast = "lower"
+
+    def infer(self, p: AttentionParams, shape: Shape) -> Inferred:
+        n, d = need_tokens(self.name, shape)
+        if d % p.heads:
+            raise Problem(
+                "E-HEADS",
+                f"attention: {p.heads} heads do not divide the token width {d}",
+                f"use a number of heads that divides {d}",
+                field="heads",
+            )
+        params = 4 * d * d + (4 * d if p.bias else 0)
+        # the q/k/v and output projections, then Q·Kᵀ and attention·V (as flop_counter counts)
+        macs = 4 * n * d * d + 2 * n * n * d
+        return Inferred(shape, params, macs)
+
+    def saved(self, p: AttentionParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        n, d = shape
+        # batch_first input transposed to L x N x D: the in-projection's matmul keeps a
+        # contiguous copy; q, k, v share the packed projection (3 L D); the out-projection
+        # keeps its (copied) input. Then scaled_dot_product_attention: without dropout the
+        # fused CPU kernel keeps its output and a float32 logsumexp per head and query; with
+        # dropout the math path keeps scaled q, kᵀ, the softmax, its mask and the dropped
+        # weights (3 H L L) instead.
+        h = p.heads
+        extra = [
+            Extra("input copy", n * d),
+            Extra("q, k, v", 3 * n * d),
+            Extra("out-projection input", n * d),
+        ]
+        if p.dropout == 0:
+            extra += [Extra("attention output", n * d), Extra("logsumexp", h * n, "float32")]
+        else:
+            extra += [Extra("scaled q, k", 2 * n * d), Extra("attention weights", 3 * h * n * n)]
+        return Saved(extra=tuple(extra), weight=4 * d * d if grad else 0)
+
+    def build(self, p: AttentionParams, shape: Shape) -> Any:
+        from archspec.backend.layers import SelfAttention
+
+        return SelfAttention(shape[1], p.heads, dropout=p.dropout, bias=p.bias, batch_first=True)
+
+    def describe(self, p: AttentionParams) -> str:
+        return f"attention {p.heads}h"
