@@ -69,13 +69,15 @@ _FUNCS: dict[str, Callable[..., Any]] = {
 
 
 class Shape:
-    """`$in` inside expressions: `.c`, `.h`, `.w` for images, `.f` for flat features."""
+    """`$in` inside expressions: `.c`, `.h`, `.w` for images, `.l`, `.d` for tokens, `.f` for
+    flat features."""
 
     def __init__(self, dims: tuple[int, ...]):
         self.dims = dims
 
     def attr(self, name: str) -> int:
-        table = {"c": 0, "h": 1, "w": 2} if len(self.dims) == 3 else {"f": 0, "c": 0}
+        tables = {3: {"c": 0, "h": 1, "w": 2}, 2: {"l": 0, "d": 1}, 1: {"f": 0, "c": 0}}
+        table = tables[len(self.dims)]
         if name not in table:
             raise Problem(
                 "E-EXPR-NAME",
