@@ -42,7 +42,9 @@ class ArchNet(nn.Sequential):
         input_shape: tuple[int, ...],
         num_classes: int | None,
     ):
-        super().__init__(stages)
+        super().__init__()
+        for key, part in stages.items():
+            _register(self, key, part)
         self.spec_name = name
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
@@ -56,7 +58,15 @@ class Block(nn.Module):
     def __init__(self, children: list[tuple[str, nn.Module]]):
         super().__init__()
         for name, module in children:
-            self.add_module(name, module)
+            _register(self, name, module)
+
+
+def _register(owner: nn.Module, name: str, part: nn.Module | nn.Parameter) -> None:
+    """A child module, or the parameter of a tensor op (Op.tensor) registered by its name."""
+    if isinstance(part, nn.Parameter):
+        owner.register_parameter(name, part)
+    else:
+        owner.add_module(name, part)
 
 
 def build(
@@ -141,7 +151,7 @@ class _nullcontext:
 def compile_network(net: Network) -> ArchNet:
     stages = OrderedDict((child.name, module_for(child)) for child in net.root.children)
     heads = tuple(child.name for child in net.root.children if child.kind == AUX)
-    cls = _net_class(net.root) if heads else ArchNet
+    cls = _net_class(net.root) if heads or any(map(_is_tensor, net.root.children)) else ArchNet
     model = cls(stages, net.name, net.input, net.num_classes)
     model.aux_heads = heads
     model.op_names = tuple(sorted({n.op for n in net.layers}))  # for the training init
@@ -154,10 +164,16 @@ def module_for(node: Node) -> nn.Module:
         return OPS[node.op].build(node.params, node.in_shape)
     owned = list(_owned(node))
     children = [(c.name, module_for(c)) for c in owned]
-    if COMBINATORS[node.kind].chain and all(c.kind == LAYER or not c.inline for c in node.parts()):
+    plain = all(c.kind == LAYER or not c.inline for c in node.parts())
+    if COMBINATORS[node.kind].chain and plain and not any(map(_is_tensor, owned)):
         return nn.Sequential(OrderedDict(children))
     cls = _block_class(node)
     return cls(children)
+
+
+def _is_tensor(node: Node) -> bool:
+    """A layer of a tensor op: a parameter on the enclosing module, used by generated code."""
+    return node.kind == LAYER and OPS[node.op].tensor
 
 
 def _owned(node: Node):
@@ -229,6 +245,9 @@ class _Emitter:
             else:
                 inp = self.call(stage, inp)
         main = inp
+        if not taps:
+            self.lines.append(f"return {main}")
+            return "\n".join(["def forward(self, x):", *(f"    {ln}" for ln in self.lines), ""])
         self.lines += ["if torch.jit.is_scripting() or not self.training:", f"    return {main}"]
         outs = [self.call(stage, tap) for stage, tap in taps]
         self.lines.append(f"return ({', '.join([main, *outs])})")
@@ -242,7 +261,11 @@ class _Emitter:
             if node.name.isidentifier() and not keyword.iskeyword(node.name)
             else f"getattr(self, {node.name!r})"
         )
-        self.lines.append(f"{v} = {ref}({inp})")
+        if _is_tensor(node):
+            code = OPS[node.op].code(node.params, node.in_shape, ref, inp)
+            self.lines.append(f"{v} = {code}")
+        else:
+            self.lines.append(f"{v} = {ref}({inp})")
         return v
 
     def child(self, node: Node, inp: str) -> str:

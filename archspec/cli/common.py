@@ -103,8 +103,8 @@ def parse_shape(value: str | None) -> tuple[int, ...] | None:
         dims = tuple(int(v) for v in value.replace("x", ",").split(","))
     except ValueError:
         raise click.BadParameter(f"expected C,H,W (e.g. 3,224,224), got {value!r}") from None
-    if len(dims) not in (1, 3) or any(d < 1 or d > 65536 for d in dims):
-        raise click.BadParameter(f"expected C,H,W with sizes 1..65536, got {value!r}")
+    if len(dims) not in (1, 2, 3) or any(d < 1 or d > 65536 for d in dims):
+        raise click.BadParameter(f"expected C,H,W (or L,D or F) with sizes 1..65536, got {value!r}")
     return dims
 
 

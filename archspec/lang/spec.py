@@ -31,7 +31,8 @@ class SpecModel(BaseModel):
     )
     description: str | None = Field(None, description="free text shown by `archspec list`")
     input: list[int] = Field(
-        description="input shape without the batch: [C, H, W] for images, [F] for features",
+        description="input shape without the batch: [C, H, W] for images, [L, D] for L tokens "
+        "of width D, [F] for features",
         min_length=1,
         max_length=3,
     )

@@ -65,11 +65,11 @@ def lower(
         return None
     if not plugins_ok:  # the layers would be unknown ops: the E-PLUGIN errors say it all
         return None
-    if any(d < 1 or d > (1 << 16) for d in spec.input) or len(spec.input) == 2:
+    if any(d < 1 or d > (1 << 16) for d in spec.input):
         out.add(
             loc_of(doc, "input", root.loc),
             "E-RANGE",
-            f"`input` must be [C, H, W] or [F] with sizes from 1 to 65536, got {spec.input}",
+            f"`input` must be [C, H, W], [L, D] or [F] with sizes from 1 to 65536, got {spec.input}",
             None,
         )
         return None

@@ -42,6 +42,7 @@ from archspec.lower.core import (
 from archspec.lower.repeat import repeat
 from archspec.lower.templates import resolve
 from archspec.ops import OPS, Inferred
+from archspec.ops.base import GLOBAL_RF
 
 # Names a child module may not take: they would shadow nn.Module's own attributes.
 RESERVED = {
@@ -378,7 +379,8 @@ class Lowerer:
         node.inferred = inferred
         node.out_shape = inferred.out
         then = state.through(inferred.window, inferred.out)
-        node.rf = then.rf
+        # no receptive field on tokens (no grid) nor after an op that mixes every position
+        node.rf = then.rf if len(inferred.out) != 2 and then.rf[0] < GLOBAL_RF else None
         node._state = then  # type: ignore[attr-defined]
         return node
 

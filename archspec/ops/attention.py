@@ -8,6 +8,7 @@ from pydantic import Field
 
 from archspec.lang.errors import Problem
 from archspec.ops.base import (
+    GLOBAL,
     Extra,
     Fuzz,
     Inferred,
@@ -51,26 +52,26 @@ class Attention(Op):
         params = 4 * d * d + (4 * d if p.bias else 0)
         # the q/k/v and output projections, then Q·Kᵀ and attention·V (as flop_counter counts)
         macs = 4 * n * d * d + 2 * n * n * d
-        return Inferred(shape, params, macs)
+        return Inferred(shape, params, macs, GLOBAL)  # every token sees every token
 
     def saved(self, p: AttentionParams, shape: Shape, out: Shape, grad: bool) -> Saved:
         n, d = shape
         # batch_first input transposed to L x N x D: the in-projection's matmul keeps a
-        # contiguous copy; q, k, v share the packed projection (3 L D); the out-projection
-        # keeps its (copied) input. Then scaled_dot_product_attention: without dropout the
-        # fused CPU kernel keeps its output and a float32 logsumexp per head and query; with
-        # dropout the math path keeps scaled q, kᵀ, the softmax, its mask and the dropped
-        # weights (3 H L L) instead.
+        # contiguous copy (none at batch 1); q, k, v share the packed projection (3 L D).
+        # Without dropout the fused CPU kernel of scaled_dot_product_attention keeps its output
+        # (laid out so the out-projection reads it without a copy) and a float32 logsumexp per
+        # head and query; with dropout the math path keeps scaled q, kᵀ, the softmax, its mask
+        # and the dropped weights, and the out-projection a copy of its input.
         h = p.heads
-        extra = [
-            Extra("input copy", n * d),
-            Extra("q, k, v", 3 * n * d),
-            Extra("out-projection input", n * d),
-        ]
+        extra = [Extra("input copy", n * d), Extra("q, k, v", 3 * n * d)]
         if p.dropout == 0:
             extra += [Extra("attention output", n * d), Extra("logsumexp", h * n, "float32")]
         else:
-            extra += [Extra("scaled q, k", 2 * n * d), Extra("attention weights", 3 * h * n * n)]
+            extra += [
+                Extra("scaled q, k", 2 * n * d),
+                Extra("attention weights", 3 * h * n * n),
+                Extra("out-projection input", n * d),
+            ]
         return Saved(extra=tuple(extra), weight=4 * d * d if grad else 0)
 
     def build(self, p: AttentionParams, shape: Shape) -> Any:

@@ -24,7 +24,7 @@ from archspec.ops.shapes import pair
 __all__ = ["OPS", "Fuzz", "NoParams", "Op", "Params", "Problem", "he_init", "register"]
 __all__ += ["NOTHING", "Extra", "Inferred", "IntOrPair", "PosInt", "Saved", "Shape", "Window"]
 __all__ += ["MAX_CHANNELS", "MAX_KERNEL", "check_pair", "collapse", "fmt", "need_image", "numel"]
-__all__ += ["need_tokens", "rank_name"]
+__all__ += ["GLOBAL", "need_tokens", "rank_name"]
 
 Shape = tuple[int, ...]
 MAX_CHANNELS = 1 << 20
@@ -41,6 +41,12 @@ class Window:
     k: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int] = (1, 1)
+
+
+# The window of an op that mixes every position (attention): the receptive field after it is
+# the whole input, and is not reported (nor is one on tokens, which have no grid).
+GLOBAL_RF = 1 << 40
+GLOBAL = Window((GLOBAL_RF, GLOBAL_RF), (1, 1))
 
 
 @dataclass(frozen=True)
