@@ -1,0 +1,271 @@
+"""Tokens, LayerNorm, attention and learnable tensors (issue 17): [L, D] token tensors through
+the checker with located errors, the torch modules they build, MACs against
+torch.utils.flop_counter (attention's two matmuls included), saved bytes against what autograd
+keeps, and specs/vit_mnist.yaml training a few steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import archspec
+from archspec.analysis.memory import estimate
+from archspec.analysis.report import check_text
+from archspec.backend.measure import saved_bytes
+from archspec.cli.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+VIT_MNIST = ROOT / "specs" / "vit_mnist.yaml"
+
+# Every new op on small shapes: an image stem, LayerNorm over channels, tokens, a class token, a
+# position embedding, attention (with and without dropout), LayerNorm over tokens, a GELU MLP,
+# back to an image with a layer scale, then tokens again and both token poolings' inputs.
+ALL_OPS = """\
+name: tokens
+input: [3, 8, 8]
+num_classes: 5
+stages:
+  stem: [conv: {out: 8, k: 2, stride: 2}, layernorm]
+  tokens: to_tokens
+  class_token: class_token
+  encoder:
+    - pos_embedding: {std: 0.02, name: pos_embedding}
+    - residual: {main: [layernorm, attention: {heads: 2}], inline: true}
+    - residual: {main: [layernorm, attention: {heads: 4, dropout: 0.1}], name: drop}
+    - residual:
+        main: [layernorm, linear: {out: 16}, gelu, dropout: {p: 0.1}, linear: {out: 8}]
+  image: [token: {index: -1}]
+  head: {linear: {out: $num_classes}}
+"""
+GRID = """\
+name: grid
+input: [4, 6, 6]
+num_classes: 3
+stages:
+  body:
+    - to_tokens
+    - layernorm: {eps: 0.000001}
+    - linear: {out: 8}
+    - to_image
+    - layer_scale: {init: 0.5, name: layer_scale}
+    - conv: {out: 4, k: 3, pad: 1}
+    - to_tokens
+    - mean_tokens
+  head: {linear: {out: $num_classes}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def checked(text: str, name: str = "t.yaml", **kw):
+    return check_text(text, name, **kw)
+
+
+def errors(text: str) -> list[tuple[int, int, str, str]]:
+    report = checked(text)
+    return [(e.loc.line, e.loc.column, e.code, e.message) for e in report.errors]
+
+
+# ------------------------------------------------------------------ the checker
+
+
+def test_token_shapes_params_and_macs_through_the_checker():
+    report = checked(ALL_OPS)
+    assert report.ok, report.render_errors()
+    rows = {r["path"]: r for r in report.to_json()["layers"]}
+    assert rows["tokens"]["output"] == [16, 8]  # 4x4 positions of 8 channels
+    assert rows["class_token"]["output"] == [17, 8] and rows["class_token"]["params"] == 8
+    assert rows["encoder.pos_embedding"]["params"] == 17 * 8
+    att = rows["encoder.2"]  # inline residual: its main path registers on `encoder`
+    assert att["op"] == "attention" and att["params"] == 4 * 8 * 8 + 4 * 8
+    assert att["macs"] == 4 * 17 * 8 * 8 + 2 * 17 * 17 * 8
+    assert rows["image.0"]["output"] == [8]
+    # receptive field: on the image, none on tokens
+    assert rows["stem.0"]["receptive_field"] == [2, 2]
+    assert rows["tokens"]["receptive_field"] is None
+
+
+def test_layer_scale_and_layernorm_on_images_keep_the_receptive_field():
+    report = checked(GRID)
+    assert report.ok, report.render_errors()
+    rows = {r["path"]: r for r in report.to_json()["layers"]}
+    assert rows["body.layer_scale"]["params"] == 8 and rows["body.3"]["output"] == [8, 6, 6]
+    assert rows["body.5"]["receptive_field"] == [3, 3]  # to_tokens ... to_image: pointwise
+    assert rows["body.7"]["output"] == [4]
+
+
+def test_a_spec_may_take_tokens_as_input():
+    text = "name: seq\ninput: [10, 16]\nstages:\n  b: [attention: {heads: 4}, mean_tokens]\n"
+    report = checked(text)
+    assert report.ok and report.output == (16,)
+    assert report.to_json()["input"] == [10, 16]
+
+
+@pytest.mark.parametrize(
+    "layers, at, code, words",
+    [
+        ("[to_tokens, conv: {out: 4, k: 1}]", "conv", "E-SHAPE-RANK", "gets 36 tokens of 4"),
+        ("[attention: {heads: 2}]", "attention", "E-SHAPE-RANK", "but gets a 4x6x6 image"),
+        ("[to_tokens, bn]", "bn", "E-SHAPE-RANK", "bn normalises the channels"),
+        ("[to_tokens, gap]", "gap", "E-SHAPE-RANK", "gap needs a CxHxW input"),
+        ("[to_tokens, attention: {heads: 3}]", "3", "E-HEADS", "3 heads do not divide"),
+        ("[to_tokens, to_image: {h: 5}]", "to_image", "E-SHAPE-TOKENS", "5x7 grid"),
+        ("[to_tokens, token: {index: 36}]", "36", "E-RANGE", "index 36"),
+        ("[linear: {out: 3}]", "linear", "E-SHAPE-RANK", "linear needs flat features or tokens"),
+        ("[flatten, to_image]", "to_image", "E-SHAPE-RANK", "gets a flat vector"),
+        ("[class_token]", "class_token", "E-SHAPE-RANK", "class_token needs LxD tokens"),
+    ],
+)
+def test_image_ops_on_tokens_and_token_ops_on_images_are_located_errors(layers, at, code, words):
+    text = f"name: e\ninput: [4, 6, 6]\nstages:\n  b: {layers}\n"
+    found = errors(text)
+    assert len(found) == 1, found
+    line, col, got, message = found[0]
+    assert (line, got) == (4, code) and words in message, found[0]
+    assert text.splitlines()[3][col - 1 :].startswith(at), (col, at)
+
+
+def test_a_non_square_token_grid_needs_its_size():
+    text = "name: e\ninput: [4, 2, 6]\nstages:\n  b: [to_tokens, to_image]\n"
+    ((_, _, code, message),) = errors(text)
+    assert code == "E-SHAPE-TOKENS" and "12 tokens are not a square grid" in message
+    ok = checked(text.replace("to_image]", "to_image: {h: 2}]"))
+    assert ok.ok and ok.output == (4, 2, 6)
+
+
+def test_in_reads_token_dimensions():
+    text = "name: e\ninput: [5, 12]\nstages:\n  b: [linear: {out: $in.d * 2}, linear: {out: $in.l}]\n"
+    assert checked(text).output == (5, 5)
+
+
+# ------------------------------------------------------------------ the built modules
+
+
+def test_built_modules_match_plain_torch():
+    torch.manual_seed(0)
+    model = archspec.build(_write(GRID)).eval()
+    x = torch.randn(2, 4, 6, 6)
+    body = model.body
+    tokens = x.flatten(2).transpose(1, 2)
+    y = torch.nn.functional.layer_norm(tokens, (4,), getattr(body, "1").weight, getattr(body, "1").bias, 1e-6)
+    y = getattr(body, "2")(y)
+    img = y.transpose(1, 2).reshape(2, 8, 6, 6) * body.layer_scale
+    img = getattr(body, "5")(img)
+    want = model.head(img.flatten(2).mean(2))
+    with torch.no_grad():
+        assert torch.allclose(model(x), want, atol=1e-6)
+    assert body.layer_scale.shape == (8, 1, 1) and torch.all(body.layer_scale == 0.5)
+    assert dict(model.named_parameters())["body.layer_scale"] is body.layer_scale
+
+
+def _write(text: str, tmp=[]) -> Path:  # noqa: B006  # one temp dir per session
+    import tempfile
+
+    if not tmp:
+        tmp.append(Path(tempfile.mkdtemp()))
+    path = tmp[0] / f"{abs(hash(text))}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_tensor_parameters_sit_on_the_enclosing_module_and_the_forward_uses_them():
+    torch.manual_seed(0)
+    model = archspec.build(_write(ALL_OPS))
+    names = dict(model.named_parameters())
+    assert names["class_token"].shape == (1, 1, 8) and torch.all(names["class_token"] == 0)
+    assert names["encoder.pos_embedding"].shape == (1, 17, 8)
+    assert 0.01 < names["encoder.pos_embedding"].std().item() < 0.03
+    model.eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        base = model(x)
+        names["class_token"].normal_()  # (a constant shift would vanish in the LayerNorm)
+        assert not torch.allclose(model(x), base)  # the class token reaches the output
+
+
+def macs_counted(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode's MACs. Grad enabled: nn.MultiheadAttention's inference fast path (no
+    grad, eval) is one fused op the counter does not see; the math backend of
+    scaled_dot_product_attention: the counter has no rule for the fused CPU kernel (on CUDA it
+    counts the fused kernels as these two matmuls)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("text", [ALL_OPS, GRID], ids=["tokens", "grid"])
+def test_macs_equal_flop_counter(text):
+    report = checked(text)
+    model = archspec.build(_write(text)).eval()
+    x = torch.randn(1, *report.input)
+    assert report.macs == macs_counted(model, x)
+
+
+def test_vit_mnist_macs_and_output_shape():
+    report = archspec.check(VIT_MNIST)
+    model = archspec.build(VIT_MNIST).eval()
+    x = torch.randn(1, 1, 28, 28)
+    assert report.macs == macs_counted(model, x)
+    assert model(x).shape == (1, 10)
+
+
+@pytest.mark.parametrize("text", [ALL_OPS, GRID], ids=["tokens", "grid"])
+@pytest.mark.parametrize("batch", [2, 3])
+def test_saved_bytes_equal_what_autograd_keeps(text, batch):
+    report = checked(text)
+    torch.manual_seed(0)
+    model = archspec.build(_write(text))
+    x = torch.randn(batch, *report.input)
+    assert estimate(report.network, batch, "float32").activations_bytes == saved_bytes(model, x)
+
+
+def test_check_batch_json_reports_the_new_ops_memory(tmp_path):
+    from archspec.cli import main
+
+    result = CliRunner().invoke(main, ["check", str(VIT_MNIST), "--json", "--batch", "4"])
+    data = json.loads(result.output)
+    assert result.exit_code == 0 and data["memory"]["batch"] == 4
+    torch.manual_seed(0)
+    measured = saved_bytes(archspec.build(VIT_MNIST), torch.randn(4, 1, 28, 28))
+    assert abs(data["memory"]["activations_bytes"] - measured) <= 0.05 * measured
+
+
+# ------------------------------------------------------------------ vit_mnist
+
+
+def test_vit_mnist_trains_a_few_steps(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        train,
+        [str(VIT_MNIST), "--max-steps", "6", "--batch-size", "32", "--threads", "1", "--out", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(l["train_loss"] == l["train_loss"] for l in lines)  # finite, not NaN
+    assert 0.0 <= lines[-1]["test_acc"] <= 1.0
+
+
+def test_check_of_vit_h_14_is_fast():
+    spec = ROOT / "specs" / "torchvision" / "vit.yaml"
+    archspec.check(spec, "vit_h_14")
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        report = archspec.check(spec, "vit_h_14")
+        best = min(best, time.perf_counter() - start)
+    assert report.ok and report.params == 632_045_800
+    assert best < 0.5, best
