@@ -28,6 +28,32 @@ from archspec.ops import OPS
 TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 
 
+# Ops whose torch module would run on a tensor of another rank (conv2d and the pools take an
+# unbatched CxHxW, x[:, 0] and mean(1) any rank): archspec refuses them by rank.
+IMAGE_OPS = {"conv", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"}
+IMAGE_OPS |= {"lrn", "to_tokens"}
+TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image"}
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _Tensor(nn.Module):
+    def __init__(self, t, code: str):
+        super().__init__()
+        self.t = t
+        self.code = code
+
+    def forward(self, x):
+        return eval(self.code, {"torch": torch}, {"self": self, "x": x})  # our own code
+
+
 class Stricter(Exception):
     """Torch would go on here, but a documented archspec rule refuses the spec."""
 
@@ -122,10 +148,14 @@ class TorchRef:
                 and not (isinstance(v, str) and "$in" in v)
             ):
                 p[k] = max(1, math.floor(p[k] * self.width + 1e-9))
-        if op == "linear" and x.dim() != 2:
+        if op == "linear" and x.dim() == 4:
             raise Stricter("linear-rank")
-        if op in ("adaptive_avgpool", "adaptive_maxpool", "gap", "gmp") and x.dim() != 4:
+        if op in IMAGE_OPS and x.dim() != 4:
             raise Stricter("image-rank")
+        if op in TOKEN_OPS and x.dim() != 3:
+            raise Stricter("token-rank")
+        if op == "bn" and x.dim() == 3:
+            raise Stricter("bn-tokens")  # BatchNorm1d would read the tokens as channels
         try:
             module, stride = self.module(op, p, x)
             y = module(x)
@@ -181,8 +211,24 @@ class TorchRef:
             return nn.Dropout(p.get("p", 0.5)).eval(), one
         # Any other op (activations, identity, one added later): the module its own definition
         # builds. Torch still runs it on the real tensor, so the shape recorded is torch's.
+        if op == "to_image":  # torch's reshape refuses a grid that does not hold the tokens
+            n = x.shape[1]
+            h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
+            w = p.get("w") or n // max(1, h)
+            return _Lambda(lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)), one
         entry = OPS[op]
-        return entry.build(entry.Params.model_validate(p), tuple(x.shape[1:])).eval(), one
+        params = entry.Params.model_validate(p)
+        if (
+            entry.tensor
+        ):  # a learnable tensor: its parameter and the forward code the compiler emits
+            return _Tensor(
+                entry.build(params, tuple(x.shape[1:])),
+                entry.code(params, tuple(x.shape[1:]), "self.t", "x"),
+            ), one
+        try:
+            return entry.build(params, tuple(x.shape[1:])).eval(), one
+        except AssertionError as e:  # nn.MultiheadAttention asserts that the heads divide D
+            raise ValueError(str(e)) from None
 
     # ------------------------------------------------------------------ combinators
 

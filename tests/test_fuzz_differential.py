@@ -49,6 +49,8 @@ STRICTER = {
     "residual-add": ("E-MERGE-ADD", "residual main path gives"),  # torch broadcasts
     "dense-rank": ("E-MERGE-CONCAT", "it must keep height and width"),  # torch.cat on [N, F]
     "in-dim": ("E-EXPR-NAME", "does not exist for an input"),  # `$in.h` of flat features
+    "token-rank": ("E-SHAPE-RANK", "needs LxD tokens"),  # torch: x[:, 0], mean(1) on any rank
+    "bn-tokens": ("E-SHAPE-RANK", "bn normalises the channels"),  # torch: BatchNorm1d on [N, L, D]
 }
 # Refusals that stop no shape inference, so they may stand where torch ran the whole model.
 NAME_RULES = {("E-NAME-DUP", "is already a module")}  # nn.Module.add_module silently replaces

@@ -147,7 +147,9 @@ def test_a_non_square_token_grid_needs_its_size():
 
 
 def test_in_reads_token_dimensions():
-    text = "name: e\ninput: [5, 12]\nstages:\n  b: [linear: {out: $in.d * 2}, linear: {out: $in.l}]\n"
+    text = (
+        "name: e\ninput: [5, 12]\nstages:\n  b: [linear: {out: $in.d * 2}, linear: {out: $in.l}]\n"
+    )
     assert checked(text).output == (5, 5)
 
 
@@ -160,7 +162,9 @@ def test_built_modules_match_plain_torch():
     x = torch.randn(2, 4, 6, 6)
     body = model.body
     tokens = x.flatten(2).transpose(1, 2)
-    y = torch.nn.functional.layer_norm(tokens, (4,), getattr(body, "1").weight, getattr(body, "1").bias, 1e-6)
+    y = torch.nn.functional.layer_norm(
+        tokens, (4,), getattr(body, "1").weight, getattr(body, "1").bias, 1e-6
+    )
     y = getattr(body, "2")(y)
     img = y.transpose(1, 2).reshape(2, 8, 6, 6) * body.layer_scale
     img = getattr(body, "5")(img)
@@ -250,7 +254,17 @@ def test_vit_mnist_trains_a_few_steps(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
         train,
-        [str(VIT_MNIST), "--max-steps", "6", "--batch-size", "32", "--threads", "1", "--out", str(out)],
+        [
+            str(VIT_MNIST),
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "32",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

@@ -262,6 +262,7 @@ class _Emitter:
             else f"getattr(self, {node.name!r})"
         )
         if _is_tensor(node):
+            assert node.in_shape is not None  # built only from a clean check
             code = OPS[node.op].code(node.params, node.in_shape, ref, inp)
             self.lines.append(f"{v} = {code}")
         else:

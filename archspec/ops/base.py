@@ -136,9 +136,7 @@ def need_tokens(op: str, shape: Shape) -> tuple[int, int]:
             if len(shape) == 3
             else "tokens come from an image (`to_tokens`) or a spec input [L, D]"
         )
-        raise Problem(
-            "E-SHAPE-RANK", f"{op} needs LxD tokens, but gets {rank_name(shape)}", hint
-        )
+        raise Problem("E-SHAPE-RANK", f"{op} needs LxD tokens, but gets {rank_name(shape)}", hint)
     return shape  # type: ignore[return-value]
 
 

@@ -68,7 +68,9 @@ class Linear(Op):
             )
         d = shape[-1]
         rows = shape[0] if len(shape) == 2 else 1
-        return Inferred((*shape[:-1], p.out), d * p.out + (p.out if p.bias else 0), rows * d * p.out)
+        return Inferred(
+            (*shape[:-1], p.out), d * p.out + (p.out if p.bias else 0), rows * d * p.out
+        )
 
     def saved(self, p: LinearParams, shape: Shape, out: Shape, grad: bool) -> Saved:
         # addmm/mm keep the input (for grad_weight) and weight.t() only when the input needs grad

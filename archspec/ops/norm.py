@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from archspec.lang.errors import Problem
 from archspec.ops.base import (
     MAX_CHANNELS,
     Extra,
@@ -20,7 +21,6 @@ from archspec.ops.base import (
     rank_name,
     register,
 )
-from archspec.lang.errors import Problem
 
 
 class BatchNormParams(Params):
