@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -37,6 +38,14 @@ ZOO = {
     "mnasnet1_3": "mnasnet",
     **{f"efficientnet_b{i}": "efficientnet" for i in range(8)},
     **{f"efficientnet_v2_{s}": "efficientnet" for s in "sml"},
+    **{
+        f"regnet_y_{s}": "regnet"
+        for s in ["400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf"]
+    },
+    **{
+        f"regnet_x_{s}": "regnet"
+        for s in ["400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf"]
+    },
 }
 # The builders compared numerically, with the input size of the comparison.
 NUMERIC = {
@@ -48,6 +57,8 @@ NUMERIC = {
     "mnasnet0_5": 64,
     "efficientnet_b0": 64,
     "efficientnet_v2_s": 64,
+    "regnet_y_400mf": 64,
+    "regnet_x_400mf": 64,
 }
 
 
@@ -55,8 +66,21 @@ def spec_of(builder: str) -> str:
     return f"{SPECS}/{ZOO[builder]}.yaml"
 
 
+def _widths_on_cpu(cls, *args, **kwargs):
+    """RegNet's builder derives its widths with torch ops (`.tolist()`): on the CPU, not meta."""
+    with torch.device("cpu"):
+        return _FROM_INIT_PARAMS(cls, *args, **kwargs)
+
+
+_FROM_INIT_PARAMS = tvm.regnet.BlockParams.from_init_params.__func__
+
+
 def torchvision_model(builder: str) -> torch.nn.Module:
-    with warnings.catch_warnings(), torch.device("meta"):
+    with (
+        warnings.catch_warnings(),
+        torch.device("meta"),
+        patch.object(tvm.regnet.BlockParams, "from_init_params", classmethod(_widths_on_cpu)),
+    ):
         warnings.simplefilter("ignore")
         return getattr(tvm, builder)(weights=None, num_classes=1000)
 
