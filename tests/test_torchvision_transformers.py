@@ -1,0 +1,102 @@
+"""specs/torchvision/convnext.yaml and vit.yaml against torchvision (issue 17): every builder's
+state_dict keys and shapes (strict load) and parameter count on the meta device, MACs within 1%
+of torchvision's published GFLOPS; the smallest builder of each family (convnext_tiny at 64x64,
+vit_b_32 at its fixed 224x224) with every parameter randomised gives torchvision's eval outputs
+within 1e-5 of max |output|, and MACs within 1% of torch.utils.flop_counter."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision.models as tvm
+from test_torchvision_zoo import random_state
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import archspec
+
+SPECS = "specs/torchvision"
+FAMILIES = {
+    "convnext": ["convnext_tiny", "convnext_small", "convnext_base", "convnext_large"],
+    "vit": ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"],
+}
+BUILDERS = [(family, b) for family, names in FAMILIES.items() for b in names]
+SMALLEST = [("convnext", "convnext_tiny", 64), ("vit", "vit_b_32", 224)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def torchvision_model(builder: str, device: str = "meta") -> torch.nn.Module:
+    with warnings.catch_warnings(), torch.device(device):
+        warnings.simplefilter("ignore")
+        return getattr(tvm, builder)(weights=None, num_classes=1000)
+
+
+def test_variants_are_torchvision_builders_and_the_default_is_the_first():
+    for family, names in FAMILIES.items():
+        spec = f"{SPECS}/{family}.yaml"
+        assert archspec.variants(spec) == names
+        base, first = archspec.check(spec), archspec.check(spec, names[0])
+        assert base.ok and (base.name, base.params, base.macs) == (
+            first.name,
+            first.params,
+            first.macs,
+        )
+
+
+@pytest.mark.parametrize("family, builder", BUILDERS, ids=[b for _, b in BUILDERS])
+def test_state_dict_keys_shapes_and_params_match_torchvision(family, builder):
+    tv = torchvision_model(builder)
+    ours = archspec.build(f"{SPECS}/{family}.yaml", builder, device="meta")
+    want = {k: tuple(v.shape) for k, v in tv.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == want
+    result = ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    report = archspec.check(f"{SPECS}/{family}.yaml", builder)
+    assert report.params == sum(p.numel() for p in tv.parameters())
+
+
+@pytest.mark.parametrize("family, builder", BUILDERS, ids=[b for _, b in BUILDERS])
+def test_macs_within_one_percent_of_published_gflops(family, builder):
+    report = archspec.check(f"{SPECS}/{family}.yaml", builder)
+    # the weights published for 224x224 input (ViT's SWAG weights also come at 384 to 518)
+    at_224 = [
+        w for w in tvm.get_model_weights(builder) if w.transforms.keywords["crop_size"] == 224
+    ]
+    (published,) = {w.meta["_ops"] * 1e9 for w in at_224}
+    assert abs(report.macs - published) / published < 0.01, (report.macs, published)
+
+
+@pytest.mark.parametrize("family, builder, size", SMALLEST, ids=[b for _, b, _ in SMALLEST])
+def test_outputs_and_flop_counter_macs_match_torchvision(family, builder, size):
+    gen = torch.Generator().manual_seed(0)
+    tv = torchvision_model(builder)
+    tv.load_state_dict(random_state(tv, gen), strict=True, assign=True)
+    tv.eval()
+    spec = f"{SPECS}/{family}.yaml"
+    shape = (3, size, size)
+    ours = archspec.build(spec, builder, input_shape=shape, device="meta")
+    ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
+    ours.eval()
+    x = torch.randn(2, *shape, generator=gen)
+    with torch.no_grad():
+        want, got = tv(x), ours(x)
+    assert got.shape == want.shape == (2, 1000)
+    scale = want.abs().max().item()
+    assert want.std() > 1e-3 and (got - want).abs().max().item() <= 1e-5 * scale
+    # flop_counter: grad enabled (MultiheadAttention's no-grad fast path is one fused op it does
+    # not see) and the math backend of scaled_dot_product_attention (it has no rule for the
+    # fused CPU kernel; on CUDA it counts the fused kernels as the same two matmuls)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        tv(x[:1])
+    counted = counter.get_total_flops() / 2
+    report = archspec.check(spec, builder, input_shape=shape)
+    assert abs(report.macs - counted) / counted < 0.01, (report.macs, counted)
