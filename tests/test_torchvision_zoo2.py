@@ -46,6 +46,7 @@ ZOO = {
         f"regnet_x_{s}": "regnet"
         for s in ["400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf"]
     },
+    **{f"shufflenet_v2_{s}": "shufflenet" for s in ["x0_5", "x1_0", "x1_5", "x2_0"]},
 }
 # The builders compared numerically, with the input size of the comparison.
 NUMERIC = {
@@ -59,6 +60,7 @@ NUMERIC = {
     "efficientnet_v2_s": 64,
     "regnet_y_400mf": 64,
     "regnet_x_400mf": 64,
+    "shufflenet_v2_x0_5": 64,
 }
 
 
