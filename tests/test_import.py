@@ -287,10 +287,10 @@ class Recurrent(nn.Module):
 class Dashed(nn.Module):
     def __init__(self):
         super().__init__()
-        self.add_module("conv-1", nn.Conv2d(3, 4, 3))
+        self.add_module("conv 1", nn.Conv2d(3, 4, 3))
 
     def forward(self, x):
-        return getattr(self, "conv-1")(x)
+        return getattr(self, "conv 1")(x)
 
 
 class Gate(nn.Module):
@@ -373,8 +373,8 @@ def test_multiplying_two_tensors_is_refused_at_its_module(user_module):
 
 def test_a_module_name_a_spec_cannot_give_is_refused(user_module):
     result = run("import", f"{user_module}:Dashed", "--input", "3,8,8")
-    assert result.exit_code == 1
-    assert "error: cannot express conv-1 (nn.Conv2d): `conv-1` is not a name" in result.output
+    assert result.exit_code == 1, result.output
+    assert "error: cannot express conv 1 (nn.Conv2d): `conv 1` is not a name" in result.output
 
 
 @pytest.mark.parametrize(

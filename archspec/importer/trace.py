@@ -411,7 +411,7 @@ class Recover:
         assert m is not None and u.out is not None
         bad = [p for p in u.path.split(".") if not NAME_RE.match(p) or p in RESERVED]
         if bad:
-            why = f"`{bad[0]}` is not a name a spec can give a module (letters, digits and _)"
+            why = f"`{bad[0]}` is not a name a spec can give a module"
             return self.fail(Located(u.path, match.module_name(m), why))
         name = self.rel(ctx, u.path)
         calls = [n for n in u.nodes if n.op == "call_module" and n.target == u.path]
