@@ -1,9 +1,10 @@
 """The rest of torchvision's convolutional zoo (specs/torchvision/mobilenet.yaml, ...): for every
 builder, torchvision's state_dict loads strictly into the built model and the parameter counts
 agree; `check` counts the MACs torch.utils.flop_counter counts for torchvision's model
-(convolutions and matmuls, counted on the meta device: no memory, no arithmetic). For the
-smallest builder of each family, and each with a structure of its own, eval-mode outputs agree
-within 1e-5 of max |output| with every parameter and BatchNorm statistic randomised.
+(convolutions and matmuls, counted on the meta device: no memory, no arithmetic) for the
+smallest builder of each family and each with a structure of its own (ARCHSPEC_ZOO_ALL=1: for
+every builder), and for those their eval-mode outputs agree within 1e-5 of max |output| with
+every parameter and BatchNorm statistic randomised.
 
 Everything but the numeric comparison runs on the meta device; the forwards use small inputs
 on one thread (see test_torchvision_zoo.py, whose random state this file shares).
@@ -11,6 +12,8 @@ on one thread (see test_torchvision_zoo.py, whose random state this file shares)
 
 from __future__ import annotations
 
+import json
+import os
 import warnings
 from collections import OrderedDict
 from unittest.mock import patch
@@ -18,12 +21,15 @@ from unittest.mock import patch
 import pytest
 import torch
 import torchvision.models as tvm
+from click.testing import CliRunner
 from test_torchvision_zoo import _one_thread, random_state  # noqa: F401  # autouse fixture
 from torch.utils.flop_counter import FlopCounterMode
 
 import archspec
+from archspec.cli import main
 
 SPECS = "specs/torchvision"
+ALL = os.environ.get("ARCHSPEC_ZOO_ALL") == "1"  # MACs of every builder, not the smallest
 
 # builder -> spec file (the variant is the builder's name)
 ZOO = {
@@ -101,7 +107,7 @@ def test_every_builder_is_a_variant_and_the_default_is_the_first() -> None:
 
 
 @pytest.mark.parametrize("builder", list(ZOO))
-def test_state_dict_loads_strictly_params_and_macs_match(builder: str) -> None:
+def test_state_dict_loads_strictly_and_params_match(builder: str) -> None:
     tv = torchvision_model(builder)
     ours = archspec.build(spec_of(builder), builder, device="meta")
     ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
@@ -110,11 +116,20 @@ def test_state_dict_loads_strictly_params_and_macs_match(builder: str) -> None:
     report = archspec.check(spec_of(builder), builder)
     assert report.ok and report.name == builder
     assert report.params == sum(p.numel() for p in tv.parameters())
-    x = torch.empty(1, *report.input, device="meta")
+
+
+@pytest.mark.parametrize("builder", list(ZOO) if ALL else list(NUMERIC))
+def test_check_json_macs_match_the_flop_counter(builder: str) -> None:
+    """MACs as `check --json` prints them, against FlopCounterMode's count (flops / 2) for
+    torchvision's model at the spec's input size. ARCHSPEC_ZOO_ALL=1: every builder."""
+    out = CliRunner().invoke(main, ["check", spec_of(builder), "--variant", builder, "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    x = torch.empty(1, *report["input"], device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        tv.eval()(x)
+        torchvision_model(builder).eval()(x)
     macs = counter.get_total_flops() // 2
-    assert abs(report.macs - macs) <= 0.01 * macs, (report.macs, macs)
+    assert abs(report["macs"] - macs) <= 0.01 * macs, (report["macs"], macs)
 
 
 @pytest.mark.parametrize("builder", list(NUMERIC))
