@@ -12,6 +12,16 @@ from importlib import import_module
 from archspec.ops.base import *  # the public names: base.__all__
 from archspec.ops.base import __all__ as __all__
 
-FAMILIES = ("conv", "pool", "linear", "norm", "activation", "channels", "tokens", "attention")
+FAMILIES = (
+    "conv",
+    "pool",
+    "linear",
+    "norm",
+    "activation",
+    "channels",
+    "tokens",
+    "attention",
+    "resample",
+)  # registered in this order
 for _family in FAMILIES:
     import_module(f"archspec.ops.{_family}")

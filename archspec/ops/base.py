@@ -41,6 +41,7 @@ class Window:
     k: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int] = (1, 1)
+    up: tuple[int, int] = (1, 1)  # an upsampling factor: the output's pixels are this much finer
 
 
 # The window of an op that mixes every position (attention): the receptive field after it is
@@ -195,10 +196,20 @@ class Op:
     # (torchvision's `class_token`, `encoder.pos_embedding`, `features.1.0.layer_scale`), and
     # `code` is the forward expression using it. Its report path names that parameter.
     tensor: ClassVar[bool] = False
+    # Parameters whose value names an earlier output (`upsample: {size_of: enc2}`): `infer` then
+    # takes a third argument, {parameter: that output's shape}, and the module's forward gets
+    # the output as one more input after `x`, in this order.
+    refs: ClassVar[tuple[str, ...]] = ()
 
     def infer(self, p: Any, shape: Shape) -> Inferred:
         """Output shape, parameters, MACs and window; raise `Problem` for a bad combination."""
         return Inferred(shape)
+
+    def infer_with(self, p: Any, shape: Shape, refs: dict[str, Shape]) -> Inferred:
+        """`infer`, given the shapes of the outputs the `refs` parameters name."""
+        if self.refs:
+            return self.infer(p, shape, refs)  # type: ignore[call-arg]
+        return self.infer(p, shape)
 
     def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
         """Tensors kept for backward; `grad`: the input requires grad (a layer without

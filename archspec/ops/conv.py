@@ -128,3 +128,94 @@ class Conv(Op):
         if s != (1, 1):
             label += f"/{s[0]}" if s[0] == s[1] else f"/{s[0]}x{s[1]}"
         return label + (f" g{p.groups}" if p.groups > 1 else "")
+
+
+class ConvTransposeParams(Params):
+    out: int = Field(ge=1, le=MAX_CHANNELS, description="output channels")
+    k: IntOrPair = Field(description="kernel size: n, or [kh, kw]")
+    stride: IntOrPair = Field(1, description="stride (the upsampling factor)")
+    pad: IntOrPair = Field(0, description="cropped from each side of the full output")
+    output_padding: IntOrPair = Field(0, description="added to one side (less than the stride)")
+    dilation: IntOrPair = Field(1, description="dilation")
+    groups: int = Field(1, ge=1, le=MAX_CHANNELS, description="grouped convolution")
+    bias: bool = Field(True, description="learn an additive bias")
+
+
+@register
+class ConvTranspose(Op):
+    name = "convtranspose"
+    doc = "2-D transposed convolution (torch.nn.ConvTranspose2d)"
+    example = (
+        "16,8,8",
+        (
+            "- convtranspose: {out: 8, k: 2, stride: 2}   # doubles the size (U-Net up-conv)\n"
+            "- convtranspose: {out: 4, k: 3, stride: 2, pad: 1, output_padding: 1}"
+        ),
+    )
+    Params = ConvTransposeParams
+    color = "#cfe2f3"
+    fuzz: ClassVar[Fuzz] = {
+        "out": [1, 2, 4],
+        "k": [1, 2, 3, [2, 3]],
+        "stride": [1, 2, [2, 1]],
+        "pad": [0, 1],
+        "dilation": [1, 2],
+        "bias": [True, False],
+    }
+    scales_with_width = True
+    autocast = "lower"
+
+    def geometry(self, p: ConvTransposeParams) -> tuple[tuple[int, int], ...]:
+        k = check_pair("k", p.k, 1, MAX_KERNEL)
+        s = check_pair("stride", p.stride, 1, MAX_KERNEL)
+        d = check_pair("dilation", p.dilation, 1, MAX_KERNEL)
+        pad = check_pair("pad", p.pad, 0, MAX_KERNEL)
+        op = check_pair("output_padding", p.output_padding, 0, MAX_KERNEL)
+        for i in (0, 1):
+            if op[i] >= max(s[i], d[i]):
+                raise Problem(
+                    "E-RANGE",
+                    f"`output_padding` {op[i]} must be less than the stride or the dilation",
+                    None,
+                    field="output_padding",
+                )
+        return k, s, d, pad, op
+
+    def infer(self, p: ConvTransposeParams, shape: Shape) -> Inferred:
+        c, h, w = need_image("convtranspose", shape)
+        k, s, d, pad, op = self.geometry(p)
+        if c % p.groups or p.out % p.groups:
+            raise Problem(
+                "E-GROUPS",
+                f"groups={p.groups} must divide both input channels ({c}) and out ({p.out})",
+                f"use a groups value that divides {c} and {p.out}",
+            )
+        hw = tuple(
+            (size - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + op[i] + 1
+            for i, size in enumerate((h, w))
+        )
+        if min(hw) <= 0:
+            raise collapse("convtranspose", f"pad={fmt(pad)}", shape, hw, "use less padding")
+        per_in = (p.out // p.groups) * k[0] * k[1]
+        params = c * per_in + (p.out if p.bias else 0)
+        # FlopCounterMode counts a transposed convolution over its input positions
+        macs = h * w * c * per_in
+        # each output position sees ceil(k / s) input positions per axis
+        seen = tuple(-(-(d[i] * (k[i] - 1) + 1) // s[i]) for i in (0, 1))
+        window = Window(seen, (1, 1), up=s)  # type: ignore[arg-type]
+        return Inferred((p.out, hw[0], hw[1]), params, macs, window)
+
+    def saved(self, p: ConvTransposeParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        k = pair(p.k)
+        return Saved(input=True, weight=shape[0] * (p.out // p.groups) * k[0] * k[1])
+
+    def build(self, p: ConvTransposeParams, shape: Shape) -> Any:
+        from torch import nn
+
+        k, s, d, pad, op = self.geometry(p)
+        return nn.ConvTranspose2d(shape[0], p.out, k, s, pad, op, p.groups, p.bias, d)
+
+    def describe(self, p: ConvTransposeParams) -> str:
+        k = pair(p.k)
+        s = pair(p.stride)
+        return f"convT {k[0]}x{k[1]}" + (f"/{s[0]}" if s != (1, 1) and s[0] == s[1] else "")

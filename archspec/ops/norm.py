@@ -9,6 +9,7 @@ from pydantic import Field
 from archspec.lang.errors import Problem
 from archspec.ops.base import (
     MAX_CHANNELS,
+    NOTHING,
     Extra,
     Fuzz,
     Inferred,
@@ -198,3 +199,36 @@ class LayerNorm(Op):
 
     def describe(self, p: LayerNormParams) -> str:
         return "layernorm"
+
+
+class FrozenBatchNormParams(Params):
+    eps: float = Field(1e-5, gt=0, lt=1, description="added to the variance")
+
+
+@register
+class FrozenBatchNorm(Op):
+    name = "frozen_bn"
+    doc = (
+        "batch norm with fixed statistics and affine, all buffers "
+        "(torchvision.ops.FrozenBatchNorm2d: detection backbones)"
+    )
+    example = ("16,8,8", "- frozen_bn")
+    Params = FrozenBatchNormParams
+    color = "#fff2cc"
+    fuzz: ClassVar[Fuzz] = {"eps": [0.001]}
+    autocast = "float32"  # x * scale promotes to the float32 buffers' dtype
+
+    def infer(self, p: FrozenBatchNormParams, shape: Shape) -> Inferred:
+        need_image("frozen_bn", shape)
+        return Inferred(shape)  # no parameters: four buffers
+
+    def saved(self, p: FrozenBatchNormParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # x * scale keeps the per-channel scale (computed from the buffers each forward)
+        if not grad:
+            return NOTHING
+        return Saved(extra=(Extra("scale", shape[0], "float32", per_sample=False),))
+
+    def build(self, p: FrozenBatchNormParams, shape: Shape) -> Any:
+        from archspec.ops.modules import FrozenBatchNorm2d
+
+        return FrozenBatchNorm2d(shape[0], p.eps)
