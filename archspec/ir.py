@@ -18,6 +18,9 @@ from archspec.ops import Inferred, Shape
 SEQ, PARALLEL, RESIDUAL, DENSE, LAYER = "seq", "parallel", "residual", "dense", "layer"
 # An auxiliary head: a stage that reads the tensor but does not pass its output on (training only).
 AUX = "aux"
+# A merge of earlier outputs (`from: [a, b]` with no op): no module, only data flow.
+JOIN = "join"
+IN = "in"  # in `from:`, the item's incoming tensor
 
 
 @dataclass
@@ -39,6 +42,12 @@ class Node:
     merge: str = "concat"  # parallel
     shortcut: Node | None = None  # residual (None: identity)
     post: Node | None = None  # residual
+    # references to earlier outputs (module paths; IN: the incoming tensor): the node reads
+    # them, joined by `join`, instead of its incoming tensor; `refs` are an op's parameters
+    # that name an output (`upsample: {size_of: enc2}`), passed to its module as more inputs
+    reads: list[str] = field(default_factory=list)
+    join: str = "concat"
+    refs: dict[str, str] = field(default_factory=dict)
 
     def parts(self) -> list[Node]:
         """Every child node in forward order."""
@@ -61,6 +70,9 @@ class Network:
     num_classes: int | None
     root: Node
     resolved: Any  # the variant-resolved spec as plain data
+    # `outputs:` (or build(outputs=...)): (key in the returned dict, module path), in order
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+    named: dict[str, Node] = field(default_factory=dict)  # every referable output by path
 
     @property
     def layers(self) -> list[Node]:

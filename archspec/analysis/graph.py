@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from archspec.ir import AUX, LAYER, SEQ, Network, Node
+from archspec.ir import AUX, IN, JOIN, LAYER, SEQ, Network, Node
 from archspec.lower import COMBINATORS
 from archspec.ops import OPS, fmt
 
@@ -43,6 +43,9 @@ class Writer:
         self.fans: set[str] = set()  # the branch-label nodes of parallel blocks
         self.count = 0
         self.depth = 1
+        self.exits: dict[
+            str, list[str]
+        ] = {}  # each output read by reference: the ids it leaves from
 
     def emit(self, line: str) -> None:
         self.lines.append("  " * self.depth + line)
@@ -73,9 +76,31 @@ class Writer:
     # ------------------------------------------------------------------ the walk
 
     def walk(self, node: Node, preds: list[str], key: str, stage: bool = False) -> list[str]:
-        """Draw `node` fed by `preds`; return the ids its output leaves from."""
+        """Draw `node` fed by `preds`; return the ids its output leaves from. A node that reads
+        earlier outputs (`from:`) is fed by them, through a merge node when there are several;
+        a skip edge is drawn dashed."""
+        if node.reads:
+            sources = [preds if p == IN else self.exits.get(p, []) for p in node.reads]
+            if len(sources) == 1:
+                preds = sources[0]
+            else:
+                merged = self.merge_node(
+                    node.join, node.out_shape if node.kind == JOIN else node.in_shape
+                )
+                for p, ids in zip(node.reads, sources, strict=True):
+                    self.edges(ids, merged, **({} if p == IN else {"style": "dashed"}))
+                preds = [merged]
+        out = preds if node.kind == JOIN else self._draw(node, preds, key, stage)
+        if node.path:
+            self.exits[node.path] = out
+        return out
+
+    def _draw(self, node: Node, preds: list[str], key: str, stage: bool) -> list[str]:
         if node.kind == LAYER:
-            return [self.layer(node, preds)]
+            nid = self.layer(node, preds)
+            for f, p in node.refs.items():  # a size taken from another output
+                self.edges(self.exits.get(p, []), nid, style="dotted", label=f)
+            return [nid]
         comb = COMBINATORS[node.kind]
         boxed = not node.inline  # a composite that owns a module is a box labelled with its path
         if boxed:
@@ -136,13 +161,17 @@ def to_dot(network: Network, title: str | None = None) -> str:
         preds = w.walk(stage, preds, f"s{i}", stage=True)
         if own_box:
             w.close_cluster()
-    out = w.node(
-        f"output\n{fmt(network.root.out_shape) if network.root.out_shape else '?'}",
-        shape="box",
-        fillcolor="#ffffff",
-        style="filled",
-    )
-    w.edges(preds, out)
+    ends = [(k, w.exits.get(p, [])) for k, p in network.outputs] or [("output", preds)]
+    for key, ids in ends:
+        shape = network.named[dict(network.outputs)[key]].out_shape if network.outputs else None
+        shape = shape if network.outputs else network.root.out_shape
+        out = w.node(
+            f"{'output' if not network.outputs else 'output ' + key}\n{fmt(shape) if shape else '?'}",
+            shape="box",
+            fillcolor="#ffffff",
+            style="filled",
+        )
+        w.edges(ids, out)
     return "digraph archspec {\n" + "\n".join(w.lines + w.edge_lines) + "\n}\n"
 
 

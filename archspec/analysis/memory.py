@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from archspec.ir import AUX, LAYER, Network, Node
 from archspec.lower import COMBINATORS
+from archspec.lower.combinators.base import through
 from archspec.ops import OPS, Saved, numel
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "bool": 1}
@@ -103,7 +104,9 @@ class MemoryReport:
 class Walk:
     """Replays the compiled forward (compile._Emitter) over tensors instead of code."""
 
-    def __init__(self, batch: int, dtype: str, device: str):
+    def __init__(self, batch: int, dtype: str, device: str, named: dict | None = None):
+        self.named: dict[str, Node] = named or {}
+        self.env: dict[str, Tensor] = {}  # outputs read by reference, by path
         self.batch = batch
         self.low = dtype if dtype != "float32" else None  # autocast's 16-bit dtype
         self.device = device
@@ -112,17 +115,25 @@ class Walk:
     def new(self, elems: int, dtype: str, grad: bool, owner: str) -> Tensor:
         return Tensor(Storage(elems * DTYPE_BYTES[dtype], owner), elems, dtype, grad)
 
-    def network(self, root: Node, x: Tensor) -> list[Tensor]:
-        """The main output first, then each auxiliary head's, as the built model returns them."""
+    def network(
+        self, root: Node, x: Tensor, outputs: list[tuple[str, str]] | None = None
+    ) -> list[Tensor]:
+        """The main output first, then each auxiliary head's, as the built model returns them
+        (with `outputs:`, those outputs)."""
         taps: list[tuple[Node, Tensor]] = []
         for stage in root.children:
             if stage.kind == AUX:
                 taps.append((stage, x))
             else:
                 x = self.node(stage, x)
+        if outputs:
+            return [self.env[p] for _, p in outputs]
         return [x, *(self.node(stage, tap) for stage, tap in taps)]
 
     def node(self, node: Node, x: Tensor) -> Tensor:
+        return through(self, node, x, self._run)
+
+    def _run(self, node: Node, x: Tensor) -> Tensor:
         if node.kind == LAYER:
             return self.layer(node, x)
         return COMBINATORS[node.kind].forward(node, x, self)
@@ -235,9 +246,9 @@ def estimate(
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    walk = Walk(batch, dtype, "cuda" if device.startswith("cuda") else "cpu")
+    walk = Walk(batch, dtype, "cuda" if device.startswith("cuda") else "cpu", network.named)
     x = walk.new(numel(network.input) * batch, "float32", False, "input")
-    outputs = walk.network(network.root, x)
+    outputs = walk.network(network.root, x, network.outputs)
 
     saved_by_path: dict[str, int] = {}
     seen: set[int] = set()

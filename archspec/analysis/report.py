@@ -64,6 +64,14 @@ class Report:
         return self.network.root.out_shape if self.ok and self.network else None
 
     @property
+    def outputs(self) -> dict[str, tuple[int, ...]] | None:
+        """`outputs:` (or build's `outputs=`): each output's shape by its key, in order."""
+        if not self.ok or self.network is None or not self.network.outputs:
+            return None
+        named = self.network.named
+        return {k: named[p].out_shape for k, p in self.network.outputs}  # type: ignore[misc]
+
+    @property
     def params(self) -> int | None:
         if not self.ok:
             return None
@@ -96,6 +104,11 @@ class Report:
             "variant": self.variant,
             "input": list(self.input) if self.input else None,
             "output": list(self.output) if self.output else None,
+            **(
+                {"outputs": {k: list(v) for k, v in self.outputs.items()}}
+                if self.outputs is not None
+                else {}
+            ),
             "params": self.params,
             "macs": self.macs,
             "layers": self.layer_rows(),
@@ -125,11 +138,14 @@ def check(
     variant: str | None = None,
     input_shape: tuple[int, ...] | list[int] | None = None,
     num_classes: int | None = None,
+    outputs: list[str] | dict[str, str] | None = None,
 ) -> Report:
     """Check a spec statically (never imports torch). Errors are in `report.errors`; an
-    argument of the wrong type is a TypeError."""
+    argument of the wrong type is a TypeError. `outputs` replaces the spec's `outputs:` (and
+    cuts what comes after the last one)."""
     _check_arguments(path, variant, input_shape, num_classes)
-    return check_source(str(path), lambda: read_source(path), variant, input_shape, num_classes)
+    read = lambda: read_source(path)  # noqa: E731
+    return check_source(str(path), read, variant, input_shape, num_classes, outputs=outputs)
 
 
 def check_text(
@@ -154,6 +170,7 @@ def check_source(
     input_shape: tuple[int, ...] | list[int] | None = None,
     num_classes: int | None = None,
     lower: Callable[..., Network | None] = lower,
+    outputs: list[str] | dict[str, str] | None = None,
 ) -> Report:
     """The check itself: `read` gives the located source (raising SourceError or OSError),
     `lower` walks it. `check` and `check_text` use the plain ones; the language server passes
@@ -173,7 +190,8 @@ def check_source(
         return report
     report.source_lines = src.lines
     try:
-        report.network = lower(src, variant, shape, num_classes, out)
+        extra = {"outputs": outputs} if outputs is not None else {}
+        report.network = lower(src, variant, shape, num_classes, out, **extra)
         if any(d.code == "E-UNKNOWN-OP" for d in out.items):
             # Maybe an installed plugin's op: entry points load only now, so a spec of known
             # ops never pays for scanning the installed packages.
@@ -182,7 +200,7 @@ def check_source(
             for problem in entry_point_problems():
                 again.problem(getattr(src.root, "loc", None) or Loc(name), problem)
             if changed:
-                report.network = lower(src, variant, shape, num_classes, again)
+                report.network = lower(src, variant, shape, num_classes, again, **extra)
             else:
                 again.items += out.items
             out = again

@@ -17,8 +17,10 @@ from typing import Any
 
 from archspec.lang.spec import SpecModel
 from archspec.lower import COMBINATORS, REPEAT_KEYS, TYPES
+from archspec.lower.combinators.base import JOINS
 from archspec.lower.fragments import EXPR, REF_ITEM
 from archspec.lower.fragments import described as _d
+from archspec.lower.refs import ITEM_KEYS
 from archspec.lower.repeat import schema_props as _repeat_props
 from archspec.ops import OPS
 
@@ -160,9 +162,14 @@ def _single(key: str, value: dict[str, Any], description: str) -> dict[str, Any]
             "name": {"$ref": "#/$defs/name"},
             "inline": {"$ref": "#/$defs/inline"},
             "when": {"$ref": "#/$defs/when"},
+            **_REFS,
         },
         "additionalProperties": False,
     }
+
+
+# `from` and `merge` may sit beside any layer (docs/language.md, "References").
+_REFS = {"from": {"$ref": "#/$defs/from"}, "merge": {"$ref": "#/$defs/merge"}}
 
 
 def _combinators() -> dict[str, dict[str, Any]]:
@@ -171,8 +178,8 @@ def _combinators() -> dict[str, dict[str, Any]]:
 
 def _reserved() -> list[str]:
     """Keys that are not template names (`name`, `inline` and `when` may sit beside a template
-    call)."""
-    return sorted({*OPS, *COMBINATORS, *REPEAT_KEYS} - {"name", "inline", "when"})
+    call; `from` and `merge` beside any item)."""
+    return sorted({*OPS, *COMBINATORS, *REPEAT_KEYS, *ITEM_KEYS} - {"name", "inline", "when"})
 
 
 def build_schema() -> dict[str, Any]:
@@ -198,6 +205,16 @@ def build_schema() -> dict[str, Any]:
             {"anyOf": [{"type": "boolean"}, {"$ref": "#/$defs/expr"}]},
             examples=["$t != 1"],
         ),
+        "from": _d(
+            "read these earlier outputs (layer or stage names; `in`: the incoming tensor), "
+            "merged by `merge`, instead of the incoming tensor",
+            {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            examples=[["in", "enc2"]],
+        ),
+        "merge": _d(
+            "how the outputs named by `from` are joined",
+            {"enum": list(JOINS), "default": "concat"},
+        ),
         "args": _d(
             "arguments: parameter name to value (a number, list, string or expression)",
             {"type": ["object", "null"]},
@@ -214,7 +231,7 @@ def build_schema() -> dict[str, Any]:
         "description": "repeat a template (`use`) or layers (`body`) N times, "
         "with per-repetition overrides",
         "anyOf": [{"required": ["use"]}, {"required": ["body"]}, {"required": ["repeat"]}],
-        "properties": _repeat_props(),
+        "properties": {**_repeat_props(), **_REFS},
         "additionalProperties": False,
         "examples": [{"repeat": 2, "use": "basic", "with": {"c": 128}, "first": {"stride": 2}}],
     }
@@ -223,7 +240,7 @@ def build_schema() -> dict[str, Any]:
         "description": "a call of a template defined under `templates:`, "
         "e.g. `- inception: {c1: 64}`",
         "minProperties": 1,
-        "maxProperties": 4,
+        "maxProperties": 6,
         # The key is the template's name: any name that is not an op, combinator or repeat key.
         "propertyNames": {"not": {"enum": _reserved()}},
         "not": {"propertyNames": {"enum": ["name", "inline", "when"]}},
@@ -231,6 +248,7 @@ def build_schema() -> dict[str, Any]:
             "name": {"$ref": "#/$defs/name"},
             "inline": {"$ref": "#/$defs/inline"},
             "when": {"$ref": "#/$defs/when"},
+            **_REFS,
         },
         "additionalProperties": {"$ref": "#/$defs/args"},
     }
@@ -264,6 +282,7 @@ def build_schema() -> dict[str, Any]:
             **{n: _op_value(n) for n in OPS},
             **{n: _d(combs[n]["description"], {"$ref": f"#/$defs/comb.{n}"}) for n in COMBINATORS},
             **_repeat_props(),
+            **_REFS,
         },
         "allOf": [
             *[{"if": {"required": [n]}, "then": _single(n, _op_value(n), OPS[n].doc)} for n in OPS],

@@ -61,9 +61,18 @@ def render_table(report: Report) -> str:
     variant = f" ({report.variant})" if report.variant else ""
     shape = "x".join(map(str, report.input or ()))
     out.append("")
-    out.append(
-        f"{report.name}{variant}: input {shape} -> output {'x'.join(map(str, report.output or ()))}"
-    )
+    outputs = report.outputs
+    if outputs:  # several outputs: one line each, in the order the built module returns them
+        out.append(f"{report.name}{variant}: input {shape} -> outputs")
+        width = max(len(k) for k in outputs)
+        for key, path in report.network.outputs if report.network else []:
+            at = "" if key == path else f"  ({path})"
+            out.append(f"  {key:<{width}}  {'x'.join(map(str, outputs[key]))}{at}")
+    else:
+        out.append(
+            f"{report.name}{variant}: input {shape} -> output "
+            f"{'x'.join(map(str, report.output or ()))}"
+        )
     out.append(f"params: {report.params:,} ({human_number(report.params or 0)})")
     out.append(f"MACs:   {report.macs:,} ({human_number(report.macs or 0)}) per sample")
     aux = report.network.aux_layers if report.network is not None else []

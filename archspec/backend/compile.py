@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from archspec.analysis.report import Report, check
-from archspec.ir import AUX, LAYER, Network, Node
+from archspec.ir import AUX, IN, JOIN, LAYER, Network, Node
 from archspec.lang.errors import Diagnostic, Loc, SpecError
 from archspec.lower import COMBINATORS
+from archspec.lower.combinators.base import through
 from archspec.ops import OPS
 
 DEFAULT_MAX_PARAMS = 2_000_000_000  # ARCHSPEC_MAX_PARAMS overrides it (read at each build)
@@ -74,11 +75,14 @@ def build(
     variant: str | None = None,
     input_shape: tuple[int, ...] | list[int] | None = None,
     num_classes: int | None = None,
+    outputs: list[str] | dict[str, str] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Check the spec, refuse it with every error if it is invalid or too large, then build
-    (options: see `build_from_report`)."""
-    return build_from_report(check(path, variant, input_shape, num_classes), **options)
+    (options: see `build_from_report`). `outputs` (layer or stage names, or {key: name}) makes
+    the module return a dict of those outputs and leaves out every layer after the last one."""
+    report = check(path, variant, input_shape, num_classes, outputs=outputs)
+    return build_from_report(report, **options)
 
 
 def build_from_report(
@@ -149,25 +153,35 @@ class _nullcontext:
 
 
 def compile_network(net: Network) -> ArchNet:
-    stages = OrderedDict((child.name, module_for(child)) for child in net.root.children)
+    dag = Dag(net)
+    stages = OrderedDict((c.name, module_for(c, dag)) for c in net.root.children if c.kind != JOIN)
     heads = tuple(child.name for child in net.root.children if child.kind == AUX)
-    cls = _net_class(net.root) if heads or any(map(_is_tensor, net.root.children)) else ArchNet
+    plain = not heads and not net.outputs and dag.plain(net.root)
+    plain = plain and not any(map(_is_tensor, net.root.children))
+    cls = ArchNet if plain else _net_class(net.root, dag, net)
     model = cls(stages, net.name, net.input, net.num_classes)
     model.aux_heads = heads
     model.op_names = tuple(sorted({n.op for n in net.layers}))  # for the training init
     return model
 
 
-def module_for(node: Node) -> nn.Module:
+def module_for(node: Node, dag: Dag | None = None) -> nn.Module:
     if node.kind == LAYER:
         assert node.in_shape is not None  # build runs only on a spec that checked clean
         return OPS[node.op].build(node.params, node.in_shape)
+    dag = dag or Dag(None)
     owned = list(_owned(node))
-    children = [(c.name, module_for(c)) for c in owned]
-    plain = all(c.kind == LAYER or not c.inline for c in node.parts())
-    if COMBINATORS[node.kind].chain and plain and not any(map(_is_tensor, owned)):
+    children = [(c.name, module_for(c, dag)) for c in owned]
+    if (
+        COMBINATORS[node.kind].chain
+        and all(c.kind == LAYER or not c.inline for c in node.parts())
+        and not any(map(_is_tensor, owned))
+        and dag.plain(node)
+        and not dag.args(node)
+        and not dag.exports(node)
+    ):
         return nn.Sequential(OrderedDict(children))
-    cls = _block_class(node)
+    cls = _block_class(node, dag)
     return cls(children)
 
 
@@ -179,10 +193,77 @@ def _is_tensor(node: Node) -> bool:
 def _owned(node: Node):
     """The module-owning descendants registered directly on `node`'s module."""
     for child in node.parts():
+        if child.kind == JOIN:
+            continue
         if child.kind != LAYER and child.inline:
             yield from _owned(child)
         else:
             yield child
+
+
+class Dag:
+    """What references make each module's forward take and return beyond `x -> y`: `args`, the
+    outputs computed outside it that its layers read (extra forward arguments), and `exports`,
+    the outputs computed inside it that are read outside (or are network outputs), returned
+    after its own output."""
+
+    def __init__(self, net: Network | None):
+        self.named = net.named if net is not None else {}
+        self.order: list[Node] = []
+        self.index: dict[int, int] = {}
+        self.start: dict[int, int] = {}
+        self.users: dict[str, list[int]] = {}
+        if net is None:
+            return
+        self._number(net.root)
+        for n in self.order:
+            for p in _uses(n):
+                self.users.setdefault(p, []).append(self.index[id(n)])
+        for _, p in net.outputs:
+            self.users.setdefault(p, []).append(len(self.order))
+
+    def _number(self, node: Node) -> int:
+        first = len(self.order)
+        for part in node.parts():
+            self._number(part)
+        self.start[id(node)] = first
+        self.index[id(node)] = len(self.order)
+        self.order.append(node)
+        return first
+
+    def _inside(self, node: Node) -> list[Node]:
+        if id(node) not in self.index:
+            return []
+        return self.order[self.start[id(node)] : self.index[id(node)]]
+
+    def plain(self, node: Node) -> bool:
+        """No part of `node` reads a reference or is read by one."""
+        return not any(
+            _uses(n) or n.kind == JOIN or n.path in self.users for n in self._inside(node)
+        )
+
+    def args(self, node: Node) -> list[str]:
+        made = {n.path for n in self._inside(node) if self.named.get(n.path) is n}
+        out: list[str] = []
+        for n in self._inside(node):
+            out += [p for p in _uses(n) if p not in made and p not in out]
+        if node.kind == LAYER:
+            out += [p for p in node.refs.values() if p not in out]
+        return out
+
+    def exports(self, node: Node) -> list[str]:
+        lo, hi = self.start.get(id(node), 0), self.index.get(id(node), 0)
+        return [
+            n.path
+            for n in self._inside(node)
+            if self.named.get(n.path) is n
+            and any(not lo <= u < hi for u in self.users.get(n.path, ()))
+        ]
+
+
+def _uses(node: Node) -> list[str]:
+    """The outputs a node reads by name: its `from:` and its op's reference parameters."""
+    return [p for p in node.reads if p != IN] + list(node.refs.values())
 
 
 # --------------------------------------------------------------------------- code generation
@@ -190,13 +271,13 @@ def _owned(node: Node):
 _CLASSES: dict[str, type] = {}
 
 
-def _block_class(node: Node) -> type:
-    source = _Emitter().forward_source(node)
+def _block_class(node: Node, dag: Dag) -> type:
+    source = _Emitter(dag).forward_source(node)
     return _generated(node.kind, source, COMBINATORS[node.kind].class_name, Block)
 
 
-def _net_class(root: Node) -> type:
-    return _generated("net", _Emitter().network_source(root), "ArchNet", ArchNet)
+def _net_class(root: Node, dag: Dag, net: Network) -> type:
+    return _generated("net", _Emitter(dag).network_source(root, net.outputs), "ArchNet", ArchNet)
 
 
 def _generated(kind: str, source: str, cls_name: str, base: type) -> type:
@@ -215,26 +296,36 @@ def _generated(kind: str, source: str, cls_name: str, base: type) -> type:
 
 
 class _Emitter:
-    def __init__(self) -> None:
+    def __init__(self, dag: Dag) -> None:
         self.lines: list[str] = []
         self.n = 0
+        self.dag = dag
+        self.named = dag.named
+        self.env: dict[str, str] = {}  # outputs read by reference -> the variable holding them
 
     def var(self) -> str:
         self.n += 1
         return f"x{self.n}"
 
     def forward_source(self, node: Node) -> str:
+        args = self.dag.args(node)
+        params = ["self", "x"]
+        for i, p in enumerate(args):
+            self.env[p] = f"r{i}"
+            params.append(f"r{i}")
         out = self.body(node, "x")
+        ret = ", ".join([out, *(self.env[p] for p in self.dag.exports(node))])
         lines = [
-            "def forward(self, x):",
+            f"def forward({', '.join(params)}):",
             *(f"    {ln}" for ln in self.lines),
-            f"    return {out}",
+            f"    return {ret}",
             "",
         ]
         return "\n".join(lines)
 
-    def network_source(self, root: Node) -> str:
-        """The top-level forward of a network with auxiliary heads. Heads run after the main
+    def network_source(self, root: Node, outputs: list[tuple[str, str]]) -> str:
+        """The top-level forward of a network with auxiliary heads, references between stages
+        or several outputs (a dict, in the order of `outputs:`). Heads run after the main
         path, on the tensors their stages saw (every intermediate is still a local), and only in
         eager training: eval mode and TorchScript return the main output alone, so a scripted or
         exported model is the inference model and one return type serves each mode."""
@@ -243,18 +334,25 @@ class _Emitter:
             if stage.kind == AUX:
                 taps.append((stage, inp))
             else:
-                inp = self.call(stage, inp)
+                inp = self.child(stage, inp)
         main = inp
-        if not taps:
+        if outputs:
+            items = ", ".join(f"{k!r}: {self.env[p]}" for k, p in outputs)
+            self.lines.append(f"return {{{items}}}")
+        elif not taps:
             self.lines.append(f"return {main}")
-            return "\n".join(["def forward(self, x):", *(f"    {ln}" for ln in self.lines), ""])
-        self.lines += ["if torch.jit.is_scripting() or not self.training:", f"    return {main}"]
-        outs = [self.call(stage, tap) for stage, tap in taps]
-        self.lines.append(f"return ({', '.join([main, *outs])})")
+        else:
+            self.lines += [
+                "if torch.jit.is_scripting() or not self.training:",
+                f"    return {main}",
+            ]
+            outs = [self.call(stage, tap) for stage, tap in taps]
+            self.lines.append(f"return ({', '.join([main, *outs])})")
         return "\n".join(["def forward(self, x):", *(f"    {ln}" for ln in self.lines), ""])
 
     def call(self, node: Node, inp: str) -> str:
-        """A child that owns a module: one call."""
+        """A child that owns a module: one call (with the outputs it reads from outside, and
+        taking back the outputs it computes for others)."""
         v = self.var()
         ref = (
             f"self.{node.name}"
@@ -265,12 +363,21 @@ class _Emitter:
             assert node.in_shape is not None  # built only from a clean check
             code = OPS[node.op].code(node.params, node.in_shape, ref, inp)
             self.lines.append(f"{v} = {code}")
-        else:
-            self.lines.append(f"{v} = {ref}({inp})")
+            return v
+        args = ", ".join([inp, *(self.env[p] for p in self.dag.args(node))])
+        exports = self.dag.exports(node)
+        names = [v]
+        for p in exports:
+            self.env[p] = self.var()
+            names.append(self.env[p])
+        self.lines.append(f"{', '.join(names)} = {ref}({args})")
         return v
 
     def child(self, node: Node, inp: str) -> str:
         """A part of a combinator: a call of its module, or an inline composite's own code."""
+        return through(self, node, inp, self._run)
+
+    def _run(self, node: Node, inp: str) -> str:
         if node.kind == LAYER or not node.inline:
             return self.call(node, inp)
         return self.body(node, inp)

@@ -44,6 +44,13 @@ from archspec.cli.common import (
     show_default=True,
     help="optimizer whose state the memory estimate counts",
 )
+@click.option(
+    "--outputs",
+    "outputs",
+    metavar="NAME,NAME,...",
+    help="check a feature extractor cut from SPEC: these layers or stages as outputs "
+    "(as `build(outputs=...)`)",
+)
 def check_cmd(
     spec: str,
     variant: str | None,
@@ -53,13 +60,21 @@ def check_cmd(
     batch: int | None,
     dtype: str,
     optimizer: str,
+    outputs: str | None,
 ) -> None:
     """Check SPEC statically: shapes, parameters, MACs, receptive field, errors."""
     shape = parse_shape(input_shape)
+    names = None
+    if outputs is not None:
+        names = [n.strip() for n in outputs.split(",")]
+        if not all(names):
+            raise click.BadParameter(
+                "give layer or stage names, comma-separated", param_hint="--outputs"
+            )
     problem = spec_problem(spec)
     if problem:
         _usage_failure(spec, variant, shape, as_json, problem)
-    report = check(spec, variant=variant, input_shape=shape, num_classes=num_classes)
+    report = check(spec, variant, shape, num_classes, outputs=names)
     if batch is not None and report.ok and report.network is not None:
         from archspec.analysis.memory import estimate
 

@@ -52,6 +52,13 @@ def _check_spec(
     report = checked(spec, variant, parse_shape(input_shape), num_classes)
     if report.input is None or len(report.input) != 3:
         _fail(f"{spec}: training needs an image input C,H,W (got {report.input})")
+    if report.outputs is not None:
+        fail(
+            f"{spec}: it returns several outputs ({', '.join(report.outputs)}); "
+            "train needs one output, the class scores",
+            "train the network the outputs are cut from, or a spec with one head",
+            EXIT_SPEC,
+        )
     return report
 
 

@@ -56,6 +56,11 @@ class SpecModel(BaseModel):
         default_factory=dict, description="reusable blocks: {params: {...}, body: ...}"
     )
     stages: dict[str, Any] = Field(description="named stages, in forward order", min_length=1)
+    outputs: list[str] | dict[str, str] | None = Field(
+        None,
+        description="layers or stages the built module returns, as a dict in this order: "
+        "a list of names, or a mapping from dict key to name (torchvision's return_layers)",
+    )
     variants: dict[str, Any] = Field(
         default_factory=dict, description="named overlays deep-merged onto this spec"
     )

@@ -4,7 +4,7 @@ written (`Site`), the module children register on (`Scope`), and the walk's own 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from archspec.ir import Node
@@ -27,15 +27,19 @@ class State:
     shape: Shape | None
     rf: tuple[int, int] = (1, 1)
     jump: tuple[int, int] = (1, 1)
+    # How the spatial size got here from the network input: a linked list (earlier, step) of
+    # size functions, replayed for other input sizes to say which sizes fit at a merge
+    # (lower/refs.py). Not part of equality: two states with the same shape hand on the same.
+    trace: Any = field(default=None, compare=False, repr=False)
 
     def through(self, window: Window | None, out: Shape) -> State:
         if window is None:
-            return State(out, self.rf, self.jump)
+            return State(out, self.rf, self.jump, self.trace)
         rf = tuple(
             self.rf[i] + window.dilation[i] * (window.k[i] - 1) * self.jump[i] for i in (0, 1)
         )
-        jump = tuple(self.jump[i] * window.stride[i] for i in (0, 1))
-        return State(out, rf, jump)  # type: ignore[arg-type]
+        jump = tuple(max(1, self.jump[i] * window.stride[i] // window.up[i]) for i in (0, 1))
+        return State(out, rf, jump, self.trace)  # type: ignore[arg-type]
 
 
 UNKNOWN = State(None)

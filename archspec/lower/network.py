@@ -11,6 +11,7 @@ from archspec.ir import SEQ, Network, Node
 from archspec.lang.errors import Collector, Loc, did_you_mean
 from archspec.lang.source import LMap, LSeq, Source, loc_of, to_plain
 from archspec.lang.spec import SpecModel, pydantic_errors
+from archspec.lower import refs
 from archspec.lower.core import (
     MAX_LAYERS,
     MAX_NESTING,
@@ -37,9 +38,11 @@ def lower(
     num_classes: int | None,
     out: Collector,
     lowerer: type[Lowerer] | None = None,
+    outputs: list[str] | dict[str, str] | None = None,
 ) -> Network | None:
     """The whole walk. Returns None when the file is too broken to lower at all. `lowerer`, a
-    subclass of Lowerer, lets the language server reuse unchanged stages between edits."""
+    subclass of Lowerer, lets the language server reuse unchanged stages between edits;
+    `outputs` (build's) replaces the spec's `outputs:`."""
     root = src.root
     if not isinstance(root, LMap):
         out.add(
@@ -95,6 +98,7 @@ def lower(
             body = _stage_body(body, bloc)
             child = lw.item(body, bloc, state, dict(lw.globals), top, str(sname))
             rootnode.children.append(child)
+            refs.register_tree(lw, child)
             state = after(child)
     except TooBig as e:
         out.add(
@@ -115,7 +119,11 @@ def lower(
         )
         return None
     finish(rootnode, state)
-    return Network(spec.name, variant, shape, spec.num_classes, rootnode, plain)
+    refs.unresolved(lw)
+    refs.finish_merges(lw)
+    net = Network(spec.name, variant, shape, spec.num_classes, rootnode, plain, named=lw.named)
+    refs.outputs(lw, net, doc.get("outputs"), loc_of(doc, "outputs", root.loc), outputs)
+    return net
 
 
 def _stage_body(body: Any, loc: Loc) -> Any:

@@ -20,7 +20,7 @@ from archspec.ir import LAYER, SEQ, Node
 from archspec.lang.errors import Collector, Loc, Problem, did_you_mean
 from archspec.lang.source import LMap, LSeq, Source, loc_of
 from archspec.lang.spec import SpecModel, pydantic_errors
-from archspec.lower import templates
+from archspec.lower import refs, templates
 from archspec.lower.combinators import COMBINATORS
 from archspec.lower.core import (
     MAX_LAYERS,
@@ -108,6 +108,14 @@ class Lowerer:
         self.count = 0
         self.depth = 0  # items being lowered, one inside the other
         self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
+        self.named: dict[str, Node] = {}  # outputs computed so far, by module path (refs.py)
+        self.pending: list[tuple[Loc, str, str]] = []  # references that did not resolve yet
+        self.ref_reads = 0  # references read so far (a cache of lowered stages watches it)
+        # the shapes of the outputs the layer being lowered names in its parameters (`rule`
+        # reads them; None: one is unknown)
+        self.ref_shapes: dict[str, Any] | None = {}
+        self.merges: list = []  # both sides of every merge of images (refs.fitting)
+        self.mismatches: list = []  # merges whose sizes differ at this input size
 
     def error(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
         self.out.add(loc, code, message, help)
@@ -146,10 +154,26 @@ class Lowerer:
     ) -> Node:
         """Lower one item of a layer list (or a stage, or a template body). With `splice`, a
         list's layers are registered on the enclosing module instead of a nested Sequential."""
+        node = self._item(item, loc, state, env, scope, name, splice)
+        refs.register(self, node)
+        return node
+
+    def _item(
+        self,
+        item: Any,
+        loc: Loc,
+        state: State,
+        env: dict,
+        scope: Scope,
+        name: str | None,
+        splice: bool,
+    ) -> Node:
         self.count += 1
         if self.count > MAX_LAYERS:
             raise TooBig(loc)
         with self.deeper(loc):
+            if isinstance(item, dict) and "from" in item:
+                return refs.lower_from(self, item, loc, state, env, scope, name)
             if isinstance(item, str):
                 return self.named_thing(item, None, loc, loc, state, env, scope, name)
             if isinstance(item, list):
@@ -372,6 +396,17 @@ class Lowerer:
         name = self.claim(scope, name, loc_of(body, "name", key_loc) if "name" in body else key_loc)
         node = Node(LAYER, name, join(scope.path, name), key_loc, state.shape, op=opname)
         node.loc = replace(key_loc, width=len(opname))
+        op = OPS[opname]
+        ref_states: dict[str, State] = {}
+        for f in op.refs:  # parameters that name an earlier output
+            if body.get(f) is not None:
+                target = refs.reference(self, body[f], loc_of(body, f, body_loc), scope, env, state)
+                if target is not None:
+                    node.refs[f] = target.path
+                    ref_states[f] = after(target)
+        known = len(ref_states) == len([f for f in op.refs if body.get(f) is not None])
+        shapes = {f: s.shape for f, s in ref_states.items()}
+        self.ref_shapes = shapes if known and None not in shapes.values() else None
         params, inferred = self.rule(opname, body, body_loc, node.loc, state, env)
         node.params = params
         if inferred is None:
@@ -379,6 +414,9 @@ class Lowerer:
         node.inferred = inferred
         node.out_shape = inferred.out
         then = state.through(inferred.window, inferred.out)
+        if state.shape is not None and len(state.shape) == 3 and len(inferred.out) == 3:
+            fn = _size_fn(op, params, state.shape[0], ref_states)
+            then = replace(then, trace=refs.step(fn, state))
         # no receptive field on tokens (no grid) nor after an op that mixes every position
         node.rf = then.rf if len(inferred.out) != 2 and then.rf[0] < GLOBAL_RF else None
         node._state = then  # type: ignore[attr-defined]
@@ -425,7 +463,7 @@ class Lowerer:
                 exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
             )
             return None, None
-        if state.shape is None:  # still check the rules that need no input shape (pad, ranges)
+        if state.shape is None or self.ref_shapes is None:  # still check what needs no shape
             try:
                 if hasattr(op, "geometry"):
                     op.geometry(params)
@@ -433,11 +471,26 @@ class Lowerer:
                 self.out.problem(loc_of(body, p.field, loc) if p.field in body else loc, p)
             return params, None
         try:
-            inferred = op.infer(params, state.shape)
+            inferred = op.infer_with(params, state.shape, self.ref_shapes)  # type: ignore[arg-type]
         except Problem as p:  # a value out of range is shown at the value, a shape rule at the op
             self.out.problem(loc_of(body, p.field, loc) if p.field in body else loc, p)
             return params, None
         return params, inferred
+
+
+def _size_fn(op: Any, params: Any, c: int, ref_states: dict[str, State]) -> Any:
+    """A layer's spatial size function for other input sizes (refs.size_at replays it)."""
+
+    def fn(hw: tuple[int, int], hw0: tuple[int, int]) -> tuple[int, ...]:
+        shapes = {}
+        for f, s in ref_states.items():
+            at = refs.size_at(s.trace, hw0)
+            if at is None or s.shape is None:
+                raise ValueError(f)
+            shapes[f] = (s.shape[0], *at)
+        return op.infer_with(params, (c, *hw), shapes).out[1:]
+
+    return fn
 
 
 def _param_hint(op: str) -> str | None:

@@ -443,8 +443,11 @@ class _CachingLowerer(Lowerer):
             self.count += hit.count
             return hit.node
         before_names, before_count, before_uses = set(scope.names), self.count, len(out.uses)
+        before_reads = self.ref_reads
         with out.recording() as log:
             node = super().item(item, loc, state, env, scope, name, splice)
+        if self.ref_reads != before_reads:  # it read other stages' outputs: not reusable
+            return node
         used = out.uses[before_uses:]
         out.memo[key] = _Stage(
             keep,
@@ -476,6 +479,7 @@ class _CachingLowerer(Lowerer):
             self.spec.width,
             repr(self.defaults.get(opname)),
             id(OPS.get(opname)),
+            repr(self.ref_shapes) if OPS[opname].refs else None,  # the outputs it names
         )
         hit = out.rules.get(key)
         if hit is not None:

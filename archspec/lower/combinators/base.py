@@ -48,6 +48,21 @@ class Flow(Protocol[X]):
         ...
 
 
+def through(flow: Any, node: Node, x: X, run: Any) -> X:
+    """Run `node` on `flow` with references: it reads the join of the outputs it names instead
+    of `x` (`from:`; a JOIN node is only that), and an output others read is kept in
+    `flow.env` by path. `run(node, x)` runs the node itself."""
+    from archspec.ir import IN, JOIN
+
+    if node.reads:
+        xs = [x if p == IN else flow.env[p] for p in node.reads]
+        x = flow.join(node.join, xs, node)
+    out = x if node.kind == JOIN else run(node, x)
+    if node.path and flow.named.get(node.path) is node:
+        flow.env[node.path] = out
+    return out
+
+
 class Combinator:
     """Base of every combinator. A subclass sets `name` and `doc` and overrides `lower` and
     `schema`; `forward` and `draw` default to running the node's parts in order."""

@@ -42,7 +42,7 @@ class Dense(Combinator):
             return UNKNOWN
         shape = (before.shape[0] + out.shape[0], *before.shape[1:])
         rf = tuple(max(before.rf[j], out.rf[j]) for j in (0, 1))
-        return State(shape, rf, before.jump)  # type: ignore[arg-type]
+        return State(shape, rf, before.jump, before.trace)  # type: ignore[arg-type]
 
     def forward(self, node: Node, x: X, flow: Flow[X]) -> X:
         for child in node.children:

@@ -148,7 +148,7 @@ def merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
                 "make every branch end with the same channels and size",
             )
             return UNKNOWN
-        return State(shapes[0], rf, jump)  # type: ignore[arg-type]
+        return State(shapes[0], rf, jump, outs[0].trace)  # type: ignore[arg-type]
     if node.merge == "mul":
         shape = broadcast(shapes)  # type: ignore[arg-type]
         if shape is None:
@@ -159,7 +159,7 @@ def merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
                 "each size must equal the others' or be 1 (a 1x1 gate, or one channel)",
             )
             return UNKNOWN
-        return State(shape, rf, jump)  # type: ignore[arg-type]
+        return State(shape, rf, jump, outs[0].trace)  # type: ignore[arg-type]
     ranks = {len(s) for s in shapes}  # type: ignore[arg-type]
     spatial = {tuple(s[1:]) for s in shapes}  # type: ignore[index]
     if len(ranks) != 1 or len(spatial) != 1:
@@ -172,7 +172,7 @@ def merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
         return UNKNOWN
     first = shapes[0]
     out = (sum(s[0] for s in shapes), *first[1:])
-    return State(out, rf, jump)  # type: ignore[arg-type]
+    return State(out, rf, jump, outs[0].trace)  # type: ignore[arg-type]
 
 
 def broadcast(shapes: list[Shape]) -> Shape | None:

@@ -92,7 +92,7 @@ class Residual(Combinator):
                 )
             else:
                 rf = tuple(max(mstate.rf[i], sstate.rf[i]) for i in (0, 1))
-                out = State(mstate.shape, rf, mstate.jump)  # type: ignore[arg-type]
+                out = State(mstate.shape, rf, mstate.jump, mstate.trace)  # type: ignore[arg-type]
         if "post" in body and body["post"] is not None:
             node.post = lw.item(
                 body["post"], loc_of(body, "post", body_loc), out, env, inner, f"{prefix}post"
@@ -160,6 +160,11 @@ class Residual(Combinator):
                                 {"type": "string"},
                                 examples=["downsample"],
                             ),
+                            "norm": described(
+                                "the op that follows the 1x1 conv when `bn` is true",
+                                {"type": "string", "default": "bn"},
+                                examples=["frozen_bn"],
+                            ),
                         },
                         "additionalProperties": False,
                     },
@@ -198,12 +203,12 @@ def _projection(
     """`shortcut: auto` when the shape changes: 1x1 conv (+ bn) with the main path's stride."""
     opts = body.get("projection") or {}
     ploc = loc_of(body, "projection", loc)
-    allowed = ("bn", "bias", "name")
+    allowed = ("bn", "bias", "name", "norm")
     if not isinstance(opts, dict):
         lw.error(
             ploc,
             "E-TYPE",
-            "`projection` takes a mapping {bn, bias, name}",
+            "`projection` takes a mapping {bn, bias, name, norm}",
             "`shortcut: auto` picks identity or projection; `projection` only tunes the latter",
         )
         opts = {}
@@ -233,7 +238,7 @@ def _projection(
     try:
         if not use_bn:
             return lw.layer("conv", conv, Site(loc, ploc, state, env, scope, name))
-        items = LSeq([{"conv": conv}, "bn"])
+        items = LSeq([{"conv": conv}, str(opts.get("norm", "bn"))])
         items.loc, items.item_locs = ploc, [ploc, ploc]
         return lw.seq(items, loc, state, env, scope, name, inline=False)
     finally:
