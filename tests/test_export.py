@@ -32,7 +32,7 @@ ort = pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "specs").glob("*.yaml"))
-SMALL = {"alexnet": (1, 67, 67), "vgg": (1, 32, 32), "nin": (1, 96, 96)}  # default elsewhere
+SMALL = {"alexnet": (1, 67, 67), "vgg": (1, 32, 32), "nin": (1, 96, 96), "unet": (3, 64, 64)}
 TOL = 1e-4
 
 

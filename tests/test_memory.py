@@ -61,9 +61,15 @@ def _threads():
     torch.set_num_threads(n)
 
 
+# Inputs that keep the big U-Nets fast (the paper's at its smallest size that fits).
+SMALL = {"unet:base": (3, 64, 64), "unet:resnet34": (3, 64, 64), "unet:paper": (1, 188, 188)}
+
+
 @pytest.mark.parametrize("case", cases(SPECS), ids=case_id)
 def test_saved_bytes_equal_what_autograd_keeps_for_every_seed_spec(case):
-    measured, estimated, _ = measured_and_estimated(*case, batch=2)
+    measured, estimated, _ = measured_and_estimated(
+        *case, batch=2, input_shape=SMALL.get(case_id(case))
+    )
     assert estimated == measured
 
 
