@@ -144,7 +144,7 @@ def check(
     argument of the wrong type is a TypeError. `outputs` replaces the spec's `outputs:` (and
     cuts what comes after the last one)."""
     _check_arguments(path, variant, input_shape, num_classes)
-    read = lambda: read_source(path)  # noqa: E731
+    read = lambda: read_source(path)
     return check_source(str(path), read, variant, input_shape, num_classes, outputs=outputs)
 
 
