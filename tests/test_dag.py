@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_torchvision_zoo import random_state
+from test_torchvision_zoo import _one_thread, random_state  # noqa: F401  # autouse fixture
 from torch.utils.flop_counter import FlopCounterMode
 
 import archspec
@@ -47,14 +47,6 @@ stages:
     - {from: [padded, bil], merge: add, name: s}
     - {from: [s, gate], merge: mul}
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write(tmp_path: Path, text: str, name: str = "net.yaml") -> Path:

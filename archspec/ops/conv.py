@@ -87,12 +87,7 @@ class Conv(Op):
     def infer(self, p: ConvParams, shape: Shape) -> Inferred:
         c, h, w = need_image("conv", shape)
         k, s, d, pad2 = self.geometry(p)
-        if c % p.groups or p.out % p.groups:
-            raise Problem(
-                "E-GROUPS",
-                f"groups={p.groups} must divide both input channels ({c}) and out ({p.out})",
-                f"use a groups value that divides {c} and {p.out}",
-            )
+        _groups(c, p)
         hw = tuple(
             (size + pad2[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, size in enumerate((h, w))
         )
@@ -130,15 +125,9 @@ class Conv(Op):
         return label + (f" g{p.groups}" if p.groups > 1 else "")
 
 
-class ConvTransposeParams(Params):
-    out: int = Field(ge=1, le=MAX_CHANNELS, description="output channels")
-    k: IntOrPair = Field(description="kernel size: n, or [kh, kw]")
-    stride: IntOrPair = Field(1, description="stride (the upsampling factor)")
-    pad: IntOrPair = Field(0, description="cropped from each side of the full output")
+class ConvTransposeParams(ConvParams):
+    pad: IntOrPair = Field(0, description="cropped from each side of the full output")  # type: ignore[assignment]
     output_padding: IntOrPair = Field(0, description="added to one side (less than the stride)")
-    dilation: IntOrPair = Field(1, description="dilation")
-    groups: int = Field(1, ge=1, le=MAX_CHANNELS, description="grouped convolution")
-    bias: bool = Field(True, description="learn an additive bias")
 
 
 @register
@@ -184,12 +173,7 @@ class ConvTranspose(Op):
     def infer(self, p: ConvTransposeParams, shape: Shape) -> Inferred:
         c, h, w = need_image("convtranspose", shape)
         k, s, d, pad, op = self.geometry(p)
-        if c % p.groups or p.out % p.groups:
-            raise Problem(
-                "E-GROUPS",
-                f"groups={p.groups} must divide both input channels ({c}) and out ({p.out})",
-                f"use a groups value that divides {c} and {p.out}",
-            )
+        _groups(c, p)
         hw = tuple(
             (size - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + op[i] + 1
             for i, size in enumerate((h, w))
@@ -219,3 +203,12 @@ class ConvTranspose(Op):
         k = pair(p.k)
         s = pair(p.stride)
         return f"convT {k[0]}x{k[1]}" + (f"/{s[0]}" if s != (1, 1) and s[0] == s[1] else "")
+
+
+def _groups(c: int, p: ConvParams) -> None:
+    if c % p.groups or p.out % p.groups:
+        raise Problem(
+            "E-GROUPS",
+            f"groups={p.groups} must divide both input channels ({c}) and out ({p.out})",
+            f"use a groups value that divides {c} and {p.out}",
+        )
