@@ -31,7 +31,7 @@ TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 # Ops whose torch module would run on a tensor of another rank (conv2d and the pools take an
 # unbatched CxHxW, x[:, 0] and mean(1) any rank): archspec refuses them by rank.
 IMAGE_OPS = {"conv", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"}
-IMAGE_OPS |= {"lrn", "to_tokens"}
+IMAGE_OPS |= {"lrn", "to_tokens", "upsample", "frozen_bn", "convtranspose"}
 TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image"}
 
 

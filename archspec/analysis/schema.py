@@ -114,19 +114,20 @@ def _op_def(name: str) -> dict[str, Any]:
     }
     if params.get("required"):
         out["required"] = params["required"]
-    example = _example_params(op.example[1])
+    example = _example_params(op.example[1], name)
     if example:
         out["examples"] = [example]
     return out
 
 
-def _example_params(layers: str) -> dict[str, Any] | None:
-    """The first parameter mapping of an op's docs example (`- conv: {out: 16, k: 3}`)."""
+def _example_params(layers: str, name: str) -> dict[str, Any] | None:
+    """The first parameter mapping of op `name` in its docs example (`- conv: {out: 16, k: 3}`;
+    the example may show other layers first, as the one a `crop` takes its size from)."""
     from ruamel.yaml import YAML
 
     for item in YAML(typ="safe").load(layers) or []:
-        if isinstance(item, dict):
-            body = next(iter(item.values()))
+        if isinstance(item, dict) and name in item:
+            body = item[name]
             if isinstance(body, dict) and body:
                 return body
     return None

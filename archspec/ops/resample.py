@@ -97,6 +97,11 @@ class Upsample(Op):
 
         from archspec.ops.modules import ResizeTo
 
+        try:
+            self.geometry(p)
+        except Problem as e:  # as torch would refuse it (the differential fuzz builds it raw)
+            raise ValueError(e.message) from None
+
         align = True if p.align_corners else None
         if p.size_of is not None:
             return ResizeTo(p.mode, align)
