@@ -162,6 +162,8 @@ class TorchRef:
         except TORCH_ERRORS:
             self.failed_in_layer = True
             raise
+        if y.dim() == 4 and 0 in y.shape[2:]:  # ConvTranspose2d hands on an empty tensor
+            raise Stricter("empty-output")
         params = sum(t.numel() for t in module.parameters())
         self.rows.append((op, tuple(y.shape[1:]), params))
         return y, (jump[0] * stride[0], jump[1] * stride[1])

@@ -51,6 +51,7 @@ STRICTER = {
     "in-dim": ("E-EXPR-NAME", "does not exist for an input"),  # `$in.h` of flat features
     "token-rank": ("E-SHAPE-RANK", "needs LxD tokens"),  # torch: x[:, 0], mean(1) on any rank
     "bn-tokens": ("E-SHAPE-RANK", "bn normalises the channels"),  # torch: BatchNorm1d on [N, L, D]
+    "empty-output": ("E-SHAPE-COLLAPSE", "into 0"),  # torch: convtranspose gives a 0-size tensor
 }
 # Refusals that stop no shape inference, so they may stand where torch ran the whole model.
 NAME_RULES = {("E-NAME-DUP", "is already a module")}  # nn.Module.add_module silently replaces

@@ -151,8 +151,7 @@ class ConvTranspose(Op):
         "dilation": [1, 2],
         "bias": [True, False],
     }
-    scales_with_width = True
-    autocast = "lower"
+    autocast = "lower"  # `width:` scales conv's `out` only (docs/language.md)
 
     def geometry(self, p: ConvTransposeParams) -> tuple[tuple[int, int], ...]:
         k = check_pair("k", p.k, 1, MAX_KERNEL)
