@@ -33,6 +33,7 @@ TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 IMAGE_OPS = {"conv", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"}
 IMAGE_OPS |= {"lrn", "to_tokens", "upsample", "frozen_bn", "convtranspose"}
 TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image"}
+TOKEN_OPS |= {"window_attention", "patch_merging"}
 
 
 class _Lambda(nn.Module):
@@ -218,6 +219,11 @@ class TorchRef:
             h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
             w = p.get("w") or n // max(1, h)
             return _Lambda(lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)), one
+        if op in ("window_attention", "patch_merging"):  # torch's view refuses a wrong grid
+            n = x.shape[1]
+            h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
+            if h * (p.get("w") or n // max(1, h)) != n:
+                raise RuntimeError(f"shape '[{x.shape[0]}, {h}, ...]' is invalid for input")
         entry = OPS[op]
         params = entry.Params.model_validate(p)
         if (

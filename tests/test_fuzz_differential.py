@@ -313,10 +313,22 @@ def specs(draw) -> dict:
 # --------------------------------------------------------------------------- the oracle
 
 
-def observe(model: torch.nn.Module, paths: list[str], x: torch.Tensor) -> list[tuple]:
-    """Run the built model with a hook on every reported layer: (output shape, params) each."""
+def observe(
+    model: torch.nn.Module,
+    paths: list[str],
+    x: torch.Tensor,
+    tensors: dict[str, tuple] | None = None,
+) -> list[tuple]:
+    """Run the built model with a hook on every reported layer: (output shape, params) each.
+    `tensors`: the layers of tensor ops (class_token, ...) with their reported output; they are
+    parameters, not modules, so the parameter is looked up and its size counted, and their
+    output is seen through the layers after them."""
     modules = dict(model.named_modules())
     seen: dict[str, tuple] = {}
+    tensors = tensors or {}
+    for path, out in tensors.items():
+        seen[path] = (out, model.get_parameter(path).numel())
+    every, paths = paths, [p for p in paths if p not in tensors]
 
     def recorder(path: str):
         numel = sum(p.numel() for p in modules[path].parameters())
@@ -330,7 +342,7 @@ def observe(model: torch.nn.Module, paths: list[str], x: torch.Tensor) -> list[t
     for path in paths:
         assert path in modules, f"reported layer `{path}` is not a module of the built model"
     forward_with_hooks(model, x, [(modules[path], recorder(path)) for path in paths])
-    return [seen.get(p) for p in paths]
+    return [seen.get(p) for p in every]
 
 
 # Nested repeats of `$in.c * 2` or of three-way concats can compound into a model too big to run
@@ -380,7 +392,8 @@ def differential(spec: dict, workdir: Path) -> str:
         rows = report.layer_rows()
         model = archspec.build(path).eval()
         x = torch.randn(2, *spec["input"])
-        observed = observe(model, [r["path"] for r in rows], x)
+        tensors = {r["path"]: tuple(r["output"]) for r in rows if OPS[r["op"]].tensor}
+        observed = observe(model, [r["path"] for r in rows], x, tensors)
         assert observed == [(tuple(r["output"]), r["params"]) for r in rows], (
             f"build's modules differ from check\n{observed}" + where
         )

@@ -1,7 +1,7 @@
-"""specs/torchvision/convnext.yaml and vit.yaml against torchvision (issue 17): every builder's
+"""specs/torchvision/convnext.yaml, vit.yaml and swin.yaml against torchvision (issue 17): every builder's
 state_dict keys and shapes (strict load) and parameter count on the meta device, MACs within 1%
-of torchvision's published GFLOPS; the smallest builder of each family (convnext_tiny at 64x64,
-vit_b_32 at its fixed 224x224) with every parameter randomised gives torchvision's eval outputs
+of torchvision's published GFLOPS; the smallest builder of each family (convnext_tiny, swin_t
+and swin_v2_t at 64x64, vit_b_32 at its fixed 224x224) with every parameter randomised gives torchvision's eval outputs
 within 1e-5 of max |output|, and MACs within 1% of torch.utils.flop_counter."""
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ SPECS = "specs/torchvision"
 FAMILIES = {
     "convnext": ["convnext_tiny", "convnext_small", "convnext_base", "convnext_large"],
     "vit": ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"],
+    "swin": ["swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"],
 }
 BUILDERS = [(family, b) for family, names in FAMILIES.items() for b in names]
-SMALLEST = [("convnext", "convnext_tiny", 64), ("vit", "vit_b_32", 224)]
+SMALLEST = [
+    ("convnext", "convnext_tiny", 64),
+    ("vit", "vit_b_32", 224),
+    ("swin", "swin_t", 64),
+    ("swin", "swin_v2_t", 64),
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,12 +72,12 @@ def test_state_dict_keys_shapes_and_params_match_torchvision(family, builder):
 
 @pytest.mark.parametrize("family, builder", BUILDERS, ids=[b for _, b in BUILDERS])
 def test_macs_within_one_percent_of_published_gflops(family, builder):
-    report = archspec.check(f"{SPECS}/{family}.yaml", builder)
-    # the weights published for 224x224 input (ViT's SWAG weights also come at 384 to 518)
-    at_224 = [
-        w for w in tvm.get_model_weights(builder) if w.transforms.keywords["crop_size"] == 224
-    ]
-    (published,) = {w.meta["_ops"] * 1e9 for w in at_224}
+    # at the input of the builder's smallest published weights (224; Swin V2's are 256), whose
+    # GFLOPS torchvision gives for that input
+    weights = min(tvm.get_model_weights(builder), key=lambda w: w.transforms.keywords["crop_size"])
+    size = weights.transforms.keywords["crop_size"]
+    report = archspec.check(f"{SPECS}/{family}.yaml", builder, input_shape=(3, size, size))
+    published = weights.meta["_ops"] * 1e9
     assert abs(report.macs - published) / published < 0.01, (report.macs, published)
 
 

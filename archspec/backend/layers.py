@@ -4,6 +4,8 @@ parameter names are torchvision's, so its state_dicts load strictly. Imported by
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,3 +70,38 @@ class SelfAttention(nn.MultiheadAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return super().forward(x, x, x, need_weights=False)[0]
+
+
+def _grid(cls: type, name: str) -> type:
+    """A torchvision Swin module (N x H x W x C) taking N x L x C tokens on an h x w grid."""
+
+    def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+        n, _, c = x.shape
+        y = cls.forward(self, x.reshape(n, self.h, self.w, c))  # type: ignore[attr-defined]
+        return y.reshape(n, -1, y.shape[-1])
+
+    return type(name, (cls,), {"forward": forward, "__module__": __name__})
+
+
+def window_attention(version: int, h: int, w: int, *args: object, **kw: object) -> nn.Module:
+    """torchvision's ShiftedWindowAttention(V2) on tokens: the same parameters and buffers."""
+    cls = _WINDOW[version - 1]
+    module = cls(*args, **kw)
+    module.h, module.w = h, w
+    return module
+
+
+def patch_merging(version: int, h: int, w: int, dim: int) -> nn.Module:
+    """torchvision's PatchMerging(V2) on tokens: 2x2 neighbours concatenated, LayerNorm, linear."""
+    module = _MERGE[version - 1](dim)
+    module.h, module.w = h, w
+    return module
+
+
+from torchvision.models import swin_transformer as _sw  # type: ignore[import-untyped]
+
+_WINDOW = (
+    _grid(_sw.ShiftedWindowAttention, "WindowAttention"),
+    _grid(_sw.ShiftedWindowAttentionV2, "WindowAttentionV2"),
+)
+_MERGE = (_grid(_sw.PatchMerging, "PatchMerging"), _grid(_sw.PatchMergingV2, "PatchMergingV2"))

@@ -22,6 +22,7 @@ FAMILIES = (
     "tokens",
     "attention",
     "resample",
+    "window",
 )  # registered in this order
 for _family in FAMILIES:
     import_module(f"archspec.ops.{_family}")

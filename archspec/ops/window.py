@@ -1,0 +1,199 @@
+"""Swin's ops on tokens laid out on a grid: shifted-window attention with relative position
+bias (v1; v2: cosine attention and a log-spaced continuous position bias MLP) and patch
+merging, built as torchvision's modules (their parameter and buffer names)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from archspec.lang.errors import Problem
+from archspec.ops.base import (
+    MAX_KERNEL,
+    Extra,
+    Fuzz,
+    Inferred,
+    IntOrPair,
+    Op,
+    Saved,
+    Shape,
+    check_pair,
+    need_tokens,
+    register,
+)
+from archspec.ops.tokens import ToImageParams
+
+
+def grid(op: str, p: Any, n: int) -> tuple[int, int]:
+    """The h x w grid the tokens lie on: `h`/`w` if given, else a square."""
+    h, w = p.h, p.w
+    if h is None and w is None:
+        side = math.isqrt(n)
+        h, w = side, side
+    elif h is None:
+        h = n // max(1, w)
+    elif w is None:
+        w = n // h
+    if h * w != n:
+        raise Problem(
+            "E-SHAPE-TOKENS",
+            f"{op}: {n} tokens do not lie on a {h}x{w} grid",
+            f"give the grid as `h` and `w` with h*w = {n}",
+        )
+    return h, w
+
+
+class WindowParams(ToImageParams):
+    heads: int = Field(ge=1, le=1 << 12, description="attention heads (they split D)")
+    window: IntOrPair = Field(description="window size (tokens per side)")
+    shift: IntOrPair = Field(
+        0, description="cyclic shift of the windows (Swin: window // 2 on every other block)"
+    )
+    version: Literal[1, 2] = Field(1, description="1: Swin; 2: Swin V2 (cosine attention, CPB MLP)")
+    bias: bool = Field(True, description="learn the q/k/v projection's bias")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after the output projection")
+    attention_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the attention weights"
+    )
+
+
+CPB_HIDDEN = (
+    512  # torchvision's continuous position bias MLP: Linear(2, 512), ReLU, Linear(512, heads)
+)
+
+
+@register
+class WindowAttention(Op):
+    name = "window_attention"
+    doc = (
+        "shifted-window multi-head self-attention with relative position bias over LxD tokens on "
+        "an h x w grid (torchvision's ShiftedWindowAttention, V2 with `version: 2`)"
+    )
+    example = (
+        "64,32",
+        "- window_attention: {heads: 2, window: 4}\n- window_attention: {heads: 2, window: 4, shift: 2, version: 2}",
+    )
+    Params = WindowParams
+    color = "#b4a7d6"
+    fuzz: ClassVar[Fuzz] = {"heads": [1, 2], "window": [2, 3], "shift": [0, 1], "version": [1, 2]}
+    autocast = "lower"
+
+    def geometry(self, p: WindowParams) -> tuple[tuple[int, int], tuple[int, int]]:
+        win = check_pair("window", p.window, 1, MAX_KERNEL)
+        shift = check_pair("shift", p.shift, 0, MAX_KERNEL)
+        return win, shift
+
+    def infer(self, p: WindowParams, shape: Shape) -> Inferred:
+        n, d = need_tokens(self.name, shape)
+        h, w = grid(self.name, p, n)
+        (wh, ww), _ = self.geometry(p)
+        if d % p.heads:
+            raise Problem(
+                "E-HEADS",
+                f"window_attention: {p.heads} heads do not divide the token width {d}",
+                f"use a number of heads that divides {d}",
+                field="heads",
+            )
+        table = (2 * wh - 1) * (2 * ww - 1)
+        params = 4 * d * d + 3 * d + d  # qkv (+ bias), proj (+ bias)
+        if p.version == 1:
+            params += table * p.heads
+        else:
+            params += (
+                p.heads + 2 * CPB_HIDDEN + CPB_HIDDEN + CPB_HIDDEN * p.heads
+            )  # logit_scale, cpb
+            params -= 3 * d if not p.bias else 0
+        if not p.bias and p.version == 1:
+            params -= 3 * d
+        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww  # padded to whole windows
+        lp = hp * wp
+        macs = 4 * lp * d * d + 2 * lp * wh * ww * d
+        if p.version == 2:
+            macs += table * (2 * CPB_HIDDEN + CPB_HIDDEN * p.heads)
+        return Inferred(shape, params, macs)
+
+    def saved(self, p: WindowParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        # Measured on a CPU (torchvision's shifted_window_attention): the window-partitioned
+        # input, scaled q, kᵀ, v and the output projection's input (5 Lp D over the padded
+        # tokens), the softmax (heads x Lp x window tokens); V2 also the packed q/k/v (3 Lp D),
+        # the norms of q and k (2 heads Lp each) and the attention before the softmax, plus
+        # per batch the position-bias MLP's hidden layer, the bias and the clamped logit scale.
+        n, d = shape
+        (wh, ww), _ = self.geometry(p)
+        h, w = grid(self.name, p, n)
+        lp = -(-h // wh) * wh * (-(-w // ww) * ww)
+        att = p.heads * lp * wh * ww
+        extra = [Extra("q, k, v, partitions", 5 * lp * d), Extra("attention", att)]
+        if p.version == 2:
+            table = (2 * wh - 1) * (2 * ww - 1)
+            extra += [
+                Extra("packed q, k, v", 3 * lp * d),
+                Extra("q, k norms", 4 * p.heads * lp),
+                Extra("logits", att),
+                Extra(
+                    "position bias",
+                    table * CPB_HIDDEN + p.heads * (wh * ww) ** 2 + p.heads,
+                    per_sample=False,
+                ),
+            ]
+        return Saved(extra=tuple(extra))
+
+    def build(self, p: WindowParams, shape: Shape) -> Any:
+        from archspec.backend.layers import window_attention
+
+        h, w = grid(self.name, p, shape[0])
+        win, shift = self.geometry(p)
+        return window_attention(
+            p.version,
+            h,
+            w,
+            shape[1],
+            list(win),
+            list(shift),
+            p.heads,
+            qkv_bias=p.bias,
+            attention_dropout=p.attention_dropout,
+            dropout=p.dropout,
+        )
+
+    def describe(self, p: WindowParams) -> str:
+        return f"window_attention {p.heads}h"
+
+
+class MergeParams(ToImageParams):
+    version: Literal[1, 2] = Field(1, description="1: norm then reduction; 2: reduction then norm")
+
+
+@register
+class PatchMerging(Op):
+    name = "patch_merging"
+    doc = (
+        "Swin's patch merging: each 2x2 group of tokens on an h x w grid concatenated (4D), "
+        "LayerNorm and a linear map to 2D (torchvision's PatchMerging, V2 with `version: 2`)"
+    )
+    example = ("64,32", "- patch_merging")
+    Params = MergeParams
+    color = "#d0e0e3"
+    fuzz: ClassVar[Fuzz] = {"version": [1, 2]}
+    autocast = "lower"
+
+    def infer(self, p: MergeParams, shape: Shape) -> Inferred:
+        n, d = need_tokens(self.name, shape)
+        h, w = grid(self.name, p, n)
+        l2 = ((h + 1) // 2) * ((w + 1) // 2)
+        norm = 2 * (4 * d if p.version == 1 else 2 * d)
+        return Inferred((l2, 2 * d), 8 * d * d + norm, l2 * 8 * d * d)
+
+    def saved(self, p: MergeParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        n, d = shape
+        h, w = grid(self.name, p, n)
+        l2 = ((h + 1) // 2) * ((w + 1) // 2)
+        return Saved(extra=(Extra("merged", 4 * l2 * d), Extra("stats", 2 * l2, "float32")))
+
+    def build(self, p: MergeParams, shape: Shape) -> Any:
+        from archspec.backend.layers import patch_merging
+
+        h, w = grid(self.name, p, shape[0])
+        return patch_merging(p.version, h, w, shape[1])
