@@ -57,6 +57,28 @@ class ToImageParams(Params):
     w: int | None = Field(None, ge=1, le=MAX_KERNEL, description="width (default: L / h)")
 
 
+def grid(op: str, p: ToImageParams, n: int) -> tuple[int, int]:
+    """The h x w grid n tokens lie on: `h`/`w` as given (one implies the other), else a square."""
+    if p.h is None and p.w is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise Problem(
+                "E-SHAPE-TOKENS",
+                f"{op}: {n} tokens are not a square grid",
+                f"give the grid as `{op}: {{h: H, w: W}}` with H*W = {n}",
+            )
+        return side, side
+    h = p.h if p.h is not None else n // max(1, p.w or 1)
+    w = p.w if p.w is not None else n // max(1, h)
+    if h * w != n:
+        raise Problem(
+            "E-SHAPE-TOKENS",
+            f"{op}: a {h}x{w} grid holds {h * w} tokens, but there are {n}",
+            f"choose h and w with h*w = {n}",
+        )
+    return h, w
+
+
 @register
 class ToImage(Op):
     name = "to_image"
@@ -66,29 +88,9 @@ class ToImage(Op):
     color = TOKEN_COLOR
     fuzz: ClassVar[Fuzz] = {"h": [1, 2]}
 
-    def size(self, p: ToImageParams, n: int) -> tuple[int, int]:
-        if p.h is None and p.w is None:
-            side = math.isqrt(n)
-            if side * side != n:
-                raise Problem(
-                    "E-SHAPE-TOKENS",
-                    f"to_image: {n} tokens are not a square grid",
-                    f"give the grid as `to_image: {{h: H, w: W}}` with H*W = {n}",
-                )
-            return side, side
-        h = p.h if p.h is not None else n // max(1, p.w or 1)
-        w = p.w if p.w is not None else n // h
-        if h * w != n:
-            raise Problem(
-                "E-SHAPE-TOKENS",
-                f"to_image: a {h}x{w} grid holds {h * w} tokens, but there are {n}",
-                f"choose h and w with h*w = {n}",
-            )
-        return h, w
-
     def infer(self, p: ToImageParams, shape: Shape) -> Inferred:
         n, d = need_tokens(self.name, shape)
-        h, w = self.size(p, n)
+        h, w = grid(self.name, p, n)
         return Inferred((d, h, w))
 
     def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
@@ -97,7 +99,7 @@ class ToImage(Op):
     def build(self, p: ToImageParams, shape: Shape) -> Any:
         from archspec.backend.layers import ToImage as Module
 
-        return Module(*self.size(p, shape[0]))
+        return Module(*grid(self.name, p, shape[0]))
 
 
 class TokenParams(Params):

@@ -4,7 +4,6 @@ merging, built as torchvision's modules (their parameter and buffer names)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -23,26 +22,7 @@ from archspec.ops.base import (
     need_tokens,
     register,
 )
-from archspec.ops.tokens import ToImageParams
-
-
-def grid(op: str, p: Any, n: int) -> tuple[int, int]:
-    """The h x w grid the tokens lie on: `h`/`w` if given, else a square."""
-    h, w = p.h, p.w
-    if h is None and w is None:
-        side = math.isqrt(n)
-        h, w = side, side
-    elif h is None:
-        h = n // max(1, w)
-    elif w is None:
-        w = n // h
-    if h * w != n:
-        raise Problem(
-            "E-SHAPE-TOKENS",
-            f"{op}: {n} tokens do not lie on a {h}x{w} grid",
-            f"give the grid as `h` and `w` with h*w = {n}",
-        )
-    return h, w
+from archspec.ops.tokens import ToImageParams, grid
 
 
 class WindowParams(ToImageParams):
