@@ -69,7 +69,27 @@ class SelfAttention(nn.MultiheadAttention):
     the same parameters (in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x, x, x, need_weights=False)[0]
+        # what nn.MultiheadAttention.forward runs for batch_first self-attention (outside its
+        # inference fast path), written out so TorchScript can script it
+        t = x.transpose(0, 1)
+        out, _ = F.multi_head_attention_forward(
+            t,
+            t,
+            t,
+            self.embed_dim,
+            self.num_heads,
+            self.in_proj_weight,
+            self.in_proj_bias,
+            self.bias_k,
+            self.bias_v,
+            self.add_zero_attn,
+            self.dropout,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            training=self.training,
+            need_weights=False,
+        )
+        return out.transpose(0, 1)
 
 
 def _grid(cls: type, name: str) -> type:
