@@ -1,5 +1,7 @@
 """The hand-written peer of each spec: the seed networks in plain torch (tests/seed_reference.py)
-for specs/*.yaml, torchvision's builders for specs/torchvision/*.yaml (variant = builder name).
+for specs/*.yaml, torchvision's builders for specs/torchvision/*.yaml (variant = builder name;
+`resnet50_fpn` is detection's resnet_fpn_backbone), segmentation_models_pytorch's U-Net for
+specs/unet.yaml.
 
 As a script it is the peer of `archspec check`: a fresh interpreter that imports torch, builds
 the hand-written model and prints `torchinfo.summary` of it (shapes, parameters, mult-adds):
@@ -23,12 +25,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_SEED = {"vgg": "vgg11"}  # spec stem -> seed key where the two names differ
+# Specs whose peer is another library's model: spec stem -> {variant: peer}. A variant left out
+# (unet's `paper`, the 2015 U-Net) has no hand-written peer here.
+LIBRARY_PEERS = {"unet": {None: "smp:resnet34", "resnet34": "smp:resnet34"}}
 
 
 def peer_of(spec: str | Path, variant: str | None = None) -> str | None:
     """`seed:KEY` or `torchvision:BUILDER`, the hand-written model a spec (variant) reproduces;
-    None where the seeds have none (specs/resnet18.yaml's resnet34)."""
+    None where there is none (specs/resnet18.yaml's resnet34, unet's paper, vit_mnist)."""
     path = Path(spec)
+    if path.stem in LIBRARY_PEERS:
+        return LIBRARY_PEERS[path.stem].get(variant)
     if path.parent.name == "torchvision":
         import archspec  # the default variant is the first builder the spec lists
 
@@ -50,6 +57,14 @@ def build_peer(name: str) -> nn.Module:
         from seed_reference import SEEDS
 
         return SEEDS[key][0]()
+    if kind == "smp":
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet(key, encoder_weights=None, classes=1)
+    if key.endswith("_fpn"):
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+        return resnet_fpn_backbone(backbone_name=key.removesuffix("_fpn"), weights=None)
     import torchvision.models as tvm
 
     builder = key.removesuffix("_noaux")
@@ -61,7 +76,7 @@ def build_peer(name: str) -> nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("peer", help="seed:KEY or torchvision:BUILDER")
+    ap.add_argument("peer", help="seed:KEY, torchvision:BUILDER or smp:ENCODER")
     ap.add_argument("--input", required=True, metavar="C,H,W")
     args = ap.parse_args()
     import torchinfo

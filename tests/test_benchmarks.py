@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import archspec
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -108,6 +110,21 @@ def test_every_spec_and_variant_has_a_peer():
 
     names = {c: peers.peer_of(*c) for c in memory.all_cases()}
     missing = [c for c, name in names.items() if name is None]
-    assert missing == [("specs/resnet18.yaml", "resnet34")]  # the seeds have no ResNet-34
+    # the seeds have no ResNet-34; the 2015 U-Net and the MNIST ViT have no hand-written peer
+    assert missing == [
+        ("specs/resnet18.yaml", "resnet34"),
+        ("specs/unet.yaml", "paper"),
+        ("specs/vit_mnist.yaml", None),
+    ]
+    assert names[("specs/unet.yaml", None)] == "smp:resnet34"
+    for name in ("smp:resnet34", "torchvision:resnet50_fpn"):
+        model = peers.build_peer(name)
+        assert (
+            sum(p.numel() for p in model.parameters())
+            == archspec.check(
+                ROOT
+                / ("specs/unet.yaml" if name.startswith("smp") else "specs/torchvision/fpn.yaml")
+            ).params
+        )
     seeds = {n.removeprefix("seed:") for n in names.values() if n and n.startswith("seed:")}
     assert seeds == set(SEEDS)

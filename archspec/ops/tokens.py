@@ -35,7 +35,7 @@ TOKEN_COLOR = "#d0e0e3"
 @register
 class ToTokens(Op):
     name = "to_tokens"
-    doc = "CxHxW image to H*W tokens of C (x.flatten(2).transpose(1, 2), a view)"
+    doc = "a CxHxW image to H*W tokens of C (x.flatten(2).transpose(1, 2), a view)"
     example = ("16,4,4", "- to_tokens")
     color = TOKEN_COLOR
 
@@ -82,7 +82,7 @@ def grid(op: str, p: ToImageParams, n: int) -> tuple[int, int]:
 @register
 class ToImage(Op):
     name = "to_image"
-    doc = "L tokens of D to a DxHxW image, H*W = L (the inverse of `to_tokens`, a view)"
+    doc = "tokens LxD to a DxHxW image, H*W = L (the inverse of `to_tokens`, a view)"
     example = ("16,4,4", "- to_tokens\n- to_image\n- to_tokens\n- to_image: {h: 2, w: 8}")
     Params = ToImageParams
     color = TOKEN_COLOR

@@ -150,7 +150,7 @@ class MergeParams(ToImageParams):
 class PatchMerging(Op):
     name = "patch_merging"
     doc = (
-        "Swin's patch merging: each 2x2 group of tokens on an h x w grid concatenated (4D), "
+        "patch merging (Swin): each 2x2 group of tokens on an h x w grid concatenated (4D), "
         "LayerNorm and a linear map to 2D (torchvision's PatchMerging, V2 with `version: 2`)"
     )
     example = ("64,32", "- patch_merging")
