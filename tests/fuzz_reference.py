@@ -114,6 +114,10 @@ class TorchRef:
                 x, jump = self.item(sub, x, jump, env)
             return x, jump
         assert isinstance(it, dict), it
+        if "when" in it:
+            if not self.value(it["when"], env, x):
+                return x, jump  # left out: no module, its input handed on
+            it = {k: v for k, v in it.items() if k != "when"}
         if {"repeat", "use", "body"} & set(it):
             return self.repeat(it, x, jump, env, dense=False)
         (head,) = [k for k in it if k not in ("name", "inline")]
@@ -124,6 +128,10 @@ class TorchRef:
             return self.parallel(body, x, jump, env)
         if head == "residual":
             return self.residual(body, x, jump, env)
+        if head == "scale":
+            return self.scale(body, x, jump, env)
+        if head == "split":
+            return self.split(body, x, jump, env)
         if head == "dense":
             return self.repeat(body, x, jump, env, dense=True)
         if head == "seq":
@@ -250,9 +258,38 @@ class TorchRef:
             jumps.append(j)
         if body.get("merge", "concat") == "concat":
             merged = torch.cat(outs, 1)
+        elif body["merge"] == "mul":
+            merged = self.mul(outs, "mul")
         else:
             merged = self.add(outs)
         return merged, tuple(max(j[i] for j in jumps) for i in (0, 1))
+
+    def scale(self, body: dict, x: torch.Tensor, jump: tuple, env: dict):
+        g, jg = self.item(body["by"], x, jump, env)
+        out = self.mul([g, x], "scale")
+        if out.shape != x.shape:  # torch would broadcast the input up to the factor's shape
+            raise Stricter("scale")
+        return out, tuple(max(jg[i], jump[i]) for i in (0, 1))
+
+    def split(self, body: dict, x: torch.Tensor, jump: tuple, env: dict):
+        branches = body["branches"]
+        branches = list(branches.values()) if isinstance(branches, dict) else branches
+        if x.dim() != 4 or x.shape[1] % len(branches):
+            raise Stricter("split")  # torch.chunk gives unequal parts; on [N, F] it splits F
+        outs, jumps = [], []
+        for b, part in zip(branches, x.chunk(len(branches), 1), strict=True):
+            y, j = self.item(b, part, jump, env) if b != [] else (part, jump)
+            outs.append(y)
+            jumps.append(j)
+        return torch.cat(outs, 1), tuple(max(j[i] for j in jumps) for i in (0, 1))
+
+    def mul(self, outs: list, rule: str) -> torch.Tensor:
+        if len({o.dim() for o in outs}) != 1:
+            raise Stricter(rule)  # torch broadcasts [N, F] against [N, C, H, W] from the right
+        out = outs[0]
+        for o in outs[1:]:
+            out = out * o
+        return out
 
     def residual(self, body: dict, x: torch.Tensor, jump: tuple, env: dict):
         y, jm = self.item(body["main"], x, jump, env)
@@ -272,9 +309,11 @@ class TorchRef:
                 bn = nn.BatchNorm2d(s.shape[1]).eval()
                 s = bn(s)
                 self.rows.append(("bn", tuple(s.shape[1:]), 2 * s.shape[1]))
-        elif sc not in ("auto", "identity"):
+        elif sc == "identity_if_same" and y.shape != x.shape:
+            s = None  # no shortcut and no sum where the shape changes
+        elif sc not in ("auto", "identity", "identity_if_same"):
             s, _ = self.item(sc, x, jump, env)
-        out = self.add([y, s], "residual-add")
+        out = y if s is None else self.add([y, s], "residual-add")
         if body.get("post") is not None:
             out, _ = self.item(body["post"], out, jm, env)
         return out, jm

@@ -48,6 +48,9 @@ STRICTER = {
     "add": ("E-MERGE-ADD", "needs equal shapes"),  # torch broadcasts 1-sized dims
     "residual-add": ("E-MERGE-ADD", "residual main path gives"),  # torch broadcasts
     "dense-rank": ("E-MERGE-CONCAT", "it must keep height and width"),  # torch.cat on [N, F]
+    "mul": ("E-MERGE-MUL", "broadcast to one"),  # torch broadcasts [N, F] against images
+    "scale": ("E-MERGE-MUL", "does not broadcast to it"),  # torch: the input grows to the gate
+    "split": ("E-GROUPS", "equal parts"),  # torch.chunk: unequal parts, or F on [N, F]
     "in-dim": ("E-EXPR-NAME", "does not exist for an input"),  # `$in.h` of flat features
     "token-rank": ("E-SHAPE-RANK", "needs LxD tokens"),  # torch: x[:, 0], mean(1) on any rank
     "bn-tokens": ("E-SHAPE-RANK", "bn normalises the channels"),  # torch: BatchNorm1d on [N, L, D]
@@ -174,12 +177,25 @@ def layers(draw, depth: int, params: tuple[str, ...], templates: tuple[str, ...]
 @st.composite
 def node(draw, depth: int, params: tuple[str, ...] = (), templates: tuple[str, ...] = ()) -> object:
     if depth <= 0 or draw(st.integers(0, 9)) < 5:
-        return draw(leaf(params))
+        item = draw(leaf(params))
+        if isinstance(item, dict) and draw(st.integers(0, 9)) == 0:  # present or left out
+            item = dict(item, when=draw(st.sampled_from([True, False, "$num_classes > 5"])))
+        return item
     sub = lambda: draw(layers(depth - 1, params, templates))
+    gating = draw(st.integers(0, 9))
+    if gating == 0:  # squeeze-and-excitation: the input times what `by` computes from it
+        by = draw(st.sampled_from([sub(), ["gap", {"conv": {"out": "$in.c", "k": 1}}, "sigmoid"]]))
+        return {"scale": {"by": by}}
+    if gating == 1:  # ShuffleNet: channel parts through their own branches
+        branches = [draw(st.sampled_from([[], sub()])) for _ in range(draw(st.integers(1, 3)))]
+        return {"split": {"branches": branches}}
     kind = draw(st.integers(0, 7 if templates else 5))
     if kind == 0:
         branches = [sub() for _ in range(draw(st.integers(1, 3)))]
-        body: dict = {"branches": branches, "merge": draw(st.sampled_from(["concat", "add"]))}
+        body: dict = {
+            "branches": branches,
+            "merge": draw(st.sampled_from(["concat", "add", "mul"])),
+        }
         if draw(st.booleans()):
             body["branches"] = {f"p{i}": b for i, b in enumerate(branches)}
             body["flat"] = draw(st.booleans())
@@ -190,7 +206,9 @@ def node(draw, depth: int, params: tuple[str, ...] = (), templates: tuple[str, .
     if kind == 1:
         body = {
             "main": sub(),
-            "shortcut": draw(st.sampled_from(["auto", "auto", "identity", "layers"])),
+            "shortcut": draw(
+                st.sampled_from(["auto", "auto", "identity", "identity_if_same", "layers"])
+            ),
         }
         if body["shortcut"] == "layers":
             body["shortcut"] = sub()
