@@ -26,7 +26,7 @@ MERGES = ("concat", "add", "mul")
 @register_combinator
 class Parallel(Combinator):
     name = "parallel"
-    doc = "branches that all read the same input, merged by concat or add"
+    doc = "branches that all read the same input, merged by concat, add or mul"
 
     def lower(self, lw: Lowerer, body: dict, at: Site) -> Node:
         key_loc, body_loc, state, env = at.key_loc, at.body_loc, at.state, at.env
