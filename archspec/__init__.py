@@ -1,7 +1,8 @@
 """archspec: declarative architecture specs for PyTorch.
 
 `import archspec` never imports torch: `check` and `variants` are pure Python; `build` imports
-torch when it is called.
+torch when it is called. The checker itself is imported on first use (`archspec.check`), so the
+command line, which starts a fresh process for every command, loads only what its command needs.
 """
 
 from __future__ import annotations
@@ -9,11 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archspec.analysis.report import Report, check
-from archspec.lang.errors import Diagnostic, SpecError
-
 if TYPE_CHECKING:
     from torch import nn
+
+    from archspec.analysis.report import Report, check
+    from archspec.lang.errors import Diagnostic, SpecError
+
+_LAZY = {
+    "Report": "archspec.analysis.report",
+    "check": "archspec.analysis.report",
+    "Diagnostic": "archspec.lang.errors",
+    "SpecError": "archspec.lang.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # looked up once
+        return value
+    raise AttributeError(f"module 'archspec' has no attribute {name!r}")
 
 __all__ = ["Diagnostic", "Report", "SpecError", "build", "check", "import_module", "variants"]
 __version__ = "0.1.0"
@@ -34,7 +52,7 @@ def build(
 
 def variants(path: str | Path) -> list[str]:
     """The variant names a spec defines (raises SpecError if the file cannot be read)."""
-    from archspec.lang.errors import Loc
+    from archspec.lang.errors import Diagnostic, Loc, SpecError
     from archspec.lang.source import SourceError, read_source
 
     try:

@@ -191,9 +191,9 @@ def tidy(text: str) -> list[str]:
 
 def fast(args: list[str], scratch: Path) -> list[str]:
     """Training/eval commands with options that make them take seconds."""
-    from archspec.cli import main
+    from archspec.cli.main import commands
 
-    cmd = main.commands.get(args[1]) if len(args) > 1 else None
+    cmd = commands().get(args[1]) if len(args) > 1 else None
     if cmd is None or args[1] not in FAST:
         return args
     have = {o for p in cmd.params for o in getattr(p, "opts", [])}
@@ -231,14 +231,14 @@ def run_python(code: str) -> tuple[int, str]:
 def run_command(command: str, scratch: Path) -> tuple[int, str]:
     from click.testing import CliRunner
 
-    from archspec.cli import main
+    from archspec.cli.main import commands, main
 
     if not SHELL_META.search(QUOTED.sub("", command)):  # no pipe, redirection or expansion
         args = shlex.split(command)
         if len(args) == 3 and args[:2] == ["python", "-c"]:
             return run_python(args[2])
         if args and args[0] == "archspec":
-            if len(args) > 1 and not args[1].startswith("-") and args[1] not in main.commands:
+            if len(args) > 1 and not args[1].startswith("-") and args[1] not in commands():
                 pytest.skip(f"`archspec {args[1]}` is not a command (yet)")
             args = fast(args, scratch)
             result = CliRunner().invoke(main, args[1:], prog_name="archspec")

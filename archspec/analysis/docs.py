@@ -189,12 +189,13 @@ def _cell(text: str) -> str:
 def cli_reference() -> str:
     import click
 
-    from archspec.cli import main
+    from archspec.cli.main import commands, main
 
     root = click.Context(main, info_name="archspec")
     out: list[str] = []
-    for name in sorted(main.commands, key=lambda n: (n != "check", n)):
-        cmd = main.commands[name]
+    loaded = commands()
+    for name in sorted(loaded, key=lambda n: (n != "check", n)):
+        cmd = loaded[name]
         ctx = click.Context(cmd, info_name=name, parent=root)
         usage = " ".join(["archspec", name, *cmd.collect_usage_pieces(ctx)])
         doc = inspect.cleandoc((cmd.help or "").split("\f")[0]).replace("\b\n", "")

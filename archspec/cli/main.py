@@ -1,37 +1,53 @@
 """The `archspec` command group. Each command lives in a module of its own under `cli/`, imports
 only `cli.common` of the CLI (no cycles) and no torch at import time (torch is imported inside
-the commands that need it, so `archspec check` stays light). Adding a command is one line in
-COMMANDS below."""
+the commands that need it, so `archspec check` stays light). A command's module is imported only
+when that command runs (or `--help` lists it): every command is a fresh process, and `check`
+should not pay for loading `train`. Adding a command is one line in COMMANDS below."""
 
 from __future__ import annotations
 
 import errno
 import os
 import sys
+from importlib import import_module
 from typing import Any
 
 import click
 
-from archspec.cli import check, importer, lsp, tools, train
 from archspec.cli.common import EXIT_SPEC
 
-COMMANDS: list[click.Command] = [
-    check.check_cmd,
-    train.train,
-    train.eval_cmd,
-    tools.schema_cmd,
-    tools.graph_cmd,
-    tools.export_cmd,
-    tools.list_cmd,
-    tools.diff_cmd,
-    importer.import_cmd,
-    lsp.lsp_cmd,
-]
+# name -> "module:attribute" of its click command, in the order `--help` lists them
+COMMANDS: dict[str, str] = {
+    "check": "archspec.cli.check:check_cmd",
+    "train": "archspec.cli.train:train",
+    "eval": "archspec.cli.train:eval_cmd",
+    "schema": "archspec.cli.tools:schema_cmd",
+    "graph": "archspec.cli.tools:graph_cmd",
+    "export": "archspec.cli.tools:export_cmd",
+    "list": "archspec.cli.tools:list_cmd",
+    "diff": "archspec.cli.tools:diff_cmd",
+    "import": "archspec.cli.importer:import_cmd",
+    "lsp": "archspec.cli.lsp:lsp_cmd",
+}
 
 
 class Group(click.Group):
-    """Turns any unexpected exception into a one-line error instead of a traceback, and a
-    failed write to stdout (a full device, a closed pipe) into one line and exit 1."""
+    """Loads each command's module on first use (click's lazy-group pattern), turns any
+    unexpected exception into a one-line error instead of a traceback, and a failed write to
+    stdout (a full device, a closed pipe) into one line and exit 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*COMMANDS, *(n for n in super().list_commands(ctx) if n not in COMMANDS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        if cmd_name not in self.commands:
+            module, attr = COMMANDS[cmd_name].split(":")
+            command = getattr(import_module(module), attr)
+            assert command.name == cmd_name, (cmd_name, command.name)
+            self.commands[cmd_name] = command
+        return self.commands[cmd_name]
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -85,5 +101,7 @@ def main() -> None:
     """Declarative architecture specs for PyTorch: check, build, train."""
 
 
-for command in COMMANDS:
-    main.add_command(command)
+def commands() -> dict[str, click.Command]:
+    """Every command, loaded (for the generated CLI reference)."""
+    ctx = click.Context(main, info_name="archspec")
+    return {name: cmd for name in main.list_commands(ctx) if (cmd := main.get_command(ctx, name))}

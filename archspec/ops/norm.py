@@ -229,6 +229,6 @@ class FrozenBatchNorm(Op):
         return Saved(extra=(Extra("scale", shape[0], "float32", per_sample=False),))
 
     def build(self, p: FrozenBatchNormParams, shape: Shape) -> Any:
-        from archspec.ops.modules import FrozenBatchNorm2d
+        from archspec.backend.layers import FrozenBatchNorm2d
 
         return FrozenBatchNorm2d(shape[0], p.eps)

@@ -95,7 +95,7 @@ class Upsample(Op):
     def build(self, p: UpsampleParams, shape: Shape) -> Any:
         from torch import nn
 
-        from archspec.ops.modules import ResizeTo
+        from archspec.backend.layers import ResizeTo
 
         try:
             self.geometry(p)
@@ -164,7 +164,7 @@ class Crop(_Match):
         return Saved(alias=True)  # a view of its input
 
     def build(self, p: MatchParams, shape: Shape) -> Any:
-        from archspec.ops.modules import CropTo
+        from archspec.backend.layers import CropTo
 
         return CropTo()
 
@@ -183,6 +183,6 @@ class Pad(_Match):
     smaller = False
 
     def build(self, p: MatchParams, shape: Shape) -> Any:
-        from archspec.ops.modules import PadTo
+        from archspec.backend.layers import PadTo
 
         return PadTo()
