@@ -132,6 +132,55 @@ def test_more_torchvision_builders_round_trip(builder, tmp_path):
     round_trip(model, (3, 64, 64), tmp_path, builder)
 
 
+# The convolutional families of specs/torchvision/ beyond the classic ones: squeeze-and-excitation
+# (`x * se(x)` -> `scale`), hardswish/SiLU, stochastic depth, conditional residuals, ShuffleNet's
+# chunk -> `split` and view/transpose/view -> `channel_shuffle`, RegNet's `block1-0` names. The
+# smallest of each family by default; every builder with ARCHSPEC_IMPORT_ALL=1.
+CONV = (
+    [f"efficientnet_b{i}" for i in range(8)]
+    + [f"efficientnet_v2_{s}" for s in "sml"]
+    + ["mobilenet_v3_small", "mobilenet_v3_large"]
+    + [f"regnet_{k}_{s}" for k in "xy" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")]
+    + ["regnet_y_128gf"]
+    + [f"shufflenet_v2_x{s}" for s in ("0_5", "1_0", "1_5", "2_0")]
+)  # fmt: skip
+DEFAULT_CONV = {
+    "efficientnet_b0", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+}  # fmt: skip
+
+
+def meta_built(builder: str, **kwargs) -> nn.Module:
+    """A torchvision builder on the meta device, filled with random tensors. RegNet's
+    BlockParams compute the widths with tensors (`.tolist()`): those run on the CPU."""
+    import torchvision.models as tvm
+    from torchvision.models import regnet
+
+    blocks = regnet.BlockParams.from_init_params
+
+    def on_cpu(*args, **kw):
+        with torch.device("cpu"):
+            return blocks(*args, **kw)
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        regnet.BlockParams.from_init_params = on_cpu  # type: ignore[method-assign]
+        try:
+            model = getattr(tvm, builder)(weights=None, **kwargs)
+        finally:
+            regnet.BlockParams.from_init_params = blocks  # type: ignore[method-assign]
+    model.load_state_dict(
+        random_state(model, torch.Generator().manual_seed(0)), strict=True, assign=True
+    )
+    return model
+
+
+@pytest.mark.parametrize("builder", everything(CONV, DEFAULT_CONV))
+def test_convolutional_builders_round_trip(builder, tmp_path):
+    model = meta_built(builder, num_classes=10)
+    round_trip(model, (3, 64, 64), tmp_path, builder)
+
+
 def test_hardsigmoid_channel_shuffle_and_stochastic_depth_map_to_their_ops(tmp_path):
     from torchvision.ops import StochasticDepth
 
@@ -302,6 +351,38 @@ class Gate(nn.Module):
     def forward(self, x):
         x = self.conv(x)
         return x * self.gate(x)
+
+
+class SE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(c, c, 1)
+        self.act = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.act(self.fc(self.pool(x))) * x
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gate = SE(4)
+
+    def forward(self, x):
+        return self.gate(self.conv(x))
+
+
+class Minus(SE):
+    def forward(self, x):
+        return x - self.act(self.fc(self.pool(x)))
+
+
+class Difference(Gated):
+    def __init__(self):
+        super().__init__()
+        self.gate = Minus(4)
 """
 
 
@@ -363,12 +444,26 @@ def test_partial_writes_the_rest_with_the_places_marked(user_module, tmp_path):
     assert doc["stages"]["fc"] == {"linear": {"out": 2}}
 
 
-def test_multiplying_two_tensors_is_refused_at_its_module(user_module):
+def test_a_gate_in_its_own_module_is_a_scale_and_in_the_models_forward_an_error(
+    user_module, tmp_path
+):
+    import importlib
+
+    users = importlib.import_module(user_module)
+    torch.manual_seed(0)
+    doc = yaml.safe_load(round_trip(users.Gated(), (3, 8, 8), tmp_path))
+    assert doc["stages"]["gate"] == {
+        "scale": {"by": [{"gap": {"name": "pool"}}, {"conv": {"out": 4, "k": 1, "name": "fc"}},
+                         {"sigmoid": {"name": "act"}}]}
+    }  # fmt: skip
     result = run("import", f"{user_module}:Gate", "--input", "3,8,8")
     assert result.exit_code == 1
-    assert "error: cannot express <model> (operator.mul): combines several tensors" in (
+    assert "error: cannot express <model> (operator.mul): branches that rejoin in the model's" in (
         result.output
     )
+    result = run("import", f"{user_module}:Difference", "--input", "3,8,8")
+    assert result.exit_code == 1
+    assert "error: cannot express gate (operator.sub): combines several tensors" in result.output
 
 
 def test_a_module_name_a_spec_cannot_give_is_refused(user_module):

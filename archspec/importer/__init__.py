@@ -159,7 +159,8 @@ def _document(
             stages[key] = Marker(it.text)
             continue
         if it.inline:
-            what = "torch.cat" if it.merge == "concat" and it.kind == "parallel" else "add"
+            what = {"concat": "torch.cat", "mul": "operator.mul"}.get(it.merge, "add")
+            what = {"scale": "operator.mul", "split": "Tensor.chunk"}.get(it.kind, what)
             why = "branches that rejoin in the model's own forward: stages are one chain"
             raise Located("", what, why + " (move them into a module of their own)")
         key, _ = names.claim(

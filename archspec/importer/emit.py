@@ -50,8 +50,10 @@ def claims(items: list[It]) -> set[str]:
         if x.inline:
             if x.kind == "residual":
                 out |= claims(x.items) | claims([x.shortcut] if isinstance(x.shortcut, It) else [])
-            elif x.kind == "parallel":
-                out |= claims([y for b in x.branches for y in b])
+            elif x.kind in ("parallel", "split"):
+                out |= claims([y for b in x.branches for y in b]) | set(x.keys or ())
+            elif x.kind == "scale":
+                out |= claims(x.items)
         elif x.name:
             out.add(x.name)
     return out
@@ -63,8 +65,10 @@ def own_claims(it: It) -> set[str]:
     if it.kind == "residual":
         extra = [it.shortcut] if isinstance(it.shortcut, It) else []
         return claims(it.items + extra + ([it.post] if it.post else []))
-    if it.kind == "parallel":
-        return claims([y for b in it.branches for y in b])
+    if it.kind in ("parallel", "split"):
+        return claims([y for b in it.branches for y in b]) | set(it.keys or ())
+    if it.kind == "scale":
+        return claims(it.items)
     return set()
 
 
@@ -106,6 +110,14 @@ class Emitter:
             return {"parallel": self.parallel(it, inner, name)}
         if it.kind == "dense":
             return {"dense": self.dense(it, name)}
+        if it.kind == "scale":
+            by: dict[str, Any] = {"name": name} if name is not None else {}
+            if it.inline:
+                by["inline"] = True
+            by["by"] = [self.item(x, inner) for x in it.items]
+            return {"scale": by}
+        if it.kind == "split":
+            return {"split": self.split(it, inner, name)}
         raise AssertionError(it.kind)
 
     def residual(self, it: It, inner: Names, name: str | None) -> dict:
@@ -157,6 +169,25 @@ class Emitter:
             [self.item(x, inner) for x in b] if b else [self.item(It("op", op="identity"), inner)]
             for b in it.branches
         ]
+        return d
+
+    def split(self, it: It, inner: Names, name: str | None) -> dict:
+        """Branch names: a branch that is one whole module takes its name; an empty one the
+        name of a child that holds nothing (torchvision's `branch1 = nn.Sequential()`)."""
+        d: dict[str, Any] = {"name": name} if name is not None else {}
+        if it.inline:
+            d["inline"] = True
+        spare = list(it.keys or [])
+        branches: dict[str, Any] = {}
+        for i, b in enumerate(it.branches):
+            if len(b) == 1 and b[0].name and b[0].kind != "marker":
+                key, _ = inner.claim(b[0].name)
+                branches[key] = self.body(b[0], Names(own_claims(b[0])), None)
+                continue
+            assert not b, "Recover.split keeps only whole-module or empty branches"
+            key, _ = inner.claim(spare.pop(0) if spare else None, None, "branch")
+            branches[key] = []
+        d["branches"] = branches
         return d
 
     def dense(self, it: It, name: str | None) -> dict:

@@ -170,6 +170,7 @@ ACTIVATIONS = {
 INPLACE = {torch.relu_: "relu", F.relu_: "relu"}
 METHOD_ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
 ADDS = (operator.add, operator.iadd, torch.add)
+MULS = (operator.mul, operator.imul, torch.mul)
 CATS = (torch.cat, torch.concat)
 
 
@@ -249,3 +250,33 @@ def match_method(name: str, args: tuple, kwargs: dict) -> tuple[str, dict[str, A
             raise Unsupported("Tensor.flatten", "only flatten(1) keeps the batch")
         return op("flatten")
     raise Unsupported(f"Tensor.{name}", "no archspec op")
+
+
+def chunks(n: Any, parts: int) -> bool:
+    """`x.chunk(parts, 1)` or `torch.chunk(x, parts, 1)`: equal parts of the channels."""
+    if n.target not in ("chunk", torch.chunk) or n.op not in ("call_method", "call_function"):
+        return False
+    k = _arg(n.args, n.kwargs, 1, "chunks", None)
+    dim = _arg(n.args, n.kwargs, 2, "dim", 0)
+    shape = n.args[0].meta["tensor_meta"].shape
+    return k == parts and dim in (1, 1 - len(shape)) and shape[1] % parts == 0
+
+
+def reshapes(n: Any) -> bool:
+    """x.view(...), x.reshape(...) or torch.reshape(x, ...)."""
+    if n.op == "call_method":
+        return n.target in ("view", "reshape")
+    return n.op == "call_function" and n.target is torch.reshape
+
+
+def swaps_1_2(n: Any) -> bool:
+    """x.transpose(1, 2), torch.transpose(x, 1, 2) or x.permute(0, 2, 1, 3, 4) of a 5-d x."""
+    if n.op not in ("call_method", "call_function"):
+        return False
+    args = list(n.args[1:])
+    if n.target in ("transpose", torch.transpose):
+        return sorted(args) == [1, 2] and not n.kwargs
+    if n.target in ("permute", torch.permute):
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        return list(dims) == [0, 2, 1, 3, 4]
+    return False

@@ -23,7 +23,7 @@ from typing import Any
 from archspec.importer.emit import Marker
 from archspec.importer.match import DEFAULTS
 
-COMBS = ("seq", "residual", "parallel", "dense", "aux")
+COMBS = ("seq", "residual", "parallel", "dense", "aux", "scale", "split")
 REPEAT_KEYS = ("repeat", "use", "body", "with", "first", "at", "prefix", "start", "name", "inline")
 OPS = set(DEFAULTS) | {
     "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp", "flatten", "sigmoid", "tanh", "gelu",
@@ -162,7 +162,7 @@ class Walker:
             if any(k not in v for v in vs):
                 raise _Differ
             vals = [v[k] for v in vs]
-            if k in ("main", "layers", "post", "body", "aux"):
+            if k in ("main", "layers", "post", "body", "aux", "by"):
                 out[k] = (
                     self.item(vals)
                     if not isinstance(vals[0], str) or vals[0] in OPS or (vals[0] in self.templates)
@@ -251,7 +251,7 @@ def module_slots(doc: dict) -> list[tuple[Any, Any]]:
             return
         if not isinstance(v, dict):
             return
-        for k in ("main", "layers"):
+        for k in ("main", "layers", "by"):
             if isinstance(v.get(k), list):
                 for i in range(len(v[k])):
                     visit_item(v[k], i)

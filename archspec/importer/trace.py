@@ -42,7 +42,7 @@ class Located(Exception):
 class It:
     """One item of the recovered structure (before names are settled and YAML is written)."""
 
-    kind: str  # op | list | residual | parallel | dense | marker
+    kind: str  # op | list | residual | parallel | dense | scale | split | marker
     name: str | None = None  # wanted module name, relative to the enclosing module; None: any
     op: str = ""
     params: dict = field(default_factory=dict)
@@ -300,10 +300,48 @@ class Recover:
                 items.insert(0, self.module(ctx, src, src.ins[0] if src.ins else u.ins[0]))
                 v = src.ins[0] if src.ins else entry
                 continue
+            shuffle = self.shuffle(ctx, u)
+            if shuffle is not None:
+                items.insert(0, shuffle[0])
+                v = shuffle[1]
+                continue
             got = self.unit(ctx, u, u.ins[0])
             items[0:0] = got if isinstance(got, list) else [got]
             v = u.ins[0]
         return items
+
+    def shuffle(self, ctx: _Ctx, u: Unit) -> tuple[It, fx.Node] | None:
+        """x.view(n, g, c // g, h, w), transpose(1, 2) (or permute), [contiguous()],
+        view(n, c, h, w) (ShuffleNet's channel_shuffle) -> `channel_shuffle: {groups: g}`."""
+        last = u.nodes[0]
+        if u.path or not match.reshapes(last):
+            return None
+        steps = [last]
+        n = last.args[0]
+        if isinstance(n, fx.Node) and n.op == "call_method" and n.target == "contiguous":
+            steps.append(n)
+            n = n.args[0]
+        if not isinstance(n, fx.Node) or not match.swaps_1_2(n):
+            return None
+        steps.append(n)
+        first = n.args[0]
+        if not isinstance(first, fx.Node) or not match.reshapes(first):
+            return None
+        steps.append(first)
+        x = first.args[0]
+        if not isinstance(x, fx.Node) or not is_tensor(x) or x not in ctx.idom:
+            return None
+        sx, s5 = shape_of(x), shape_of(first)
+        if len(sx) != 4 or shape_of(last) != sx or len(s5) != 5:
+            return None
+        if s5[0] != sx[0] or s5[1] * s5[2] != sx[1] or s5[3:] != sx[2:]:
+            return None
+        for m in steps[1:]:
+            if len(m.users) != 1 or m not in ctx.producer:
+                return None
+        for m in steps:
+            ctx.seen.add(ctx.producer[m].key)
+        return It("op", op="channel_shuffle", params={"groups": s5[1]}), x
 
     def merge_kind(self, u: Unit) -> str | None:
         if u.path or len(u.nodes) != 1:
@@ -315,6 +353,10 @@ class Recover:
             return "add"
         if n.op == "call_method" and n.target in ("add", "add_") and len(u.ins) == 2:
             return "add"
+        if n.op == "call_function" and n.target in match.MULS and len(u.ins) == 2:
+            return "mul"
+        if n.op == "call_method" and n.target in ("mul", "mul_") and len(u.ins) == 2:
+            return "mul"
         return None
 
     def merged(self, ctx: _Ctx, u: Unit, kind: str) -> tuple[It | None, fx.Node]:
@@ -330,16 +372,17 @@ class Recover:
             if len(ins) == 1:
                 return None, ins[0]
         else:
+            sign = "+" if kind == "add" else "*"
             if (
                 n.kwargs.get("alpha", 1) != 1
                 or len(n.args) != 2
                 or not all(is_tensor(a) for a in n.args)
             ):
                 return self.fail(
-                    Located(scope, match.describe(n.target), "only tensor + tensor")
+                    Located(scope, match.describe(n.target), f"only tensor {sign} tensor")
                 ), u.ins[0]
             ins = [a for a in n.args if isinstance(a, fx.Node)]
-            if shape_of(ins[0]) != shape_of(ins[1]):
+            if kind == "add" and shape_of(ins[0]) != shape_of(ins[1]):
                 return self.fail(
                     Located(scope, match.describe(n.target), "broadcasting add")
                 ), u.ins[0]
@@ -352,6 +395,9 @@ class Recover:
             dense = self.torchvision_dense(ctx, ins, fork)
             if dense is not None:
                 return dense, fork
+            split = self.split(ctx, ins, fork)
+            if split is not None:
+                return split
         branches: list[list[It]] = []
         for a in ins:
             if a is fork:
@@ -362,8 +408,67 @@ class Recover:
                 branches.append(self.chain(ctx, fork, a))
         if kind == "add":
             return self.residual(branches, fork, n), fork
+        if kind == "mul":
+            return self.product(branches, fork, n), fork
         item = It("parallel", merge="concat", branches=branches)
         return item, fork
+
+    def product(self, branches: list[list[It]], fork: fx.Node, n: fx.Node) -> It:
+        """x * gate(x) (squeeze-and-excitation) -> `scale`; other products -> `merge: mul`."""
+        a, b = branches
+        if (not a or not b) and (a or b) and shape_of(n) == shape_of(fork):
+            return It("scale", items=a or b)
+        return It("parallel", merge="mul", branches=[a, b])
+
+    def split(self, ctx: _Ctx, ins: list[fx.Node], fork: fx.Node) -> tuple[It, fx.Node] | None:
+        """cat([f0(x0), f1(x1), ...]) of the parts of `x0, x1, ... = x.chunk(n, 1)` (ShuffleNet
+        v2's unit) -> `split`, when every part is read once, in order, by its own branch."""
+        u = ctx.producer.get(fork)
+        if u is None or u.path or len(u.ins) != 1 or not match.chunks(u.nodes[0], len(ins)):
+            return None
+        at: dict[Any, fx.Node] = {}
+        for n in fork.users:
+            if n.op != "call_function" or n.target is not operator.getitem:
+                return None
+            at[n.args[1]] = n
+        if set(at) != set(range(len(ins))) or len(at) != len(fork.users):
+            return None
+        parts = [at[i] for i in range(len(ins))]
+        branches: list[list[It]] = []
+        for part, a in zip(parts, ins):
+            if a is not part and (ctx.users.get(a, 0) != 1 or ctx.users.get(part, 0) != 1):
+                return None
+            if a is not part and not self._dominated(ctx, a, part):
+                return None
+        for part, a in zip(parts, ins):
+            ctx.seen.add(ctx.producer[part].key)
+            branches.append(self.chain(ctx, part, a))
+        ctx.seen.add(u.key)
+        if any(b and (len(b) != 1 or not b[0].name) for b in branches):
+            why = "a part goes through layers that are not one module of their own"
+            return self.fail(Located(ctx.path, match.describe(u.nodes[0].target), why)), u.ins[0]
+        keys = self.empty_children(ctx, sum(1 for b in branches if not b))
+        return It("split", branches=branches, keys=keys), u.ins[0]
+
+    def _dominated(self, ctx: _Ctx, a: fx.Node, by: fx.Node) -> bool:
+        while a in ctx.idom and ctx.idom[a] is not a:
+            if a is by:
+                return True
+            a = ctx.idom[a]
+        return a is by
+
+    def empty_children(self, ctx: _Ctx, n: int) -> list[str] | None:
+        """Names of the scope module's children that are never called and hold nothing (as
+        torchvision's `branch1 = nn.Sequential()`): the names of `n` empty split branches."""
+        if not n:
+            return []
+        mod = self.model.get_submodule(ctx.path) if ctx.path else self.model
+        empty = [
+            name
+            for name, c in mod.named_children()
+            if isinstance(c, nn.Sequential) and not len(c) and NAME_RE.match(name)
+        ]
+        return empty if len(empty) == n else None
 
     def residual(self, branches: list[list[It]], fork: fx.Node, n: fx.Node) -> It:
         a, b = branches
@@ -508,7 +613,7 @@ def shape_scope(items: list[It], name: str | None) -> It:
         items = items[:1]
     if (
         len(items) == 1
-        and items[0].kind in ("residual", "parallel", "dense")
+        and items[0].kind in ("residual", "parallel", "dense", "scale", "split")
         and items[0].name is None
     ):
         items[0].name = name
