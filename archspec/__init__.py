@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module 'archspec' has no attribute {name!r}")
 
+
 __all__ = ["Diagnostic", "Report", "SpecError", "build", "check", "import_module", "variants"]
 __version__ = "0.1.0"
 

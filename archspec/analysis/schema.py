@@ -365,7 +365,13 @@ def build_schema() -> dict[str, Any]:
         "type": "object",
         "description": "a variant: top-level keys deep-merged onto the spec "
         "(lists replace, null deletes)",
-        "properties": {k: _d(v["description"]) for k, v in props.items() if k != "variants"},
+        "properties": {
+            "extends": {
+                "type": "string",
+                "description": "another variant this one is overlaid on (its keys win)",
+            },
+            **{k: _d(v["description"]) for k, v in props.items() if k != "variants"},
+        },
         "additionalProperties": False,
     }
     defs["variant"] = overlay

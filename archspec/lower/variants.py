@@ -1,4 +1,6 @@
-"""A variant is a named overlay of the spec: its top-level keys deep-merged onto the base."""
+"""A variant is a named overlay of the spec: its top-level keys deep-merged onto the base. A
+variant may `extends:` another, and is then overlaid on that variant instead of the spec alone
+(MobileNetV3-Small is MobileNetV3-Large with another table)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,18 @@ from typing import Any
 from archspec.lang.errors import Collector, did_you_mean
 from archspec.lang.source import LMap, loc_of, merge
 
+EXTENDS = "extends"
+
 
 def overlay(root: LMap, variant: str | None, out: Collector) -> Any:
-    """The spec with `variant` merged on (the spec itself for None); None after an error."""
+    """The spec with `variant` merged on (the spec itself for None); None after an error.
+    Every variant's `extends:` is checked whichever is chosen: a broken one is a broken file."""
+    variants = root.get("variants") or {}
+    extends_ok = isinstance(variants, dict) and all(
+        _chain(root, variants, name, out) is not None for name in variants
+    )
     if variant is None:
         return root
-    variants = root.get("variants") or {}
     if not isinstance(variants, dict) or variant not in variants:
         vloc = loc_of(root, "variants", root.loc, key_loc=True) if "variants" in root else root.loc
         names = list(variants) if isinstance(variants, dict) else []
@@ -23,13 +31,57 @@ def overlay(root: LMap, variant: str | None, out: Collector) -> Any:
             did_you_mean(variant, names) if names else "this spec defines no variants",
         )
         return None
-    layer = variants[variant]
-    if not isinstance(layer, dict):
-        out.add(
-            loc_of(variants, variant, root.loc),
-            "E-VARIANT",
-            f"variant `{variant}` must be a mapping",
-            None,
-        )
+    layers = _chain(root, variants, variant, out)
+    if layers is None or not extends_ok:
         return None
-    return merge(root, layer)
+    doc = root
+    for layer in layers:
+        doc = merge(doc, layer)
+    return doc
+
+
+def _chain(root: LMap, variants: dict, name: str, out: Collector) -> list[Any] | None:
+    """The overlays variant `name` stands for, the one it extends (recursively) first, each
+    without its `extends` key; None after an error."""
+    layers: list[Any] = []
+    seen: list[str] = []
+    while True:
+        layer = variants[name]
+        if not isinstance(layer, dict):
+            where = loc_of(variants, name, root.loc)
+            out.add(where, "E-VARIANT", f"variant `{name}` must be a mapping")
+            return None
+        seen.append(name)
+        if EXTENDS not in layer:
+            layers.append(layer)
+            return layers[::-1]
+        layers.append(_without_extends(layer))
+        base, where = layer[EXTENDS], loc_of(layer, EXTENDS, root.loc)
+        if not isinstance(base, str) or base not in variants:
+            others = [n for n in variants if n != name]
+            out.add(
+                where,
+                "E-EXTENDS",
+                f"variant `{name}` extends `{base}`, which is not a variant of this spec",
+                did_you_mean(str(base), others) if others else "this spec has no other variant",
+            )
+            return None
+        if base in seen:
+            members = seen[seen.index(base) :]
+            if seen[0] == min(members):  # each circle said once, walked from its first name
+                out.add(
+                    where,
+                    "E-EXTENDS",
+                    f"variants extend each other in a circle: {' -> '.join([*members, base])}",
+                    "a variant may extend one that does not lead back to it",
+                )
+            return None
+        name = base
+
+
+def _without_extends(layer: Any) -> LMap:
+    own = LMap((k, v) for k, v in layer.items() if k != EXTENDS)
+    own.loc = getattr(layer, "loc", None)  # type: ignore[assignment]  # as the layer had it
+    own.key_locs = {k: v for k, v in getattr(layer, "key_locs", {}).items() if k != EXTENDS}
+    own.val_locs = {k: v for k, v in getattr(layer, "val_locs", {}).items() if k != EXTENDS}
+    return own
