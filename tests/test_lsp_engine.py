@@ -290,3 +290,16 @@ def test_the_server_checks_the_configured_variant_where_the_spec_has_it(tmp_path
     lenet = Path("specs/lenet.yaml").read_text()  # no such variant: the base spec, no error
     got = server.check(lenet, "specs/lenet.yaml").report
     assert got.variant is None and got.ok
+
+
+def test_variant_names_after_extends_complete_and_lead_to_their_definition():
+    path = "specs/torchvision/mobilenet.yaml"
+    text = Path(ROOT / path).read_text()
+    lines = text.splitlines()
+    src = parse_text(text, path)
+    line, col = _at(lines, "extends: mobilenet_v3_large", len("extends: mobilenet_v3_"))
+    got = labels(F.complete(src, [*lines[:line], lines[line][:col]], line, col))
+    assert got == {"mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"}
+    target = F.definition(src, lines, line, col)
+    assert target == src.root["variants"].key_locs["mobilenet_v3_large"]
+    assert lines[target.line - 1].strip() == "mobilenet_v3_large:"

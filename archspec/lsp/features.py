@@ -217,7 +217,7 @@ def enclosing_template(src: Source | None, line: int) -> str | None:
 @dataclass(frozen=True)
 class Completion:
     label: str
-    kind: str  # op, combinator, template, param, variable
+    kind: str  # op, combinator, template, param, variable, variant
     detail: str = ""
 
 
@@ -279,6 +279,8 @@ def complete(src: Source | None, lines: list[str], line: int, col: int) -> list[
         return _dollar_names(src, line)
     if re.search(r"\buse:\s*['\"]?[A-Za-z0-9_]*$", before):
         return [c for c in _items(src) if c.kind == "template"]
+    if re.search(r"\bextends:\s*['\"]?[A-Za-z0-9_-]*$", before):
+        return [Completion(v, "variant", "a variant of this spec") for v in _variants(src)]
     key = _open_brace_key(before)
     if key is not None:
         if re.search(r"[{,]\s*[A-Za-z0-9_]*$", before):
@@ -363,7 +365,15 @@ def definition(src: Source | None, lines: list[str], line: int, col: int) -> Loc
     tmpl = templates(src)
     if word in tmpl:
         return tmpl.key_locs[word]
+    variants = _variants(src)
+    if word in variants and re.search(r"\bextends:", lines[line]):
+        return variants.key_locs[word]
     return None
+
+
+def _variants(src: Source | None) -> LMap:
+    found = src.root.get("variants") if src is not None and isinstance(src.root, LMap) else None
+    return found if isinstance(found, LMap) else LMap()
 
 
 def template_refs(src: Source, name: str) -> list[Loc]:

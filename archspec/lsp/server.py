@@ -36,6 +36,7 @@ KINDS = {
     "template": lsp.CompletionItemKind.Class,
     "param": lsp.CompletionItemKind.Property,
     "variable": lsp.CompletionItemKind.Variable,
+    "variant": lsp.CompletionItemKind.EnumMember,
 }
 
 
