@@ -269,7 +269,7 @@ def main_stride(items: list[It]) -> Any:
             "linear",
         ):
             return None
-        elif x.kind == "op":
+        elif x.kind == "op" or x.kind == "scale":
             s = 1
         else:
             return None

@@ -509,15 +509,19 @@ def repeats(doc: dict, templates: dict) -> None:
             if set(x["seq"]) - {"name", "layers"}:
                 continue
             x = x["seq"]["layers"]
-        if not isinstance(x, list) or len(x) < 2:
+        if not isinstance(x, list) or not x:
             continue
         maybe = [call_of(y, templates) for y in x]
         calls = [c for c in maybe if c is not None]
         if len(calls) != len(maybe) or len({c[0] for c in calls}) != 1:
             continue
+        numbered = numbering([c[1].pop("name", None) for c in calls])
+        if numbered is None:
+            continue
         rep = as_repeat(calls, template_defaults(templates[calls[0][0]]))
         if rep is None:
             continue
+        rep |= numbered
         if named is not None:
             rep["name"] = named
         container[key] = rep
@@ -527,10 +531,21 @@ def call_of(x: Any, templates: dict) -> tuple[str, dict] | None:
     h = head(x)
     if h is None or h not in templates:
         return None
-    args = op_params(x)
-    if "name" in args:
+    return h, op_params(x)
+
+
+def numbering(names: list[str | None]) -> dict[str, Any] | None:
+    """Module names of a repeat's calls -> its `prefix` and `start` (`{}`: positions; None:
+    names a repeat cannot give, e.g. RegNet's `block2-0, block2-1` are prefix `block2-`)."""
+    if all(n is None for n in names):
+        return {}
+    found = re.match(r"^(.*?)(\d+)$", names[0] or "")
+    if found is None:
         return None
-    return h, args
+    prefix, start = found.group(1), int(found.group(2))
+    if names != [f"{prefix}{start + i}" for i in range(len(names))]:
+        return None
+    return {"prefix": prefix} | ({"start": start} if start else {})
 
 
 def template_defaults(definition: Any) -> dict[str, Any]:
@@ -552,7 +567,7 @@ def as_repeat(calls: list[tuple[str, dict]], defaults: dict[str, Any]) -> dict |
         return None
     args = [{k: a.get(k, defaults.get(k)) for k in keys} for _, a in calls]
     rep: dict[str, Any] = {"repeat": len(calls), "use": tname}
-    rest = args[1:]
+    rest = args[1:] or args
     if all(a == rest[0] for a in rest):
         common = {k: v for k, v in rest[0].items() if k not in defaults or v != defaults[k]}
         first = {k: v for k, v in args[0].items() if rest[0].get(k) != v}

@@ -480,6 +480,10 @@ class Recover:
             return It("residual", items=a, shortcut=b[0], in_c=in_c, out_c=out_c)
         if len(a) == 1 and a[0].name is not None and len(b) > 1:
             return It("residual", items=b, shortcut=a[0], in_c=in_c, out_c=out_c)
+        if len(a) == len(b) == 1 and a[0].name is not None and b[0].name is not None:
+            # proj(x) + f(x) (RegNet): the shortcut is the smaller module
+            small, big = sorted((a, b), key=lambda x: (_size(x[0]), x is b))
+            return It("residual", items=big, shortcut=small[0], in_c=in_c, out_c=out_c)
         return It("parallel", merge="add", branches=[a, b])
 
     def torchvision_dense(self, ctx: _Ctx, ins: list[fx.Node], fork: fx.Node) -> It | None:
@@ -580,6 +584,13 @@ class Recover:
             return False
         si, so = shape_of(src), shape_of(n)
         return len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]) and len(si) > 2
+
+
+def _size(it: It) -> int:
+    """Ops inside an item."""
+    inner = it.items + [x for b in it.branches for x in b]
+    inner += [x for x in (it.shortcut, it.post) if isinstance(x, It)]
+    return (it.kind == "op") + sum(_size(x) for x in inner)
 
 
 def _indexes(u: Unit) -> bool:
