@@ -11,7 +11,14 @@ import copy
 from typing import Any
 
 from archspec.importer.emit import Emitter, Marker, Names, to_text
-from archspec.importer.trace import It, Located, Recover, has_state, trace
+from archspec.importer.trace import (
+    It,
+    Located,
+    Recover,
+    conditional_residuals,
+    has_state,
+    trace,
+)
 
 SCHEMA = "archspec.schema.json"  # `archspec schema -o archspec.schema.json` writes it
 
@@ -58,6 +65,7 @@ def _import(
             gm = trace(model, shape)
             rec = Recover(gm, model, partial)
             items = rec.root()
+            conditional_residuals(items, model, rec.called)
             aux = _aux_heads(model, shape, rec, partial)
             problems = list(rec.problems)
             for path, mod in model.named_children():

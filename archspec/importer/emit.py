@@ -131,6 +131,8 @@ class Emitter:
         proj = projection(it) if isinstance(sc, It) else None
         if sc == "identity":
             d["shortcut"] = "auto"  # the main path keeps the shape: auto is the identity
+        elif sc == "if_same":
+            d["shortcut"] = "identity_if_same"  # summed only where the shape is kept
         elif proj is not None:
             d["shortcut"] = "auto"
             pname, explicit = inner.claim(sc.name, "shortcut")

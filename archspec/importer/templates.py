@@ -559,32 +559,33 @@ def template_defaults(definition: Any) -> dict[str, Any]:
 
 
 def as_repeat(calls: list[tuple[str, dict]], defaults: dict[str, Any]) -> dict | None:
-    """Calls of one template -> a repeat: `with` the common arguments, `first` where only the
-    first call differs (a stride, a projection), else per-repetition lists."""
+    """Calls of one template -> a repeat: `with` the arguments they share, `first` where only
+    the first call differs (a stride, a projection), per-repetition lists (`"[...][$i]"`)
+    where more do."""
     tname = calls[0][0]
     keys = list(dict.fromkeys(k for _, a in calls for k in a))
     if any(k not in defaults and k not in a for _, a in calls for k in keys):
         return None
     args = [{k: a.get(k, defaults.get(k)) for k in keys} for _, a in calls]
     rep: dict[str, Any] = {"repeat": len(calls), "use": tname}
-    rest = args[1:] or args
-    if all(a == rest[0] for a in rest):
-        common = {k: v for k, v in rest[0].items() if k not in defaults or v != defaults[k]}
-        first = {k: v for k, v in args[0].items() if rest[0].get(k) != v}
-        if len(calls) == 2 and len(first) > 1:
-            return None  # two calls that differ in several ways read better as they are
-        if common:
-            rep["with"] = common
-        if first:
-            rep["first"] = first
-        return rep
-    if len(calls) < 3:
-        return None
     with_: dict[str, Any] = {}
+    first: dict[str, Any] = {}
     for k in keys:
         vals = [a[k] for a in args]
-        if any(isinstance(v, (bool, str)) for v in vals) and len(set(map(str, vals))) > 1:
-            return None
-        with_[k] = per_index(vals)
-    rep["with"] = with_
+        rest = vals[1:] or vals
+        if all(v == rest[0] for v in rest):
+            if k not in defaults or rest[0] != defaults[k]:
+                with_[k] = rest[0]
+            if vals[0] != rest[0]:
+                first[k] = vals[0]
+        elif len(calls) < 3 or any(isinstance(v, (bool, str, list, dict)) for v in vals):
+            return None  # two calls that differ in several ways read better as they are
+        else:
+            with_[k] = per_index(vals)
+    if len(calls) == 2 and len(first) > 1:
+        return None
+    if with_:
+        rep["with"] = with_
+    if first:
+        rep["first"] = first
     return rep

@@ -61,6 +61,8 @@ class It:
     cls: str = ""  # the class of the module it came from (names its template)
     in_c: int | None = None  # residual: channels before and after (to decide `shortcut: auto`)
     out_c: int | None = None
+    path: str = ""  # the module's path in the model (a module's item)
+    keeps: bool | None = None  # the module's output has its input's shape
 
 
 @dataclass
@@ -541,6 +543,9 @@ class Recover:
         inner = self.scope(u.path, u.nodes, ctx.depth + 1, entry, u.out)
         it = shape_scope(inner, name)
         it.cls = type(m).__name__
+        it.path = u.path
+        if is_tensor(entry) and is_tensor(u.out):
+            it.keeps = shape_of(entry) == shape_of(u.out)
         return it
 
     def function(self, ctx: _Ctx, u: Unit) -> It | list[It]:
@@ -584,6 +589,49 @@ class Recover:
             return False
         si, so = shape_of(src), shape_of(n)
         return len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]) and len(si) > 2
+
+
+def conditional_residuals(items: list[It], model: nn.Module, called: set[str]) -> None:
+    """Modules of one class that return `x + f(x)` where the shape is kept and `f(x)` where it
+    is not (MobileNet's and EfficientNet's `use_res_connect`): every one of them becomes a
+    residual with `shortcut: identity_if_same`, which builds exactly that, so one template
+    covers them. A layer only the summing ones call (EfficientNet's `stochastic_depth` before
+    the sum) is written in the others too with `p: 0.0`: the identity, in training as well."""
+    by_class: dict[str, list[It]] = {}
+
+    def visit(it: It) -> None:
+        if it.cls and it.path:
+            by_class.setdefault(it.cls, []).append(it)
+        inner = it.items + [x for b in it.branches for x in b]
+        for x in inner + [x for x in (it.shortcut, it.post) if isinstance(x, It)]:
+            visit(x)
+
+    for it in items:
+        visit(it)
+    for group in by_class.values():
+        summed = [
+            x for x in group if x.kind == "residual" and x.shortcut == "identity" and not x.post
+        ]
+        plain = [x for x in group if x.kind == "list" and x.keeps is False]
+        if not summed or not plain or len(summed) + len(plain) != len(group):
+            continue
+        last = {(x.items[-1].op, x.items[-1].name) if x.items else None for x in summed}
+        tail = next(iter(last)) if len(last) == 1 else None
+        for x in plain:
+            x.kind, x.shortcut = "residual", "if_same"
+            if tail is None or tail[0] != "stochastic_depth" or not tail[1]:
+                continue
+            path = f"{x.path}.{tail[1]}"
+            try:
+                child = model.get_submodule(path)
+            except AttributeError:
+                continue
+            if match.is_stochastic_depth(child) and path not in called:
+                opname, params = match.match_module(child)
+                params["p"] = 0.0
+                x.items.append(It("op", name=tail[1], op=opname, params=params))
+        for x in summed:
+            x.shortcut = "if_same"
 
 
 def _size(it: It) -> int:
