@@ -120,6 +120,7 @@ def patch_merging(version: int, h: int, w: int, dim: int) -> nn.Module:
     return module
 
 
+from torchvision.models import maxvit as _mv  # type: ignore[import-untyped]
 from torchvision.models import swin_transformer as _sw  # type: ignore[import-untyped]
 
 _WINDOW = (
@@ -188,3 +189,32 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"  # type: ignore[index]
+
+
+class PartitionAttention(_mv.RelativePositionalMultiHeadAttention):  # type: ignore[misc]
+    """torchvision's MaxViT RelativePositionalMultiHeadAttention (to_qkv, merge,
+    relative_position_bias_table, relative_position_index) on N x L x D tokens of an h x w grid:
+    the tokens partitioned into P x P windows of neighbours, or (`grid`) into groups of P x P
+    tokens spread over the whole grid, as its PartitionAttentionLayer (with the grid's axis
+    swap) does, attended within each group, and laid back out in row-major order."""
+
+    def __init__(self, dim: int, heads: int, size: int, h: int, w: int, grid: bool):
+        if dim % heads:
+            raise ValueError(f"{heads} heads do not divide {dim}")
+        super().__init__(dim, dim // heads, size * size)
+        self.h, self.w, self.grid = h, w, grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, p = x.shape[0], x.shape[2], self.size
+        a, b = self.h // p, self.w // p
+        if self.grid:  # row r1 * a + i, column r2 * b + j -> group (i, j), token (r1, r2)
+            x = x.reshape(n, p, a, p, b, c).permute(0, 2, 4, 1, 3, 5)
+        else:  # row i * p + r1, column j * p + r2 -> group (i, j), token (r1, r2)
+            x = x.reshape(n, a, p, b, p, c).permute(0, 1, 3, 2, 4, 5)
+        y = super().forward(x.reshape(n, a * b, p * p, c)).reshape(n, a, b, p, p, c)
+        y = y.permute(0, 3, 1, 4, 2, 5) if self.grid else y.permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(n, self.h * self.w, c)
+
+    def extra_repr(self) -> str:
+        kind = "grid" if self.grid else "window"
+        return f"{self.n_heads * self.head_dim}, heads={self.n_heads}, {kind}={self.size}"

@@ -21,6 +21,17 @@ from archspec.ops.base import (
 )
 
 
+def heads_divide(op: str, heads: int, d: int) -> None:
+    """Attention heads split the token width: `heads` must divide D (E-HEADS at `heads`)."""
+    if d % heads:
+        raise Problem(
+            "E-HEADS",
+            f"{op}: {heads} heads do not divide the token width {d}",
+            f"use a number of heads that divides {d}",
+            field="heads",
+        )
+
+
 class AttentionParams(Params):
     heads: int = Field(ge=1, le=1 << 12, description="attention heads (they split D)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the attention weights")
@@ -42,13 +53,7 @@ class Attention(Op):
 
     def infer(self, p: AttentionParams, shape: Shape) -> Inferred:
         n, d = need_tokens(self.name, shape)
-        if d % p.heads:
-            raise Problem(
-                "E-HEADS",
-                f"attention: {p.heads} heads do not divide the token width {d}",
-                f"use a number of heads that divides {d}",
-                field="heads",
-            )
+        heads_divide(self.name, p.heads, d)
         params = 4 * d * d + (4 * d if p.bias else 0)
         # the q/k/v and output projections, then Q·Kᵀ and attention·V (as flop_counter counts)
         macs = 4 * n * d * d + 2 * n * n * d

@@ -1,6 +1,8 @@
-"""Swin's ops on tokens laid out on a grid: shifted-window attention with relative position
-bias (v1; v2: cosine attention and a log-spaced continuous position bias MLP) and patch
-merging, built as torchvision's modules (their parameter and buffer names)."""
+"""Attention within windows of tokens laid out on a grid, and patch merging, built as
+torchvision's modules (their parameter and buffer names): Swin's shifted-window attention with
+relative position bias (v1; v2: cosine attention and a log-spaced continuous position bias
+MLP) and patch merging; MaxViT's relative-position attention within P x P windows or a P x P
+grid of strided tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from archspec.lang.errors import Problem
+from archspec.ops.attention import heads_divide
 from archspec.ops.base import (
+    GLOBAL,
     MAX_KERNEL,
     Extra,
     Fuzz,
@@ -18,6 +22,7 @@ from archspec.ops.base import (
     Op,
     Saved,
     Shape,
+    Window,
     check_pair,
     need_tokens,
     register,
@@ -36,6 +41,22 @@ class WindowParams(ToImageParams):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after the output projection")
     attention_dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout on the attention weights"
+    )
+
+
+def window_macs(tokens: int, d: int, per_window: int) -> int:
+    """Attention within windows of `per_window` tokens, as flop_counter counts it: the q/k/v
+    and output projections (4 L D²), then Q·Kᵀ and attention·V within each window (2 L P D)."""
+    return 4 * tokens * d * d + 2 * tokens * per_window * d
+
+
+def window_saved(tokens: int, d: int, heads: int, per_window: int) -> tuple[Extra, ...]:
+    """What autograd keeps of attention within windows (measured on a CPU): the partitioned
+    input of the q/k/v projection, q, k (scaled), v and the output projection's input (5 L D),
+    and the softmax (heads x L x window tokens)."""
+    return (
+        Extra("q, k, v, partitions", 5 * tokens * d),
+        Extra("attention", heads * tokens * per_window),
     )
 
 
@@ -69,13 +90,7 @@ class WindowAttention(Op):
         n, d = need_tokens(self.name, shape)
         h, w = grid(self.name, p, n)
         (wh, ww), _ = self.geometry(p)
-        if d % p.heads:
-            raise Problem(
-                "E-HEADS",
-                f"window_attention: {p.heads} heads do not divide the token width {d}",
-                f"use a number of heads that divides {d}",
-                field="heads",
-            )
+        heads_divide(self.name, p.heads, d)
         table = (2 * wh - 1) * (2 * ww - 1)
         params = 4 * d * d + 3 * d + d  # qkv (+ bias), proj (+ bias)
         if p.version == 1:
@@ -88,8 +103,7 @@ class WindowAttention(Op):
         if not p.bias and p.version == 1:
             params -= 3 * d
         hp, wp = -(-h // wh) * wh, -(-w // ww) * ww  # padded to whole windows
-        lp = hp * wp
-        macs = 4 * lp * d * d + 2 * lp * wh * ww * d
+        macs = window_macs(hp * wp, d, wh * ww)
         if p.version == 2:
             macs += table * (2 * CPB_HIDDEN + CPB_HIDDEN * p.heads)
         return Inferred(shape, params, macs)
@@ -105,7 +119,7 @@ class WindowAttention(Op):
         h, w = grid(self.name, p, n)
         lp = -(-h // wh) * wh * (-(-w // ww) * ww)
         att = p.heads * lp * wh * ww
-        extra = [Extra("q, k, v, partitions", 5 * lp * d), Extra("attention", att)]
+        extra = list(window_saved(lp, d, p.heads, wh * ww))
         if p.version == 2:
             table = (2 * wh - 1) * (2 * ww - 1)
             extra += [
@@ -177,3 +191,64 @@ class PatchMerging(Op):
 
         h, w = grid(self.name, p, shape[0])
         return patch_merging(p.version, h, w, shape[1])
+
+
+class PartitionParams(ToImageParams):
+    heads: int = Field(ge=1, le=1 << 12, description="attention heads (they split D)")
+    window: int = Field(
+        ge=1, le=MAX_KERNEL, description="P: the windows' (or the grid's) size, P x P tokens"
+    )
+    partition: Literal["window", "grid"] = Field(
+        "window",
+        description="window: P x P blocks of neighbours; grid: a P x P grid of tokens spread "
+        "over the whole h x w (stride h/P, w/P)",
+    )
+
+
+@register
+class PartitionAttention(Op):
+    name = "partition_attention"
+    doc = (
+        "multi-head self-attention with relative position bias within P x P windows, or a "
+        "P x P grid, of LxD tokens on an h x w grid (MaxViT; torchvision's "
+        "RelativePositionalMultiHeadAttention between its window partition and departition)"
+    )
+    example = (
+        "64,32",
+        "- partition_attention: {heads: 2, window: 4}\n"
+        "- partition_attention: {heads: 2, window: 4, partition: grid}",
+    )
+    Params = PartitionParams
+    color = "#b4a7d6"
+    fuzz: ClassVar[Fuzz] = {"heads": [1, 2], "window": [1, 2], "partition": ["window", "grid"]}
+    autocast = "lower"
+
+    def infer(self, p: PartitionParams, shape: Shape) -> Inferred:
+        n, d = need_tokens(self.name, shape)
+        h, w = grid(self.name, p, n)
+        heads_divide(self.name, p.heads, d)
+        if h % p.window or w % p.window:
+            what = "windows" if p.partition == "window" else "a grid"
+            raise Problem(
+                "E-WINDOW",
+                f"{self.name}: {p.window}x{p.window} {what} do not tile the {h}x{w} token grid",
+                f"use a `window` that divides {h} and {w}, or an input that gives such a grid",
+                field="window",
+            )
+        table = (2 * p.window - 1) ** 2
+        params = 4 * d * d + 4 * d + table * p.heads  # to_qkv, merge (+ biases), bias table
+        # a token sees its P x P window, or (grid) tokens spread over the whole image
+        seen = GLOBAL if p.partition == "grid" else Window((p.window, p.window), (1, 1))
+        return Inferred(shape, params, window_macs(n, d, p.window**2), seen)
+
+    def saved(self, p: PartitionParams, shape: Shape, out: Shape, grad: bool) -> Saved:
+        return Saved(extra=window_saved(shape[0], shape[1], p.heads, p.window**2))
+
+    def build(self, p: PartitionParams, shape: Shape) -> Any:
+        from archspec.backend.layers import PartitionAttention as Module
+
+        h, w = grid(self.name, p, shape[0])
+        return Module(shape[1], p.heads, p.window, h, w, p.partition == "grid")
+
+    def describe(self, p: PartitionParams) -> str:
+        return f"{p.partition}_attention {p.heads}h"
