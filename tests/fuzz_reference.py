@@ -33,7 +33,7 @@ TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 IMAGE_OPS = {"conv", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"}
 IMAGE_OPS |= {"lrn", "to_tokens", "upsample", "frozen_bn", "convtranspose"}
 TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image"}
-TOKEN_OPS |= {"window_attention", "patch_merging"}
+TOKEN_OPS |= {"window_attention", "patch_merging", "partition_attention"}
 
 
 class _Lambda(nn.Module):
@@ -227,7 +227,8 @@ class TorchRef:
             h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
             w = p.get("w") or n // max(1, h)
             return _Lambda(lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)), one
-        if op in ("window_attention", "patch_merging"):  # torch's view refuses a wrong grid
+        if op in ("window_attention", "patch_merging", "partition_attention"):
+            # torch's view refuses a wrong grid
             n = x.shape[1]
             h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
             if h * (p.get("w") or n // max(1, h)) != n:

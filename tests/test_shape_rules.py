@@ -139,3 +139,40 @@ def test_linear_and_bn_on_features():
     with pytest.raises(Problem) as e:
         infer("linear", (16, 5, 5), out=10)
     assert e.value.code == "E-SHAPE-RANK"
+
+
+PARTITION_CASES = [
+    (side, window, kind)
+    for side in (1, 4, 6, 12, 14)
+    for window in (1, 3, 4, 7)
+    for kind in ("window", "grid")
+]
+
+
+@pytest.mark.parametrize("side,window,kind", PARTITION_CASES)
+def test_partition_attention_rule_matches_torchvision(side, window, kind):
+    """Against torchvision's MaxViT PartitionAttentionLayer on a side x side image: it runs
+    exactly where the rule says P x P windows (or a P x P grid) tile the grid."""
+    from torchvision.models.maxvit import PartitionAttentionLayer
+
+    d = 8
+    try:
+        with torch.no_grad():
+            layer = PartitionAttentionLayer(
+                d, 4, window, kind, (side, side), 2, nn.GELU, nn.LayerNorm, 0.0, 0.0, 0.0
+            )
+            out = layer.eval()(torch.zeros(1, d, side, side)).shape
+        expected = (side * side, d) if tuple(out) == (1, d, side, side) else None
+    except (RuntimeError, ZeroDivisionError, AssertionError):
+        expected = None
+    shape = (side * side, d)
+    params = {"heads": 2, "window": window, "partition": kind}
+    assert archspec_shape("partition_attention", shape, **params) == expected
+    if expected is not None:
+        ours = OPS["partition_attention"].build(
+            OPS["partition_attention"].Params.model_validate(params), shape
+        )
+        assert torch_shape(ours, shape) == expected
+        assert infer("partition_attention", shape, **params).params == sum(
+            t.numel() for t in layer.attn_layer[1].parameters()
+        )

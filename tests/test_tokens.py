@@ -60,6 +60,22 @@ stages:
     - mean_tokens
   head: {linear: {out: $num_classes}}
 """
+# Attention within windows on a non-square token grid: MaxViT's block and grid partitions.
+WINDOWS = """\
+name: windows
+input: [8, 8, 12]
+num_classes: 3
+stages:
+  body:
+    - to_tokens
+    - layernorm
+    - partition_attention: {heads: 2, window: 4, h: 8, w: 12}
+    - residual:
+        main: [partition_attention: {heads: 4, window: 2, partition: grid, h: 8, w: 12}]
+    - to_image: {h: 8, w: 12}
+    - conv: {out: 8, k: 1}
+  head: [gap, flatten, linear: {out: $num_classes}]
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +143,18 @@ def test_a_spec_may_take_tokens_as_input():
         ("[linear: {out: 3}]", "linear", "E-SHAPE-RANK", "linear needs flat features or tokens"),
         ("[flatten, to_image]", "to_image", "E-SHAPE-RANK", "gets a flat vector"),
         ("[class_token]", "class_token", "E-SHAPE-RANK", "class_token needs LxD tokens"),
+        (
+            "[to_tokens, partition_attention: {heads: 2, window: 4}]",
+            "4",
+            "E-WINDOW",
+            "4x4 windows do not tile the 6x6 token grid",
+        ),
+        (
+            "[to_tokens, partition_attention: {heads: 3, window: 2, partition: grid}]",
+            "3",
+            "E-HEADS",
+            "3 heads do not divide the token width 4",
+        ),
     ],
 )
 def test_image_ops_on_tokens_and_token_ops_on_images_are_located_errors(layers, at, code, words):
@@ -175,6 +203,45 @@ def test_built_modules_match_plain_torch():
     assert dict(model.named_parameters())["body.layer_scale"] is body.layer_scale
 
 
+@pytest.mark.parametrize("kind", ["window", "grid"])
+def test_partition_attention_attends_within_each_window_or_grid_group(kind):
+    """Against torchvision's RelativePositionalMultiHeadAttention run on each group alone: a
+    window is P x P neighbours, a grid group the tokens at rows r * h/P + i, columns
+    s * w/P + j; on a non-square grid."""
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+    h, w, p, d = 4, 6, 2, 8
+    spec = (
+        f"name: p\ninput: [{h * w}, {d}]\nstages:\n  a: {{partition_attention: "
+        f"{{heads: 2, window: {p}, partition: {kind}, h: {h}, w: {w}}}}}\n"
+    )
+    torch.manual_seed(0)
+    ours = archspec.build(_write(spec)).eval()
+    attn = ours.a
+    assert isinstance(attn, RelativePositionalMultiHeadAttention)
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_()  # a bias that tells positions apart
+    ref = RelativePositionalMultiHeadAttention(d, d // 2, p * p).eval()
+    ref.load_state_dict(attn.state_dict(), strict=True)
+    x = torch.randn(2, h * w, d)
+    grid = x.reshape(2, h, w, d)
+    want = torch.empty_like(grid)
+    a, b = h // p, w // p
+    for i in range(a):
+        for j in range(b):
+            if kind == "window":
+                rows, cols = slice(i * p, (i + 1) * p), slice(j * p, (j + 1) * p)
+            else:
+                rows, cols = slice(i, h, a), slice(j, w, b)
+            group = grid[:, rows, cols].reshape(2, 1, p * p, d)
+            want[:, rows, cols] = ref(group).reshape(2, p, p, d)
+    with torch.no_grad():
+        got = ours(x)
+    assert torch.allclose(got, want.reshape(2, h * w, d), atol=1e-5)
+    report = archspec.check(_write(spec))
+    assert report.params == sum(t.numel() for t in ours.parameters())
+
+
 def _write(text: str, tmp=[]) -> Path:  # noqa: B006  # one temp dir per session
     import tempfile
 
@@ -210,7 +277,7 @@ def macs_counted(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-@pytest.mark.parametrize("text", [ALL_OPS, GRID], ids=["tokens", "grid"])
+@pytest.mark.parametrize("text", [ALL_OPS, GRID, WINDOWS], ids=["tokens", "grid", "windows"])
 def test_macs_equal_flop_counter(text):
     report = checked(text)
     model = archspec.build(_write(text)).eval()
@@ -226,7 +293,7 @@ def test_vit_mnist_macs_and_output_shape():
     assert model(x).shape == (1, 10)
 
 
-@pytest.mark.parametrize("text", [ALL_OPS, GRID], ids=["tokens", "grid"])
+@pytest.mark.parametrize("text", [ALL_OPS, GRID, WINDOWS], ids=["tokens", "grid", "windows"])
 @pytest.mark.parametrize("batch", [2, 3])
 def test_saved_bytes_equal_what_autograd_keeps(text, batch):
     report = checked(text)

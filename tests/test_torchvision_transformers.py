@@ -1,8 +1,10 @@
-"""specs/torchvision/convnext.yaml, vit.yaml and swin.yaml against torchvision (issue 17): every builder's
-state_dict keys and shapes (strict load) and parameter count on the meta device, MACs within 1%
-of torchvision's published GFLOPS; the smallest builder of each family (convnext_tiny, swin_t
-and swin_v2_t at 64x64, vit_b_32 at its fixed 224x224) with every parameter randomised gives torchvision's eval outputs
-within 1e-5 of max |output|, and MACs within 1% of torch.utils.flop_counter."""
+"""specs/torchvision/convnext.yaml, vit.yaml, swin.yaml and maxvit.yaml against torchvision (issue
+17): every builder's state_dict keys and shapes (strict load) and parameter count on the meta
+device, MACs within 1% of torchvision's published GFLOPS; the smallest builder of each family
+(convnext_tiny, swin_t and swin_v2_t at 64x64, vit_b_32 at its fixed 224x224, maxvit_t at 224x224
+in float64) with every parameter randomised gives torchvision's eval outputs within 1e-5 of max
+|output|, and MACs within 1% of torch.utils.flop_counter; in training, stochastic depth at
+torchvision's rate in every block."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torchvision.models as tvm
 from test_torchvision_zoo import random_state
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.maxvit import _get_relative_position_index
+from torchvision.ops import StochasticDepth
 
 import archspec
 
@@ -22,6 +26,7 @@ FAMILIES = {
     "convnext": ["convnext_tiny", "convnext_small", "convnext_base", "convnext_large"],
     "vit": ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"],
     "swin": ["swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"],
+    "maxvit": ["maxvit_t"],
 }
 BUILDERS = [(family, b) for family, names in FAMILIES.items() for b in names]
 SMALLEST = [
@@ -106,3 +111,58 @@ def test_outputs_and_flop_counter_macs_match_torchvision(family, builder, size):
     counted = counter.get_total_flops() / 2
     report = archspec.check(spec, builder, input_shape=shape)
     assert abs(report.macs - counted) / counted < 0.01, (report.macs, counted)
+
+
+def test_maxvit_outputs_and_flop_counter_macs_match_torchvision():
+    # In float64: with every parameter randomised, maxvit_t amplifies float32 rounding to ~7e-4
+    # of max |output| (torchvision's own float32 output is that far from its float64 one), so
+    # float32 cannot tell a wrong network from rounding; float64 agrees to ~1e-12. The relative
+    # position indexes are torchvision's (random_state would zero them), so a wrong window or
+    # grid layout changes the bias each token gets.
+    gen = torch.Generator().manual_seed(0)
+    tv = torchvision_model("maxvit_t")
+    spec, shape = f"{SPECS}/maxvit.yaml", (3, 224, 224)
+    with FlopCounterMode(display=False) as counter:  # counted on the meta device: no arithmetic
+        tv(torch.empty(1, *shape, device="meta"))
+    counted = counter.get_total_flops() / 2
+    report = archspec.check(spec, "maxvit_t")
+    assert abs(report.macs - counted) / counted < 0.01, (report.macs, counted)
+    state = random_state(tv, gen)
+    for key in state:
+        if key.endswith("relative_position_index"):
+            state[key] = _get_relative_position_index(7, 7)
+    tv.load_state_dict(state, strict=True, assign=True)
+    ours = archspec.build(spec, "maxvit_t", device="meta")
+    ours.load_state_dict(tv.state_dict(), strict=True, assign=True)
+    tv, ours = tv.double().eval(), ours.double().eval()
+    x = torch.randn(1, *shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = tv(x), ours(x)
+    assert got.shape == want.shape == (1, 1000)
+    scale = want.abs().max().item()
+    assert want.std() > 1e-3 and (got - want).abs().max().item() <= 1e-5 * scale
+
+
+def stochastic_depth_rates(model: torch.nn.Module) -> dict[str, float]:
+    return {n: m.p for n, m in model.named_modules() if isinstance(m, StochasticDepth)}
+
+
+@pytest.mark.parametrize("builder", FAMILIES["swin"] + FAMILIES["maxvit"])
+def test_stochastic_depth_has_torchvision_rate_in_every_block(builder):
+    """torchvision applies one StochasticDepth module to both residuals of a Swin block (and of
+    MaxViT's attention layers); the spec has one per residual (`stochastic_depth` and
+    `stochastic_depth_mlp`, MaxViT's `stochastic_dropout` and `stochastic_dropout_mlp`), both
+    at that rate. Identity in eval; in training they drop samples."""
+    family = "swin" if builder.startswith("swin") else "maxvit"
+    want = stochastic_depth_rates(torchvision_model(builder))
+    ours = archspec.build(f"{SPECS}/{family}.yaml", builder, device="meta")
+    got = stochastic_depth_rates(ours)
+    assert len(want) > 10 and max(want.values()) > 0.19
+    pairs = {n: n + "_mlp" for n in want if n.endswith(("stochastic_depth", "stochastic_dropout"))}
+    pairs = {n: m for n, m in pairs.items() if m in got}  # MBConv's has no second
+    assert set(got) == set(want) | set(pairs.values())
+    for name, p in want.items():
+        assert got[name] == pytest.approx(p, abs=1e-12), name
+        if name in pairs:
+            assert got[pairs[name]] == pytest.approx(p, abs=1e-12), name
+    assert ours.training and all(m.training for n, m in ours.named_modules() if n in got)

@@ -70,7 +70,8 @@ TOP_EXAMPLES: dict[str, list[Any]] = {
 
 
 def _with_expr(schema: dict[str, Any]) -> dict[str, Any]:
-    """Let a numeric/boolean/list value also be an expression string such as `$c * 4`."""
+    """Let a numeric/boolean/list value, or one of a set of strings, also be an expression
+    string such as `$c * 4` or `$kind` (a string holding `$` is an expression)."""
     s = copy.deepcopy(schema)
     if "anyOf" in s:
         s["anyOf"] = [_with_expr(a) for a in s["anyOf"]]
@@ -80,7 +81,7 @@ def _with_expr(schema: dict[str, Any]) -> dict[str, Any]:
     kind = s.get("type")
     if kind == "array" and isinstance(s.get("items"), dict):
         s["items"] = _with_expr(s["items"])
-    if kind in ("integer", "number", "boolean", "array"):
+    if kind in ("integer", "number", "boolean", "array") or "enum" in s:
         keep: dict[str, Any] = {
             k: s.pop(k) for k in ("description", "default", "title", "examples") if k in s
         }

@@ -215,8 +215,10 @@ class PartitionAttention(Op):
     )
     example = (
         "64,32",
-        "- partition_attention: {heads: 2, window: 4}\n"
-        "- partition_attention: {heads: 2, window: 4, partition: grid}",
+        (
+            "- partition_attention: {heads: 2, window: 4}\n"
+            "- partition_attention: {heads: 2, window: 4, partition: grid}"
+        ),
     )
     Params = PartitionParams
     color = "#b4a7d6"
