@@ -21,8 +21,8 @@ from archspec.ir import IN, JOIN, LAYER, Network, Node
 from archspec.lang.errors import Loc, Problem, did_you_mean
 from archspec.lang.source import LMap, loc_of
 from archspec.lower.combinators.base import JOINS
-from archspec.lower.core import UNKNOWN, Located, Scope, State, Unknown, finish, join, kind_of
-from archspec.lower.templates import resolve
+from archspec.lower.core import UNKNOWN, Scope, State, finish, join, kind_of
+from archspec.lower.templates import UNSET, resolve_or
 from archspec.ops import Shape, fmt
 
 if TYPE_CHECKING:
@@ -69,12 +69,8 @@ def reference(
     """Resolve one reference (an expression such as `$skip` is evaluated first); None when it
     does not resolve now — the error is given at the end of the walk, when a forward reference
     can be told from an unknown name."""
-    try:
-        ref = resolve(ref, loc, env, state)
-    except Located as e:
-        lw.out.problem(e.loc, e.problem)
-        return None
-    except Unknown:
+    ref = resolve_or(lw, ref, loc, env, state, UNSET)
+    if ref is UNSET:
         return None
     if not isinstance(ref, str) or not ref:
         lw.error(loc, "E-TYPE", f"a reference names an earlier output, got {kind_of(ref)}", None)
@@ -128,13 +124,7 @@ def lower_from(
     vloc = loc_of(item, "from", loc)
     raw = item["from"]
     if isinstance(raw, str) and raw != IN:  # `from: $skips` may give a list
-        try:
-            raw = resolve(raw, vloc, env, state)
-        except Located as e:
-            lw.out.problem(e.loc, e.problem)
-            raw = []
-        except Unknown:
-            raw = []
+        raw = resolve_or(lw, raw, vloc, env, state, [])
     refs = raw if isinstance(raw, list) else [raw]
     how = item.get("merge", "concat")
     if how not in JOINS:

@@ -25,7 +25,7 @@ from archspec.lower.core import (
     kind_of,
 )
 from archspec.lower.fragments import EXPR, INLINE, NAME, REF_ITEM, described
-from archspec.lower.templates import DOLLAR_NAME, UNSET, resolve
+from archspec.lower.templates import DOLLAR_NAME, UNSET, resolve, resolve_or
 
 if TYPE_CHECKING:
     from archspec.lower.walk import Lowerer
@@ -96,13 +96,7 @@ def repeat(
         return lw.dead(loc, state, scope, name)
     rloc = loc_of(item, "repeat", loc)
     if times is not None and rows is None:
-        try:
-            times = resolve(times, rloc, env, state)
-        except Located as e:
-            lw.out.problem(e.loc, e.problem)
-            times = 1
-        except Unknown:
-            times = 1
+        times = resolve_or(lw, times, rloc, env, state, 1)
         if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_REPEAT:
             lw.error(
                 rloc,
@@ -125,12 +119,8 @@ def repeat(
         """`use:` resolved (`use: $block` reads a spec parameter, a `with` argument or a
         column), or None after saying why it names no template."""
         if is_expression(uses):
-            try:
-                uses = resolve(uses, uloc, values, state)
-            except Located as e:
-                lw.out.problem(e.loc, e.problem)
-                return None
-            except Unknown:
+            uses = resolve_or(lw, uses, uloc, values, state, UNSET)
+            if uses is UNSET:
                 return None
         if not isinstance(uses, str) or uses not in lw.templates:
             lw.error(
@@ -211,15 +201,8 @@ def repeat(
         scope_env = dict(local)
         located = _relocate(call, args, item)
         for k, v in call.items():
-            try:
-                scope_env[k] = resolve(
-                    v, located.val_locs.get(k) or loc_of(item, "with", loc), local, st
-                )
-            except Located as e:
-                lw.out.problem(e.loc, e.problem)
-                scope_env[k] = UNSET
-            except Unknown:
-                scope_env[k] = UNSET
+            vloc = located.val_locs.get(k) or loc_of(item, "with", loc)
+            scope_env[k] = resolve_or(lw, v, vloc, local, st, UNSET)
         return lw.item(body, uloc, st, scope_env, sc, nm, splice=inline)
 
     reps = [rep for row in rows for rep in row.reps] if rows is not None else []
@@ -288,13 +271,9 @@ def _table(lw: Lowerer, item: dict, loc: Loc, env: dict, state: State) -> list[R
     rows, cols = item.get("rows"), item.get("columns")
     rloc = loc_of(item, "rows", loc)
     if is_expression(rows):  # `rows: $blocks`: the table is a spec parameter, per variant
-        try:
-            rows = resolve(rows, rloc, env, state)
-        except Located as e:
-            lw.out.problem(e.loc, e.problem)
-            return []
-        except Unknown:
-            return []
+        rows = resolve_or(lw, rows, rloc, env, state, UNSET)
+        if rows is UNSET:
+            return []  # said, or left unknown by an earlier error
     if not isinstance(rows, list) or not rows:
         lw.error(rloc, "E-ROW", "`rows` must be a non-empty list of rows", _ROW_HINT)
         return []
@@ -327,23 +306,12 @@ def _table(lw: Lowerer, item: dict, loc: Loc, env: dict, state: State) -> list[R
             continue
         values: dict = {}
         for k, v in given.items():
-            try:
-                values[str(k)] = resolve(v, loc_of(given, k, at), env, state)
-            except Located as e:
-                lw.out.problem(e.loc, e.problem)
-                values[str(k)] = UNSET
-            except Unknown:
-                values[str(k)] = UNSET
+            values[str(k)] = resolve_or(lw, v, loc_of(given, k, at), env, state, UNSET)
         count: Any = values.pop("repeat", None)
         cloc = loc_of(given, "repeat", at)
         if count is None and "repeat" in item:
             cloc = loc_of(item, "repeat", loc)
-            try:
-                count = resolve(item["repeat"], cloc, {**env, **values}, state)
-            except Located as e:
-                lw.out.problem(e.loc, e.problem)
-            except Unknown:
-                pass
+            count = resolve_or(lw, item["repeat"], cloc, {**env, **values}, state, None)
         if count is None:
             count = 1
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_REPEAT:
@@ -372,12 +340,8 @@ def _name(lw: Lowerer, item: dict, loc: Loc, env: dict, rep: Rep | None, default
     if rep is not None:
         env = {**env, **rep.row.values, "j": rep.j, "row": rep.row.index}
     nloc = loc_of(item, "names", loc)
-    try:
-        value = resolve(item["names"], nloc, env, UNKNOWN)
-    except Located as e:
-        lw.out.problem(e.loc, e.problem)
-        return default
-    except Unknown:
+    value = resolve_or(lw, item["names"], nloc, env, UNKNOWN, UNSET)
+    if value is UNSET:
         return default
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         lw.error(nloc, "E-TYPE", f"`names` must give text, got {kind_of(value)}", None)

@@ -45,6 +45,18 @@ def resolve(value: Any, loc: Loc, env: dict, state: State) -> Any:
     return value
 
 
+def resolve_or(lw: Lowerer, value: Any, loc: Loc, env: dict, state: State, default: Any) -> Any:
+    """`resolve`, saying its error where it fails; `default` when it fails or reads what an
+    earlier error left unknown (that error was said already)."""
+    try:
+        return resolve(value, loc, env, state)
+    except Located as e:
+        lw.out.problem(e.loc, e.problem)
+    except Unknown:
+        pass
+    return default
+
+
 def instantiate(
     lw: Lowerer,
     tname: str,
@@ -98,13 +110,8 @@ def instantiate(
         required = spec is _REQUIRED
         if p in args:
             aloc = loc_of(args, p, args_loc)
-            try:
-                value = resolve(args[p], aloc, env, state)
-            except Located as e:
-                lw.out.problem(e.loc, e.problem)
-                ok, local[p] = False, UNSET
-                continue
-            except Unknown:
+            value = resolve_or(lw, args[p], aloc, env, state, UNSET)
+            if value is UNSET:
                 ok, local[p] = False, UNSET
                 continue
             want = (
@@ -131,13 +138,8 @@ def instantiate(
             )
             ok, local[p] = False, UNSET
         else:
-            try:
-                local[p] = resolve(spec, ploc, local, state)
-            except Located as e:  # was swallowed: `$d` then read as the text "$c + 1"
-                lw.out.problem(e.loc, e.problem)
-                local[p] = UNSET
-            except Unknown:
-                local[p] = UNSET
+            # an error is said (once swallowed: `$d` then read as the text "$c + 1")
+            local[p] = resolve_or(lw, spec, ploc, local, state, UNSET)
     body_key = "body" if "body" in template else next((k for k in template if k != "params"), None)
     extra = [k for k in template if k not in ("params", body_key)]
     for k in extra:

@@ -40,7 +40,7 @@ from archspec.lower.core import (
     kind_of,
 )
 from archspec.lower.repeat import repeat
-from archspec.lower.templates import resolve
+from archspec.lower.templates import UNSET, resolve, resolve_or
 from archspec.ops import OPS, Inferred
 from archspec.ops.base import GLOBAL_RF
 
@@ -221,12 +221,8 @@ class Lowerer:
         """An item's `when:` condition: True or False, None when it cannot be evaluated (the
         error is said, and the item left out)."""
         wloc = loc_of(item, "when", loc)
-        try:
-            value = resolve(item["when"], wloc, env, state)
-        except Located as e:
-            self.out.problem(e.loc, e.problem)
-            return None
-        except Unknown:
+        value = resolve_or(self, item["when"], wloc, env, state, UNSET)
+        if value is UNSET:
             return None
         if not isinstance(value, bool):
             self.error(
@@ -438,12 +434,8 @@ class Lowerer:
             if k == "name":
                 continue
             vloc = loc_of(body, k, body_loc)
-            try:
-                values[k] = resolve(v, vloc, env, state)
-            except Located as e:
-                self.out.problem(e.loc, e.problem)
-                ok = False
-            except Unknown:
+            values[k] = resolve_or(self, v, vloc, env, state, UNSET)
+            if values[k] is UNSET:
                 ok = False
             if (
                 k == "out"
