@@ -496,3 +496,105 @@ def test_a_wrong_input_shape_is_one_error_line():
     assert result.exit_code == 1
     assert "does not run on an input of [1, 64, 64]" in result.output
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- transformers
+
+# torchvision's ConvNeXt, ViT and Swin builders (specs/torchvision/convnext, vit, swin): layer
+# norms, permutes, learnable tensors, attention, shifted windows, patch merging. Meta-built with
+# random weights (the window attention's position index and coordinates as torchvision computes
+# them), at small inputs: ViT at image_size = 2 patches a side, the others at 32 or 64.
+TRANSFORMERS = {
+    "convnext_tiny": ({}, 32), "convnext_small": ({}, 32), "convnext_base": ({}, 32),
+    "convnext_large": ({}, 32),
+    "vit_b_16": ({"image_size": 32}, 32), "vit_b_32": ({"image_size": 64}, 64),
+    "vit_l_16": ({"image_size": 32}, 32), "vit_l_32": ({"image_size": 64}, 64),
+    "vit_h_14": ({"image_size": 28}, 28),
+    "swin_t": ({}, 64), "swin_s": ({}, 64), "swin_b": ({}, 64),
+    "swin_v2_t": ({}, 64), "swin_v2_s": ({}, 64), "swin_v2_b": ({}, 64),
+}  # fmt: skip
+DEFAULT_TRANSFORMERS = {"convnext_tiny", "vit_b_32"}
+
+
+def meta_built(factory, **kwargs) -> nn.Module:
+    """factory(**kwargs) on the meta device, then random weights; buffers that torchvision
+    computes (Swin's relative position index and V2's coordinate table) computed for real."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = factory(**kwargs)
+    for m in model.modules():
+        if hasattr(m, "define_relative_position_index"):
+            m.define_relative_position_bias_table()
+            m.define_relative_position_index()
+    state = random_state(model, torch.Generator().manual_seed(0))
+    state |= {k: v for k, v in model.state_dict().items() if not v.is_meta and k.endswith(
+        ("relative_position_index", "relative_coords_table"))}  # fmt: skip
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("builder", everything(TRANSFORMERS, DEFAULT_TRANSFORMERS))
+def test_transformer_builders_round_trip(builder, tmp_path):
+    import torchvision.models as tvm
+
+    kwargs, size = TRANSFORMERS[builder]
+    model = meta_built(getattr(tvm, builder), weights=None, **kwargs)
+    text = round_trip(model, (3, size, size), tmp_path, builder)
+    doc = yaml.safe_load(text)
+    family = {"c": "cnblock", "v": "encoder_block", "s": "swin_transformer_block"}[builder[0]]
+    if builder.startswith("swin_v2"):
+        family += "_v2"
+    assert family in doc["templates"]
+
+
+def small_swin(v2: bool) -> nn.Module:
+    from torchvision.models import swin_transformer as sw
+
+    more = {"block": sw.SwinTransformerBlockV2, "downsample_layer": sw.PatchMergingV2} if v2 else {}
+    return meta_built(sw.SwinTransformer, patch_size=[4, 4], embed_dim=16, depths=[2, 4],
+                      num_heads=[2, 4], window_size=[4, 4], stochastic_depth_prob=0.2,
+                      num_classes=10, **more)  # fmt: skip
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_is_one_block_template_repeated_per_stage(v2, tmp_path):
+    doc = yaml.safe_load(round_trip(small_swin(v2), (3, 32, 48), tmp_path))
+    block = "swin_transformer_block" + ("_v2" if v2 else "")
+    assert set(doc["templates"]) == {block, "mlp"}
+    first, merge, second = doc["stages"]["features"][1:]
+    assert len(first) == 2 and all(block in x for x in first)  # two blocks: two calls
+    assert merge == (
+        {"patch_merging": {"version": 2, "h": 8}} if v2 else {"patch_merging": {"h": 8}}
+    )
+    assert second["repeat"] == 4 and second["use"] == block
+    assert doc["stages"]["permute"] == {"to_image": {"h": 4}}  # 8x12 tokens, merged to 4x6
+
+
+def test_vit_is_one_encoder_block_template_and_learnable_tensors(tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = meta_built(VisionTransformer, image_size=32, patch_size=16, num_layers=3,
+                       num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)  # fmt: skip
+    doc = yaml.safe_load(round_trip(model, (3, 32, 32), tmp_path))
+    assert list(doc["templates"]) == ["mlpblock", "encoder_block"]
+    stages = doc["stages"]
+    assert stages["class_token"] == "class_token" and stages["token"] == "token"
+    assert stages["encoder"][0] == {"pos_embedding": {"std": 0.02, "name": "pos_embedding"}}
+    layers = stages["encoder"][2]
+    assert layers == {"repeat": 3, "use": "encoder_block", "prefix": "encoder_layer_",
+                      "name": "layers"}  # fmt: skip
+
+
+def test_convnext_layer_scale_keeps_its_init_and_blocks_repeat_per_stage(tmp_path):
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    cfg = [CNBlockConfig(16, 32, 2), CNBlockConfig(32, 64, 3), CNBlockConfig(64, None, 2)]
+    model = ConvNeXt(cfg, stochastic_depth_prob=0.1, num_classes=10).eval()  # as built
+    text = round_trip(model, (3, 32, 32), tmp_path)
+    doc = yaml.safe_load(text)
+    main = doc["templates"]["cnblock"]["residual"]["main"]
+    assert {"layer_scale": {"init": 1e-6, "name": "layer_scale"}} in main
+    stages = [x for x in doc["stages"]["features"] if isinstance(x, dict) and "repeat" in x]
+    assert [(s["repeat"], s["use"]) for s in stages] == [(2, "cnblock"), (3, "cnblock"),
+                                                         (2, "cnblock")]  # fmt: skip

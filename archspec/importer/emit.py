@@ -299,11 +299,25 @@ def scalar(v: Any) -> str:
     if isinstance(v, float):
         if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
             return f"{v:.1f}"
-        return repr(v)
+        return _float(repr(v))
     s = str(v)
     if _PLAIN.match(s) and s.lower() not in _RESERVED and not s.endswith(" "):
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _float(r: str) -> str:
+    """A float YAML 1.1 reads as one (1e-06 is a string there): 0.000001, or 1.5e-20 -> 1.5e-20
+    with its dot (1e-20 -> 1.0e-20)."""
+    if "e" not in r or not r[0].isdigit() and r[0] != "-":
+        return r
+    from decimal import Decimal
+
+    plain = format(Decimal(r), "f")
+    if len(plain) <= 12:
+        return plain
+    mant, exp = r.split("e")
+    return f"{mant if '.' in mant else mant + '.0'}e{exp if exp[0] in '+-' else '+' + exp}"
 
 
 def flow(v: Any) -> str | None:

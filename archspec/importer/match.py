@@ -118,9 +118,91 @@ def match_module(m: nn.Module) -> tuple[str, dict[str, Any]]:
         return op("channel_shuffle", groups=m.groups)
     if is_stochastic_depth(m):
         return op("stochastic_depth", p=float(m.p), mode=m.mode)  # type: ignore[arg-type]
+    if isinstance(m, nn.LayerNorm) and (t is nn.LayerNorm or torchvision_class(m) in LEAVES):
+        if len(m.normalized_shape) != 1:
+            raise _no(m, f"normalized_shape={list(m.normalized_shape)} (over more than one dim)")
+        affine = m.elementwise_affine
+        return op("layernorm", eps=m.eps, affine=affine, bias=not affine or m.bias is not None)
+    if t is nn.MultiheadAttention:
+        return _attention(m)
+    if torchvision_class(m) in LEAVES:
+        return _torchvision(m)
     if t in (nn.Sigmoid, nn.Tanh, nn.Identity):
         return op({nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}[t])
     raise _no(m, "no archspec op")
+
+
+def _attention(m: Any) -> tuple[str, dict[str, Any]]:
+    if not m.batch_first:
+        raise _no(m, "batch_first=False (the attention op reads batch-first tokens)")
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise _no(m, "kdim/vdim, add_bias_kv or add_zero_attn")
+    return op("attention", heads=m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None)
+
+
+# torchvision's own modules that are one archspec op each: leaves for the tracer (fx cannot
+# trace Swin's functional window attention symbolically), their settings read from the module.
+_SWIN = "torchvision.models.swin_transformer."
+LEAVES = {
+    "torchvision.models.convnext.LayerNorm2d",
+    "torchvision.ops.misc.Permute",
+    *(_SWIN + c for c in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")),
+    *(_SWIN + c for c in ("PatchMerging", "PatchMergingV2")),
+}
+
+
+def torchvision_class(m: nn.Module) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
+def is_leaf(m: nn.Module) -> bool:
+    """Modules outside torch.nn that the tracer keeps whole (each maps to one op)."""
+    return is_stochastic_depth(m) or torchvision_class(m) in LEAVES
+
+
+def permute_op(dims: Any) -> tuple[str, dict[str, Any]] | None:
+    """An image permuted to channels-last is tokens (to_tokens), and back (to_image)."""
+    dims = [int(d) % 4 for d in dims] if isinstance(dims, (list, tuple)) else None
+    return {(0, 2, 3, 1): op("to_tokens"), (0, 3, 1, 2): op("to_image")}.get(tuple(dims or ()))
+
+
+def _torchvision(m: Any) -> tuple[str, dict[str, Any]]:
+    cls = type(m).__name__
+    if cls == "Permute":
+        got = permute_op(m.dims)
+        if got is None:
+            raise _no(m, f"dims={list(m.dims)} (only an image to channels-last and back)")
+        return got
+    version = 2 if cls.endswith("V2") else 1
+    if cls.startswith("PatchMerging"):
+        norm = m.norm
+        if type(norm) is not nn.LayerNorm or norm.eps != 1e-5 or not norm.elementwise_affine:
+            raise _no(m, "a norm other than nn.LayerNorm(4 * dim)")
+        return op("patch_merging", version=version)
+    # ShiftedWindowAttention(V2)
+    if m.proj.bias is None:
+        raise _no(m, "proj_bias=False")
+    return op(
+        "window_attention",
+        heads=m.num_heads,
+        window=list(m.window_size),
+        shift=list(m.shift_size),
+        version=version,
+        bias=m.qkv.bias is not None,
+        dropout=float(m.dropout),
+        attention_dropout=float(m.attention_dropout),
+    )
+
+
+def grid(name: str, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> dict[str, Any]:
+    """The grid of an op on tokens where it is not a square (the op's default): channels-last
+    [N, H, W, C] in torch is [H*W, C] tokens in the spec."""
+    if name == "to_image" and len(shape_out) == 4 and shape_out[2] != shape_out[3]:
+        return {"h": shape_out[2]}
+    windowed = name in ("window_attention", "patch_merging")
+    if windowed and len(shape_in) == 4 and shape_in[1] != shape_in[2]:
+        return {"h": shape_in[1]}
+    return {}
 
 
 def is_stochastic_depth(m: nn.Module) -> bool:

@@ -284,6 +284,8 @@ def candidate(x: Any, templates: dict) -> bool:
             return False  # a list of template calls is a repeat, not a template
     elif not (isinstance(x, dict) and head(x) in COMBS):
         return False
+    elif isinstance(x[head(x)], dict) and x[head(x)].get("inline"):
+        return False  # part of a module's layers, not a module
     return leaves(x, templates) >= 2
 
 

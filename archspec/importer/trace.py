@@ -82,7 +82,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             return False
-        return type(m).__module__.startswith("torch.nn") or match.is_stochastic_depth(m)
+        return type(m).__module__.startswith("torch.nn") or match.is_leaf(m)
 
     def call_module(self, m, forward, args, kwargs):
         try:
@@ -171,7 +171,7 @@ class Recover:
             inside = set(u.nodes)
             for n in u.nodes:
                 for a in n.all_input_nodes:
-                    if a not in inside and is_tensor(a) and a not in u.ins:
+                    if a not in inside and is_tensor(a) and a not in u.ins and not _owns(u, a):
                         u.ins.append(a)
             outs = [n for n in u.nodes if any(x not in inside for x in n.users)]
             if u.path:
@@ -205,9 +205,6 @@ class Recover:
             for n in self.gm.graph.nodes
             if n.op in ("call_module", "call_function", "call_method")
         ]
-        for n in self.gm.graph.nodes:
-            if n.op == "get_attr":
-                raise Located(str(n.target).rsplit(".", 1)[0], "a parameter used directly", "")
         x = next(n for n in self.gm.graph.nodes if n.op == "placeholder")
         out = next(n for n in self.gm.graph.nodes if n.op == "output").args[0]
         if not is_tensor(out):
@@ -225,21 +222,27 @@ class Recover:
                 continue  # x.size(0) and the like: read by a flatten, not a layer
             for a in u.ins:
                 users[a] = users.get(a, 0) + 1
+        # tensors the module holds (get_attr), maybe expanded: read by the learnable tensor ops
+        attrs = {a for u in units for a in u.ins if a.op == "get_attr"}
+        for u in units:
+            if not u.path and u.ins and u.out is not None and all(a in attrs for a in u.ins):
+                attrs.add(u.out)
         # immediate dominators of values (unit outputs), from the scope's entry
         idom: dict[fx.Node, fx.Node] = {entry: entry}
         depth_of: dict[fx.Node, int] = {entry: 0}
         for u in units:
-            if u.out is None or not is_tensor(u.out):
+            if u.out is None or not is_tensor(u.out) or u.out in attrs:
                 continue
-            parents = [a for a in u.ins if a in idom]
-            if not parents or len(parents) != len(u.ins):
+            ins = [a for a in u.ins if a not in attrs]
+            parents = [a for a in ins if a in idom]
+            if not parents or len(parents) != len(ins):
                 continue
             d = parents[0]
             for p in parents[1:]:
                 d = self._lca(d, p, idom, depth_of)
             idom[u.out] = d if len(parents) > 1 else parents[0]
             depth_of[u.out] = depth_of[idom[u.out]] + 1
-        ctx = _Ctx(path, depth, units, producer, users, idom, depth_of, set())
+        ctx = _Ctx(path, depth, units, producer, users, idom, depth_of, set(), attrs)
         items = self.chain(ctx, entry, exit_, top=True)
         for u in units if not ctx.failed else ():  # what a failure left out is no 2nd problem
             if (
@@ -278,6 +281,10 @@ class Recover:
                 items.insert(0, self.fail(Located(u.path or ctx.path, self.what(u), why)))
             first = False
             ctx.seen.add(u.key)
+            if any(a in ctx.attrs for a in u.ins):
+                tensor, v = self.learnable(ctx, u)
+                items.insert(0, tensor)
+                continue
             merge = self.merge_kind(u)
             if merge:
                 item, v = self.merged(ctx, u, merge)
@@ -296,10 +303,20 @@ class Recover:
                 first = True
                 continue
             src = ctx.producer.get(u.ins[0])
+            tokens = self.flat_tokens(ctx, u, src)
+            if tokens is not None and src is not None:
+                items.insert(0, tokens)
+                v = src.ins[0]
+                continue
             if _indexes(u) and src is not None and src.path and len(src.nodes) == 1:
                 # out, state = self.lstm(x): the layer is what cannot be said, not the indexing
                 ctx.seen.add(src.key)
-                items.insert(0, self.module(ctx, src, src.ins[0] if src.ins else u.ins[0]))
+                if u.nodes[0].args[1] != 0:
+                    why = f"its output [{u.nodes[0].args[1]}] is read"
+                    item = self.fail(Located(src.path, self.what(src), why))
+                else:
+                    item = self.module(ctx, src, src.ins[0] if src.ins else u.ins[0])
+                items.insert(0, item)
                 v = src.ins[0] if src.ins else entry
                 continue
             shuffle = self.shuffle(ctx, u)
@@ -344,6 +361,77 @@ class Recover:
         for m in steps:
             ctx.seen.add(ctx.producer[m].key)
         return It("op", op="channel_shuffle", params={"groups": s5[1]}), x
+
+    def learnable(self, ctx: _Ctx, u: Unit) -> tuple[It, fx.Node]:
+        """A parameter of the module used directly, as one of the language's learnable tensors:
+        cat([p.expand(n, -1, -1), x], 1) a class_token, x + p a pos_embedding, p * x a
+        layer_scale. Each is registered on the module that uses it, under its own name."""
+        n = u.nodes[0]
+        xs = [a for a in u.ins if a not in ctx.attrs]
+        ps = [a for a in u.ins if a in ctx.attrs]
+        attr = ps[0] if len(ps) == 1 else None
+        expand = None
+        if attr is not None and attr.op != "get_attr":
+            expand = ctx.producer.get(attr)
+            m = expand.nodes[0] if expand and len(expand.nodes) == 1 else None
+            ok = m is not None and m.target == "expand" and m.args[0].op == "get_attr"
+            attr = m.args[0] if ok and m is not None else None
+        target = str(attr.target) if attr is not None else str(ps[0].target)
+        owner, _, pname = target.rpartition(".")
+        place, what = (owner if owner else "<model>"), "a parameter used directly"
+        if attr is None or u.path or len(u.nodes) != 1 or len(xs) != 1:
+            return self.fail(Located(place, what, f"{self.what(u)} of `{target}`")), u.ins[0]
+        if owner != ctx.path:
+            why = f"`{target}` is used by another module than its own"
+            return self.fail(Located(place, what, why)), xs[0]
+        try:
+            t = self.model.get_parameter(target)
+        except AttributeError:
+            return self.fail(Located(place, "a buffer used directly", f"`{target}`")), xs[0]
+        x = xs[0]
+        sx, st = shape_of(x), tuple(t.shape)
+        kind = ""
+        if n.op == "call_function" and n.target in match.CATS and expand is not None:
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+            pair = n.args[0] if isinstance(n.args[0], (list, tuple)) else ()
+            if list(pair) == [ps[0], x] and dim in (1, -2) and st == (1, 1, sx[-1]):
+                kind = "class_token"
+        elif expand is None and self.merge_kind(u) == "add" and st == (1, *sx[1:]):
+            kind = "pos_embedding"
+        elif (
+            expand is None
+            and self.merge_kind(u) == "mul"
+            and shape_of(n) == sx
+            and st in ((sx[-1],), (sx[1], 1, 1) if len(sx) == 4 else ())
+        ):
+            kind = "layer_scale"
+        if not kind:
+            return self.fail(Located(place, what, f"{self.what(u)} of `{target}`")), x
+        if expand is not None:
+            ctx.seen.add(expand.key)
+        values = t.detach().flatten()
+        same = bool((values == values[0]).all()) if values.numel() else True
+        init = {"layer_scale": {"init": 1e-6}, "pos_embedding": {"std": 0.02}}.get(kind, {})
+        if same:  # as built (torchvision: class_token 0, layer_scale 1e-6); else the usual init
+            init = {"init": _shortest(values[0])} if values.numel() else {}
+        _, params = match.op(kind, **init)
+        return It("op", name=pname, op=kind, params=params), x
+
+    def flat_tokens(self, ctx: _Ctx, u: Unit, src: Unit | None) -> It | None:
+        """x.flatten(2).transpose(1, 2), x.reshape(n, c, h * w).permute(0, 2, 1): to_tokens."""
+        if u.path or len(u.nodes) != 1 or len(u.ins) != 1 or src is None or src.path:
+            return None
+        if len(src.nodes) != 1 or len(src.ins) != 1 or ctx.users.get(u.ins[0]) != 1:
+            return None
+        n, m = u.nodes[0], src.nodes[0]
+        if len(shape_of(u.ins[0])) != 3 or _permutation(n, 3) != (0, 2, 1):
+            return None
+        si, so = shape_of(src.ins[0]), shape_of(m)
+        flat = m.target in ("flatten", "reshape", "view", torch.flatten, torch.reshape)
+        if not flat or len(si) != 4 or so != (si[0], si[1], si[2] * si[3]):
+            return None
+        ctx.seen.add(src.key)
+        return It("op", op="to_tokens")
 
     def merge_kind(self, u: Unit) -> str | None:
         if u.path or len(u.nodes) != 1:
@@ -531,10 +619,17 @@ class Recover:
                 return self.fail(
                     Located(u.path, match.module_name(m), "called more than once (shared weights)")
                 )
+            if isinstance(m, nn.MultiheadAttention) and not _self_attention(calls[0]):
+                why = "not self-attention: called as attn(x, x, x) without masks it is the op"
+                return self.fail(Located(u.path, match.module_name(m), why))
             try:
                 opname, params = match.match_module(m)
             except Unsupported as e:
                 return self.fail(Located(u.path, e.what, e.why))
+            src = calls[0].args[0] if calls[0].args else None
+            shape_in = shape_of(src) if isinstance(src, fx.Node) and is_tensor(src) else ()
+            out = shape_of(calls[0]) if opname == "to_image" else ()
+            params |= match.grid(opname, shape_in, out)
             return It("op", name=name, op=opname, params=params)
         if "@" in u.key and has_state(m):
             return self.fail(
@@ -554,6 +649,14 @@ class Recover:
             if n.target in ("mean", torch.mean) and self.spatial_mean(n) is not None:
                 keep = self.spatial_mean(n)  # x.mean([2, 3]): a global average pool
                 return [It("op", op="gap")] + ([] if keep else [It("op", op="flatten")])
+            src = n.args[0] if n.args else None
+            rank = len(shape_of(src)) if isinstance(src, fx.Node) and is_tensor(src) else 0
+            dims = _permutation(n, rank) if rank == 4 else None
+            if dims is not None and match.permute_op(dims) is not None:
+                opname, params = match.permute_op(dims)  # type: ignore[misc]
+                return It("op", op=opname, params=params | match.grid(opname, (), shape_of(n)))
+            if n.target is operator.getitem and rank == 3 and self.token(n) is not None:
+                return It("op", op="token", params=match.op("token", index=self.token(n))[1])
             if n.op == "call_method" and n.target in ("view", "reshape"):
                 return (
                     It("op", op="flatten")
@@ -569,6 +672,14 @@ class Recover:
         except Unsupported as e:
             return self.fail(Located(ctx.path, e.what, e.why))
         return It("op", op=opname, params=params)
+
+    @staticmethod
+    def token(n: fx.Node) -> int | None:
+        """x[:, i] of tokens: the index i."""
+        idx = n.args[1]
+        if isinstance(idx, tuple) and len(idx) == 2 and idx[0] == slice(None):
+            return idx[1] if isinstance(idx[1], int) and not isinstance(idx[1], bool) else None
+        return None
 
     def spatial_mean(self, n: fx.Node) -> bool | None:
         """keepdim of a mean over the height and width of an image, or None."""
@@ -641,9 +752,51 @@ def _size(it: It) -> int:
     return (it.kind == "op") + sum(_size(x) for x in inner)
 
 
+def _shortest(v: torch.Tensor) -> float:
+    """The shortest decimal that gives the same value in v's dtype (1e-06, not 9.99999997e-07)."""
+    for digits in range(1, 18):
+        x = float(f"{v.item():.{digits}g}")
+        if torch.tensor(x, dtype=v.dtype) == v:
+            return x
+    return v.item()
+
+
+def _owns(u: Unit, a: fx.Node) -> bool:
+    """A tensor of the unit's module read inside it (self.layer_scale): not an input."""
+    return bool(u.path) and a.op == "get_attr" and str(a.target).startswith(u.path + ".")
+
+
+def _permutation(n: fx.Node, rank: int) -> tuple[int, ...] | None:
+    """The dims of x.permute(...), torch.permute or a transpose of two dims, as a tuple."""
+    args: list[Any] = list(n.args[1:])
+    if n.target in ("permute", torch.permute):
+        dims: Any = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        dims = dims or n.kwargs.get("dims", [])
+        if all(isinstance(d, int) for d in dims) and len(dims) == rank:
+            return tuple(d % rank for d in dims)
+        return None
+    if n.target in ("transpose", torch.transpose) and len(args) == 2:
+        if not all(isinstance(d, int) for d in args):
+            return None
+        a, b = (d % rank for d in args)
+        out = list(range(rank))
+        out[a], out[b] = out[b], out[a]
+        return tuple(out)
+    return None
+
+
 def _indexes(u: Unit) -> bool:
     n = u.nodes[0]
     return not u.path and n.op == "call_function" and n.target is operator.getitem
+
+
+def _self_attention(n: fx.Node) -> bool:
+    """nn.MultiheadAttention called as attn(x, x, x) (need_weights as it likes): the op."""
+    qkv = list(n.args[:3]) + [n.kwargs.get(k) for k in ("query", "key", "value")][len(n.args) :]
+    masks = [n.args[i] if len(n.args) > i else n.kwargs.get(k) for i, k in
+             ((3, "key_padding_mask"), (5, "attn_mask"))]  # fmt: skip
+    causal = n.args[7] if len(n.args) > 7 else n.kwargs.get("is_causal", False)
+    return len(qkv) == 3 and qkv[0] is qkv[1] is qkv[2] and masks == [None, None] and not causal
 
 
 def _raise(e: Exception):
@@ -660,6 +813,7 @@ class _Ctx:
     idom: dict
     depth_of: dict
     seen: set
+    attrs: set
     failed: bool = False
 
 
