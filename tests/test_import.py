@@ -562,11 +562,17 @@ def test_swin_is_one_block_template_repeated_per_stage(v2, tmp_path):
     block = "swin_transformer_block" + ("_v2" if v2 else "")
     assert set(doc["templates"]) == {block, "mlp"}
     first, merge, second = doc["stages"]["features"][1:]
-    assert len(first) == 2 and all(block in x for x in first)  # two blocks: two calls
+    # stochastic depth grows with the block's index over the network: written as torchvision
+    # computes it (0.2 * k / 5 for block k of 6), the window shifted on every other block
+    assert first["repeat"] == 2 and first["use"] == block
+    assert first["with"] == {"heads": 2, "shift": "[0, 2][$i]", "p": "0.2 * $i / 5", "c": 64,
+                             "c2": 16, "h": 8}  # fmt: skip  # the 8x12 grid: h: 8
     assert merge == (
         {"patch_merging": {"version": 2, "h": 8}} if v2 else {"patch_merging": {"h": 8}}
     )
     assert second["repeat"] == 4 and second["use"] == block
+    assert second["with"]["shift"] == "[0, 2][$i % 2]"
+    assert second["with"]["p"] == "0.2 * ($i + 2) / 5"
     assert doc["stages"]["permute"] == {"to_image": {"h": 4}}  # 8x12 tokens, merged to 4x6
 
 
@@ -598,3 +604,5 @@ def test_convnext_layer_scale_keeps_its_init_and_blocks_repeat_per_stage(tmp_pat
     stages = [x for x in doc["stages"]["features"] if isinstance(x, dict) and "repeat" in x]
     assert [(s["repeat"], s["use"]) for s in stages] == [(2, "cnblock"), (3, "cnblock"),
                                                          (2, "cnblock")]  # fmt: skip
+    ps = ["0.1 * $i / 6", "0.1 * ($i + 2) / 6", "0.1 * ($i + 5) / 6"]  # torchvision's formula
+    assert [s["with"]["p"] for s in stages] == ps

@@ -494,9 +494,37 @@ def split_blocks(lst: list[Any], templates: dict) -> None:
 
 
 def per_index(vals: list[Any]) -> Any:
+    """The value of repetition $i: one value, a cycle (`"[0, 3][$i % 2]"`, Swin's shifts), a
+    ramp (`"0.1 * ($i + 3) / 17"`, stochastic depth growing with the block's index over the
+    network, computed as torchvision computes it), else a list."""
     if all(v == vals[0] for v in vals):
         return vals[0]
-    return f"{json.dumps(vals)}[$i]"
+    for period in range(2, len(vals) // 2 + 1):
+        if all(v == vals[i % period] for i, v in enumerate(vals)):
+            return f"{json.dumps(vals[:period])}[$i % {period}]"
+    return ramp(vals) or f"{json.dumps(vals)}[$i]"
+
+
+def ramp(vals: list[Any]) -> str | None:
+    """`P * ($i + b) / D` giving exactly these floats (P a short decimal), or None."""
+    if len(vals) < 2 or not all(isinstance(v, float) for v in vals) or vals[1] <= vals[0]:
+        return None
+    step = vals[1] - vals[0]
+    b = round(vals[0] / step)
+    found = []
+    for d in range(1, 4096):
+        p = float(f"{step * d:.6g}")
+        if all(p * (b + i) / d == v for i, v in enumerate(vals)):
+            found.append((len(repr(p)), d, p))
+    if not found:
+        return None
+    _, d, p = min(found)  # the shortest P: 0.1 * $i / 5 rather than 0.02 * $i / 1
+    return f"{p!r} * {f'($i + {b})' if b else '$i'}{f' / {d}' if d > 1 else ''}"
+
+
+def expressible(v: Any) -> bool:
+    """Within the expression language's limits (300 characters, lists of 16)."""
+    return not isinstance(v, str) or len(v) <= 300 and not (v.startswith("[") and v.count(",") > 15)
 
 
 # ------------------------------------------------------------------------------ repeats
@@ -570,20 +598,25 @@ def as_repeat(calls: list[tuple[str, dict]], defaults: dict[str, Any]) -> dict |
         return None
     args = [{k: a.get(k, defaults.get(k)) for k in keys} for _, a in calls]
     rep: dict[str, Any] = {"repeat": len(calls), "use": tname}
+    ramps = len(calls) == 2 and any(ramp([a[k] for a in args]) for k in keys)
     with_: dict[str, Any] = {}
     first: dict[str, Any] = {}
     for k in keys:
         vals = [a[k] for a in args]
         rest = vals[1:] or vals
-        if all(v == rest[0] for v in rest):
+        if all(v == rest[0] for v in rest) and not (ramps and vals[0] != rest[0]):
             if k not in defaults or rest[0] != defaults[k]:
                 with_[k] = rest[0]
             if vals[0] != rest[0]:
                 first[k] = vals[0]
-        elif len(calls) < 3 or any(isinstance(v, (bool, str, list, dict)) for v in vals):
+        elif (len(calls) < 3 and not ramps) or any(
+            isinstance(v, (bool, str, list, dict)) for v in vals
+        ):
             return None  # two calls that differ in several ways read better as they are
-        else:
+        else:  # (two whose values ramp make a repeat per stage, like their siblings)
             with_[k] = per_index(vals)
+            if not expressible(with_[k]):
+                return None
     if len(calls) == 2 and len(first) > 1:
         return None
     if with_:
