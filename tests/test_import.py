@@ -516,7 +516,7 @@ TRANSFORMERS = {
 DEFAULT_TRANSFORMERS = {"convnext_tiny", "vit_b_32"}
 
 
-def meta_built(factory, **kwargs) -> nn.Module:
+def windowed_built(factory, **kwargs) -> nn.Module:
     """factory(**kwargs) on the meta device, then random weights; buffers that torchvision
     computes (Swin's relative position index and V2's coordinate table) computed for real."""
     with warnings.catch_warnings(), torch.device("meta"):
@@ -538,7 +538,7 @@ def test_transformer_builders_round_trip(builder, tmp_path):
     import torchvision.models as tvm
 
     kwargs, size = TRANSFORMERS[builder]
-    model = meta_built(getattr(tvm, builder), weights=None, **kwargs)
+    model = windowed_built(getattr(tvm, builder), weights=None, **kwargs)
     text = round_trip(model, (3, size, size), tmp_path, builder)
     doc = yaml.safe_load(text)
     family = {"c": "cnblock", "v": "encoder_block", "s": "swin_transformer_block"}[builder[0]]
@@ -551,7 +551,7 @@ def small_swin(v2: bool) -> nn.Module:
     from torchvision.models import swin_transformer as sw
 
     more = {"block": sw.SwinTransformerBlockV2, "downsample_layer": sw.PatchMergingV2} if v2 else {}
-    return meta_built(sw.SwinTransformer, patch_size=[4, 4], embed_dim=16, depths=[2, 4],
+    return windowed_built(sw.SwinTransformer, patch_size=[4, 4], embed_dim=16, depths=[2, 4],
                       num_heads=[2, 4], window_size=[4, 4], stochastic_depth_prob=0.2,
                       num_classes=10, **more)  # fmt: skip
 
@@ -579,7 +579,7 @@ def test_swin_is_one_block_template_repeated_per_stage(v2, tmp_path):
 def test_vit_is_one_encoder_block_template_and_learnable_tensors(tmp_path):
     from torchvision.models.vision_transformer import VisionTransformer
 
-    model = meta_built(VisionTransformer, image_size=32, patch_size=16, num_layers=3,
+    model = windowed_built(VisionTransformer, image_size=32, patch_size=16, num_layers=3,
                        num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)  # fmt: skip
     doc = yaml.safe_load(round_trip(model, (3, 32, 32), tmp_path))
     assert list(doc["templates"]) == ["mlpblock", "encoder_block"]
