@@ -33,7 +33,11 @@ from archspec.cli import main
 from archspec.importer import ImportFailure
 
 
-def round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path, name: str = "net") -> str:
+def round_trip(
+    model: nn.Module, shape: tuple[int, ...], tmp_path, name: str = "net", double: bool = False
+) -> str:
+    """`double`: outputs compared in float64 (MaxViT's random-weight activations grow to 1e3,
+    where float32's different summation orders differ by more than 1e-5 of the output)."""
     model.eval()
     text = archspec.import_module(model, shape, verify=False)  # verified here, step by step
     path = tmp_path / f"{name}.yaml"
@@ -46,6 +50,8 @@ def round_trip(model: nn.Module, shape: tuple[int, ...], tmp_path, name: str = "
     assert not result.missing_keys and not result.unexpected_keys
     ours.eval()
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    if double:
+        model, ours, x = model.double(), ours.double(), x.double()
     with torch.no_grad():
         want, got = model(x), ours(x)
     assert got.shape == want.shape
@@ -512,6 +518,7 @@ TRANSFORMERS = {
     "vit_h_14": ({"image_size": 28}, 28),
     "swin_t": ({}, 64), "swin_s": ({}, 64), "swin_b": ({}, 64),
     "swin_v2_t": ({}, 64), "swin_v2_s": ({}, 64), "swin_v2_b": ({}, 64),
+    "maxvit_t": ({}, 224),  # its partitions of 7 fix the input
 }  # fmt: skip
 DEFAULT_TRANSFORMERS = {"convnext_tiny", "vit_b_32"}
 
@@ -526,6 +533,10 @@ def windowed_built(factory, **kwargs) -> nn.Module:
         if hasattr(m, "define_relative_position_index"):
             m.define_relative_position_bias_table()
             m.define_relative_position_index()
+        if type(m).__name__ == "RelativePositionalMultiHeadAttention":  # MaxViT's
+            from torchvision.models.maxvit import _get_relative_position_index
+
+            m.relative_position_index = _get_relative_position_index(m.size, m.size)
     state = random_state(model, torch.Generator().manual_seed(0))
     state |= {k: v for k, v in model.state_dict().items() if not v.is_meta and k.endswith(
         ("relative_position_index", "relative_coords_table"))}  # fmt: skip
@@ -539,9 +550,10 @@ def test_transformer_builders_round_trip(builder, tmp_path):
 
     kwargs, size = TRANSFORMERS[builder]
     model = windowed_built(getattr(tvm, builder), weights=None, **kwargs)
-    text = round_trip(model, (3, size, size), tmp_path, builder)
+    text = round_trip(model, (3, size, size), tmp_path, builder, double=builder == "maxvit_t")
     doc = yaml.safe_load(text)
-    family = {"c": "cnblock", "v": "encoder_block", "s": "swin_transformer_block"}[builder[0]]
+    family = {"c": "cnblock", "v": "encoder_block", "s": "swin_transformer_block",
+              "m": "partition_attention_layer"}[builder[0]]  # fmt: skip
     if builder.startswith("swin_v2"):
         family += "_v2"
     assert family in doc["templates"]
@@ -606,3 +618,21 @@ def test_convnext_layer_scale_keeps_its_init_and_blocks_repeat_per_stage(tmp_pat
                                                          (2, "cnblock")]  # fmt: skip
     ps = ["0.1 * $i / 6", "0.1 * ($i + 2) / 6", "0.1 * ($i + 5) / 6"]  # torchvision's formula
     assert [s["with"]["p"] for s in stages] == ps
+
+
+def test_maxvit_partition_layers_are_one_template(tmp_path):
+    """MaxViT's PartitionAttentionLayer (window and grid attention between torchvision's own
+    partition and departition) is its layers on the tokens with `partition_attention`."""
+    from torchvision.models.maxvit import MaxVit
+
+    model = windowed_built(MaxVit, input_size=(32, 32), stem_channels=8, partition_size=2,
+                           block_channels=[8, 16], block_layers=[2, 2], head_dim=4,
+                           stochastic_depth_prob=0.2, num_classes=10)  # fmt: skip
+    text = round_trip(model, (3, 32, 32), tmp_path, double=True)  # torchvision's: square only
+    doc = yaml.safe_load(text)
+    body = doc["templates"]["partition_attention_layer"]["body"]
+    assert body[0] == "to_tokens" and body[-1] == "to_image"
+    assert [x["residual"]["main"][1]["stochastic_depth"]["name"] for x in body[1:3]] == [
+        "stochastic_dropout", "stochastic_dropout_mlp"]  # fmt: skip
+    assert "partition_attention: {heads: $heads, window: 2, partition: $partition}" in text
+    assert "partition: grid" in text and "partition: window" in text

@@ -144,6 +144,8 @@ class Emitter:
             d["shortcut"] = [self.item(sc, inner, "shortcut")]
             if isinstance(d["shortcut"][0], list):  # a list shortcut is the module itself
                 d["shortcut"] = d["shortcut"][0]
+            elif isinstance(d["shortcut"][0], dict) and "seq" in d["shortcut"][0]:
+                d["shortcut"] = d["shortcut"][0]  # a module of its own name (MaxViT's proj)
         if it.post is not None:
             d["post"] = self.item(it.post, inner, "post")
         return d

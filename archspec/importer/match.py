@@ -151,13 +151,17 @@ LEAVES = {
 }
 
 
+# torchvision's modules that are a known sub-graph of ops (trace.Recover.partition_layer)
+SUBGRAPHS = {"torchvision.models.maxvit.PartitionAttentionLayer"}
+
+
 def torchvision_class(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__qualname__}"
 
 
 def is_leaf(m: nn.Module) -> bool:
     """Modules outside torch.nn that the tracer keeps whole (each maps to one op)."""
-    return is_stochastic_depth(m) or torchvision_class(m) in LEAVES
+    return is_stochastic_depth(m) or torchvision_class(m) in LEAVES | SUBGRAPHS
 
 
 def permute_op(dims: Any) -> tuple[str, dict[str, Any]] | None:

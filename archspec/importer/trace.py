@@ -619,6 +619,8 @@ class Recover:
                 return self.fail(
                     Located(u.path, match.module_name(m), "called more than once (shared weights)")
                 )
+            if match.torchvision_class(m) in match.SUBGRAPHS:
+                return self.partition_layer(m, u.path, name, shape_of(entry))
             if isinstance(m, nn.MultiheadAttention) and not _self_attention(calls[0]):
                 why = "not self-attention: called as attn(x, x, x) without masks it is the op"
                 return self.fail(Located(u.path, match.module_name(m), why))
@@ -642,6 +644,43 @@ class Recover:
         if is_tensor(entry) and is_tensor(u.out):
             it.keeps = shape_of(entry) == shape_of(u.out)
         return it
+
+    def partition_layer(self, m: Any, path: str, name: str, shape: tuple[int, ...]) -> It:
+        """MaxViT's PartitionAttentionLayer: x + attention(x), then x + mlp(x), on the tokens of
+        its windows (or grid); LayerNorm and the MLP act on each token, so this is the layers
+        on the image's tokens with the partition inside `partition_attention`."""
+        attn = list(m.attn_layer)
+        kind = "grid" if type(m.partition_swap).__name__ == "SwapAxes" else "window"
+        grid = tuple(m.grid_size)
+        if (
+            len(shape) != 4
+            or grid != shape[2:]
+            or type(attn[1]).__name__ != ("RelativePositionalMultiHeadAttention")
+        ):
+            why = f"an input of {list(shape[1:])} for its grid {list(grid)}"
+            return self.fail(Located(path, match.module_name(m), why))
+        size = {"h": grid[0]} if grid[0] != grid[1] else {}
+        _, params = match.op("partition_attention", heads=attn[1].n_heads, window=attn[1].size,
+                             partition=kind)  # fmt: skip
+        items = []
+        for seq, layers, sd in (("attn_layer", attn, "stochastic_dropout"),
+                                ("mlp_layer", list(m.mlp_layer), "stochastic_dropout_mlp")):  # fmt: skip
+            inner = []
+            for i, layer in enumerate(layers):
+                if seq == "attn_layer" and i == 1:
+                    inner.append(It("op", name="1", op="partition_attention", params=params | size))
+                    continue
+                try:
+                    opname, ps = match.match_module(layer)
+                except Unsupported as e:
+                    return self.fail(Located(f"{path}.{seq}.{i}", e.what, e.why))
+                inner.append(It("op", name=str(i), op=opname, params=ps))
+            _, p = match.match_module(m.stochastic_dropout)  # the forward's, for both
+            main = [It("list", name=seq, items=inner), It("op", name=sd, op="stochastic_depth",
+                                                            params=p)]  # fmt: skip
+            items.append(It("residual", items=main, shortcut="identity", inline=True))
+        tokens = [It("op", op="to_tokens")] + items + [It("op", op="to_image", params=size)]
+        return It("list", name=name, items=tokens, cls=type(m).__name__)
 
     def function(self, ctx: _Ctx, u: Unit) -> It | list[It]:
         n = u.nodes[0]
