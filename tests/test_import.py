@@ -636,3 +636,39 @@ def test_maxvit_partition_layers_are_one_template(tmp_path):
         "stochastic_dropout", "stochastic_dropout_mlp"]  # fmt: skip
     assert "partition_attention: {heads: $heads, window: 2, partition: $partition}" in text
     assert "partition: grid" in text and "partition: window" in text
+
+
+class _CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.kv = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)
+        return self.attn(x, self.kv(x), self.kv(x))[0].mean(1)
+
+
+class _OwnWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x.flatten(1), self.w)
+
+
+@pytest.mark.parametrize(
+    "model, shape, place",
+    [
+        (_CrossAttention, (8, 2, 2), ("attn", "nn.MultiheadAttention", "not self-attention")),
+        (_OwnWeight, (2, 2, 2), ("<model>", "a parameter used directly", "torch.linear of `w`")),
+    ],
+)
+def test_what_the_token_ops_cannot_say_is_located(model, shape, place):
+    with pytest.raises(ImportFailure) as e:
+        archspec.import_module(model().eval(), shape)
+    path, what, why = place
+    assert any(
+        p.path == path and p.what == what and p.why.startswith(why) for p in e.value.problems
+    ), [(p.path, p.what, p.why) for p in e.value.problems]
