@@ -232,6 +232,19 @@ def test_check_prints_each_output_and_the_cli_mirrors_build_outputs():
     assert bad.returncode == 1 and "E-OUTPUTS" in bad.stderr and "`layer4`" in bad.stderr
 
 
+def test_the_outputs_summary_aligns_its_shape_column():
+    from archspec.analysis.table import render_table
+
+    report = archspec.check(RESNET, outputs={"c3": "layer2", "c4": "layer3", "c5": "layer4"})
+    lines = render_table(report).splitlines()
+    at = lines.index("resnet18: input 3x224x224 -> outputs")
+    assert lines[at + 1 : at + 4] == [
+        "  c3  128x28x28  (layer2)",
+        "  c4  256x14x14  (layer3)",
+        "  c5  512x7x7    (layer4)",
+    ]
+
+
 def test_train_refuses_a_network_with_several_outputs(tmp_path):
     from click.testing import CliRunner
 

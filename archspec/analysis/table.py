@@ -64,10 +64,12 @@ def render_table(report: Report) -> str:
     outputs = report.outputs
     if outputs:  # several outputs: one line each, in the order the built module returns them
         out.append(f"{report.name}{variant}: input {shape} -> outputs")
+        shapes = {k: "x".join(map(str, v)) for k, v in outputs.items()}
         width = max(len(k) for k in outputs)
+        column = max(len(s) for s in shapes.values())
         for key, path in report.network.outputs if report.network else []:
             at = "" if key == path else f"  ({path})"
-            out.append(f"  {key:<{width}}  {'x'.join(map(str, outputs[key]))}{at}")
+            out.append(f"  {key:<{width}}  {shapes[key]:<{column}}{at}".rstrip())
     else:
         out.append(
             f"{report.name}{variant}: input {shape} -> output "
