@@ -150,3 +150,44 @@ def test_stage_keys_name_modules_and_check_paths_are_module_paths(tmp_path):
     assert [name for name, _ in model.named_children()] == ["one", "tpl", "flat", "res", "head"]
     assert isinstance(modules["res.0"], torch.nn.Conv2d)  # registered on the stage, no Residual
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+# A repeat whose blocks read references (`from:`) is a generated chain, not an nn.Sequential.
+CHAIN = """\
+name: chain
+input: [3, 8, 8]
+templates:
+  blk:
+    params: {c: int}
+    body:
+      - identity: {name: x}
+      - conv: {out: $c, k: 3, pad: 1, name: conv}
+      - {from: [conv, x], merge: add}
+stages:
+  stem: {conv: {out: 4, k: 3, pad: 1}}
+  block1: {repeat: 3, use: blk, with: {c: 4}}
+"""
+
+
+def test_a_generated_chain_is_indexed_like_nn_sequential(tmp_path):
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(CHAIN)
+    model = archspec.build(spec).eval()
+    chain = model.block1
+    assert not isinstance(chain, torch.nn.Sequential)  # its forward reads references
+    blocks = [chain._modules[str(i)] for i in range(3)]
+    assert len(chain) == 3 and list(chain) == blocks
+    assert chain[0] is blocks[0] and chain[-1] is blocks[2] and chain[1][1] is blocks[1].conv
+    with pytest.raises(IndexError):
+        chain[3]
+    with pytest.raises(TypeError):
+        chain["0"]
+    for p in chain[0].parameters():  # freeze the first block, as with nn.Sequential
+        p.requires_grad_(False)
+    assert [p.requires_grad for p in chain.parameters()] == [False] * 2 + [True] * 4
+    x = torch.randn(2, 3, 8, 8)
+    y = model(x)
+    chain[1] = torch.nn.Identity()  # replace a block: the forward calls the new one
+    stem = model.stem(x)
+    want = blocks[2](blocks[0](stem))
+    assert torch.allclose(model(x), want) and not torch.allclose(y, want)

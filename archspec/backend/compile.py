@@ -13,6 +13,7 @@ import keyword
 import linecache
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,31 @@ class Block(nn.Module):
         super().__init__()
         for name, module in children:
             _register(self, name, module)
+
+
+class ChainBlock(Block):
+    """Base of the generated chains (a `seq` or repeat whose layers read references): indexed,
+    sized and iterated over its child modules like an `nn.Sequential` (`model.layer1[0]`)."""
+
+    def _key(self, index: int) -> str:
+        keys = list(self._modules)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"{type(self).__name__} indices must be integers, got {index!r:.40}")
+        if not -len(keys) <= index < len(keys):
+            raise IndexError(f"index {index} is out of range for {len(keys)} modules")
+        return keys[index]
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return getattr(self, self._key(index))
+
+    def __setitem__(self, index: int, module: nn.Module) -> None:
+        setattr(self, self._key(index), module)  # the forward calls it by name
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())  # type: ignore[arg-type]
 
 
 def _register(owner: nn.Module, name: str, part: nn.Module | nn.Parameter) -> None:
@@ -273,7 +299,8 @@ _CLASSES: dict[str, type] = {}
 
 def _block_class(node: Node, dag: Dag) -> type:
     source = _Emitter(dag).forward_source(node)
-    return _generated(node.kind, source, COMBINATORS[node.kind].class_name, Block)
+    comb = COMBINATORS[node.kind]
+    return _generated(node.kind, source, comb.class_name, ChainBlock if comb.chain else Block)
 
 
 def _net_class(root: Node, dag: Dag, net: Network) -> type:
