@@ -123,6 +123,20 @@ def test_layer_scale_and_layernorm_on_images_keep_the_receptive_field():
     assert rows["body.7"]["output"] == [4]
 
 
+def test_an_op_that_mixes_every_position_sees_the_whole_input_like_gap():
+    tokens = "[conv: {out: 8, k: 4, stride: 4}, to_tokens, mean_tokens, linear: {out: 2}]"
+    pooled = "[conv: {out: 8, k: 4, stride: 4}, gap, flatten, linear: {out: 2}]"
+    attend = "[conv: {out: 8, k: 4, stride: 4}, to_tokens, attention: {heads: 2}, token]"
+    rfs = {}
+    for key, body in (("tokens", tokens), ("pooled", pooled), ("attend", attend)):
+        report = checked(f"name: rf\ninput: [3, 32, 24]\nstages:\n  s: {body}\n")
+        assert report.ok, report.render_errors()
+        rfs[key] = [r["receptive_field"] for r in report.to_json()["layers"]]
+    assert rfs["pooled"] == [[4, 4], [32, 24], [32, 24], [32, 24]]
+    assert rfs["tokens"] == [[4, 4], None, [32, 24], [32, 24]]
+    assert rfs["attend"] == [[4, 4], None, None, [32, 24]]  # none on tokens
+
+
 def test_a_spec_may_take_tokens_as_input():
     text = "name: seq\ninput: [10, 16]\nstages:\n  b: [attention: {heads: 4}, mean_tokens]\n"
     report = checked(text)

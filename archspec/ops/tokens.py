@@ -14,6 +14,7 @@ from pydantic import Field
 
 from archspec.lang.errors import Problem
 from archspec.ops.base import (
+    GLOBAL,
     MAX_KERNEL,
     NOTHING,
     Fuzz,
@@ -148,7 +149,7 @@ class MeanTokens(Op):
 
     def infer(self, p: Any, shape: Shape) -> Inferred:
         _, d = need_tokens(self.name, shape)
-        return Inferred((d,))
+        return Inferred((d,), window=GLOBAL)  # sees every position, like `gap`
 
     def build(self, p: Any, shape: Shape) -> Any:
         from archspec.backend.layers import MeanTokens as Module
