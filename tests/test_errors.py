@@ -387,3 +387,51 @@ def test_too_deep_help_names_a_short_template_chain_once(tmp_path: Path):
     d = one(tmp_path, text)
     assert d.code == "E-TOO-DEEP"
     assert d.help == "templates inside templates: a -> b"
+
+
+# A torch class name, a common spelling or a typo of one -> the op it stands for.
+ALIASES = {
+    "batchnorm": "`bn`",
+    "batchnrom": "`bn`",
+    "BatchNorm2d": "`bn`",
+    "Conv2d": "`conv`",
+    "ReLU": "`relu`",
+    "MaxPool2d": "`maxpool`",
+    "Linear": "`linear`",
+    "Dropout": "`dropout`",
+    "LayerNorm": "`layernorm`",
+    "GELU": "`gelu`",
+    "AdaptiveAvgPool2d": "`adaptive_avgpool` or `gap`",
+    "LeakyReLU": "`leaky_relu`",
+    "swish": "`silu`",
+    "MultiheadAttention": "`attention`",
+    "FrozenBatchNorm2d": "`frozen_bn`",
+}
+
+
+def test_unknown_ops_written_as_torch_names_or_common_spellings_suggest_the_op():
+    from archspec.analysis.report import check_text
+
+    layers = ", ".join(ALIASES)
+    text = HEAD + f"defaults: {{BatchNorm1d: {{eps: 0.1}}}}\nstages:\n  a: [{layers}]\n"
+    report = check_text(text, "aliases.yaml")
+    got = [(d.code, d.message, d.help) for d in report.errors]
+    assert got[0] == (
+        "E-UNKNOWN-OP",
+        "`defaults` names unknown op `BatchNorm1d`",
+        "did you mean `bn`?",
+    )
+    assert got[1:] == [
+        ("E-UNKNOWN-OP", f"unknown op or template `{k}`", f"did you mean {v}?")
+        for k, v in ALIASES.items()
+    ]
+
+
+def test_no_other_name_of_an_op_is_the_name_of_another_op_or_combinator():
+    from archspec.lower import COMBINATORS
+    from archspec.ops import OPS
+    from archspec.ops.base import names_for_ops
+
+    squashed = {name.replace("_", ""): name for name in [*OPS, *COMBINATORS]}
+    for alias, ops in names_for_ops().items():
+        assert squashed.get(alias, ops[0]) in ops, (alias, ops)

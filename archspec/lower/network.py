@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from archspec.ir import SEQ, Network, Node
-from archspec.lang.errors import Collector, Loc, did_you_mean
+from archspec.lang.errors import Collector, Loc
 from archspec.lang.source import LMap, LSeq, Source, loc_of, to_plain
 from archspec.lang.spec import SpecModel, pydantic_errors
 from archspec.lower import refs
@@ -28,6 +28,7 @@ from archspec.lower.templates import spec_params
 from archspec.lower.variants import overlay
 from archspec.lower.walk import Lowerer
 from archspec.ops import OPS
+from archspec.ops.base import suggest_op
 from archspec.plugins import load_plugins
 
 
@@ -82,7 +83,7 @@ def lower(
                 loc_of(doc.get("defaults", {}), op, root.loc, key_loc=True),
                 "E-UNKNOWN-OP",
                 f"`defaults` names unknown op `{op}`",
-                did_you_mean(op, OPS),
+                suggest_op(op, OPS),
             )
     lw = (lowerer or Lowerer)(src, doc, spec, out)
     spec_params(lw, doc, root.loc)

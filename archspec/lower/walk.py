@@ -42,7 +42,7 @@ from archspec.lower.core import (
 from archspec.lower.repeat import repeat
 from archspec.lower.templates import UNSET, resolve, resolve_or
 from archspec.ops import OPS, Inferred
-from archspec.ops.base import GLOBAL_RF
+from archspec.ops.base import GLOBAL_RF, suggest_op
 
 # Names a child module may not take: they would shadow nn.Module's own attributes.
 RESERVED = {
@@ -286,7 +286,7 @@ class Lowerer:
             return self.instantiate(head, args, key_loc, body_loc, state, env, scope, name)
         known = [*OPS, *COMBINATORS, *self.templates]
         self.error(
-            key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", did_you_mean(head, known)
+            key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", suggest_op(head, known)
         )
         return self.dead(key_loc, state, scope, name)
 

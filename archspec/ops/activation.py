@@ -91,7 +91,7 @@ _activation(
     example="- leaky_relu: {slope: 0.2}",
     fuzz={"slope": [0.2]},
 )
-_activation("silu", "SiLU", InplaceParams, inplace_keeps="copy", family=RELU)
+_activation("silu", "SiLU", InplaceParams, inplace_keeps="copy", family=RELU, aliases=("swish",))
 _activation("hardswish", "Hardswish", InplaceParams, inplace_keeps="copy", family=RELU)
 _activation("hardsigmoid", "Hardsigmoid", InplaceParams, inplace_keeps="copy")
 _activation("sigmoid", "Sigmoid", keeps="output")

@@ -41,6 +41,7 @@ class AttentionParams(Params):
 @register
 class Attention(Op):
     name = "attention"
+    aliases = ("self_attention", "multihead_attention", "mha")
     doc = (
         "multi-head self-attention over LxD tokens (torch.nn.MultiheadAttention, batch_first, "
         "called as attention(x, x, x, need_weights=False) like torchvision's ViT)"

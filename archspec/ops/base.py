@@ -11,13 +11,14 @@ op — here or in a plugin (docs/plugins.md) — is one definition.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from archspec.lang.errors import Problem, raised_at
+from archspec.lang.errors import Problem, did_you_mean, edits, raised_at
 from archspec.ops.shapes import pair
 
 # Re-exported by archspec.ops: the API built-in ops and plugins use.
@@ -200,6 +201,11 @@ class Op:
     # takes a third argument, {parameter: that output's shape}, and the module's forward gets
     # the output as one more input after `x`, in this order.
     refs: ClassVar[tuple[str, ...]] = ()
+    # Other names a user may write for it: torch's class names and common spellings
+    # (`BatchNorm2d`, `batchnorm`). The `torch.nn.X` / `torchvision.ops.X` names in `doc` count
+    # too. E-UNKNOWN-OP suggests the op for any of them, in any case and with or without `_`,
+    # and for a typo of one (`suggest_op`).
+    aliases: ClassVar[tuple[str, ...]] = ()
 
     def infer(self, p: Any, shape: Shape) -> Inferred:
         """Output shape, parameters, MACs and window; raise `Problem` for a bad combination."""
@@ -270,6 +276,44 @@ def _report_plugin_bugs(cls: type[Op]) -> None:
             ) from None
 
     cls.infer = infer  # type: ignore[method-assign]
+
+
+TORCH_NAME = re.compile(r"\b(?:torch\.nn|torchvision\.ops)\.([A-Z]\w*)")
+
+
+def _squash(word: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", word.lower())
+
+
+def names_for_ops() -> dict[str, list[str]]:
+    """Every name a user may write for an op (its own, its `aliases`, the torch classes its
+    `doc` names), squashed (lower case, letters and digits only) -> the ops it stands for."""
+    table: dict[str, list[str]] = {}
+    for name, op in OPS.items():
+        for alias in (name, *op.aliases, *TORCH_NAME.findall(op.doc)):
+            ops = table.setdefault(_squash(alias), [])
+            if name not in ops:
+                ops.append(name)
+    return table
+
+
+def suggest_op(word: str, known: Any) -> str | None:
+    """The help line for an unknown op `word`: the op a torch class name or a common spelling
+    stands for (`BatchNorm2d`, `batchnorm` -> `bn`), else the closest of the `known` names
+    (ops, combinators, templates), else the op whose other name is closest (`batchnrom`)."""
+    table = names_for_ops()
+    squashed = _squash(word)
+    ops = table.get(squashed)
+    if ops is None:
+        hint = did_you_mean(word, known)
+        if hint is not None and hint.startswith("did you mean"):
+            return hint
+        most = max(2, len(squashed) // 3)
+        close = difflib.get_close_matches(squashed, table, n=3, cutoff=0.6)
+        ops = next((table[c] for c in close if edits(squashed, c) <= most), None)
+        if ops is None:
+            return hint
+    return "did you mean " + " or ".join(f"`{o}`" for o in ops) + "?"
 
 
 def he_init(ops: Any) -> bool:

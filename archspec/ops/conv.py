@@ -42,6 +42,7 @@ class ConvParams(Params):
 @register
 class Conv(Op):
     name = "conv"
+    aliases = ("convolution", "Conv2d")
     doc = "2-D convolution (torch.nn.Conv2d)"
     example = (
         "3,32,32",
@@ -133,6 +134,7 @@ class ConvTransposeParams(ConvParams):
 @register
 class ConvTranspose(Op):
     name = "convtranspose"
+    aliases = ("deconv", "conv_transpose", "ConvTranspose2d")
     doc = "2-D transposed convolution (torch.nn.ConvTranspose2d)"
     example = (
         "16,8,8",

@@ -52,6 +52,7 @@ class LinearParams(Params):
 @register
 class Linear(Op):
     name = "linear"
+    aliases = ("fully_connected", "fc")
     doc = "fully connected layer (torch.nn.Linear); on LxD tokens, applied to each token"
     example = ("256", "- linear: {out: 10}")
     Params = LinearParams

@@ -33,6 +33,7 @@ class BatchNormParams(Params):
 @register
 class BatchNorm(Op):
     name = "bn"
+    aliases = ("batchnorm", "batch_norm", "BatchNorm2d", "BatchNorm1d")
     doc = "batch normalisation over channels (BatchNorm2d on images, BatchNorm1d on features)"
     example = ("16,8,8", "- bn\n- bn: {eps: 0.001, momentum: 0.01}")
     Params = BatchNormParams
@@ -169,6 +170,7 @@ class LayerNormParams(Params):
 @register
 class LayerNorm(Op):
     name = "layernorm"
+    aliases = ("layer_norm", "LayerNorm", "LayerNorm2d")
     doc = (
         "layer normalisation over the last dimension of tokens or features (torch.nn.LayerNorm), "
         "over the channels of each position of an image (ConvNeXt's LayerNorm2d)"

@@ -194,6 +194,7 @@ class _Global(_Adaptive):
 @register
 class GlobalAvgPool(_Global):
     name = "gap"
+    aliases = ("global_avgpool", "global_average_pool", "AdaptiveAvgPool2d")
     doc = "global average pooling to 1x1 (torch.nn.AdaptiveAvgPool2d(1))"
     example = ("16,7,7", "- gap")
     module = "AdaptiveAvgPool2d"
@@ -203,6 +204,7 @@ class GlobalAvgPool(_Global):
 @register
 class GlobalMaxPool(_Global):
     name = "gmp"
+    aliases = ("global_maxpool", "global_max_pool", "AdaptiveMaxPool2d")
     doc = "global max pooling to 1x1 (torch.nn.AdaptiveMaxPool2d(1))"
     example = ("16,7,7", "- gmp")
     module = "AdaptiveMaxPool2d"

@@ -51,6 +51,7 @@ def _scales(p: UpsampleParams) -> tuple[float, float]:
 @register
 class Upsample(Op):
     name = "upsample"
+    aliases = ("Upsample", "interpolate", "UpsamplingNearest2d", "UpsamplingBilinear2d")
     doc = "upsampling by a scale or to another output's size (nn.Upsample / F.interpolate)"
     example = (
         "8,16,16",
