@@ -32,7 +32,7 @@ TORCH_ERRORS = (RuntimeError, ValueError, IndexError)
 # unbatched CxHxW, x[:, 0] and mean(1) any rank): archspec refuses them by rank.
 IMAGE_OPS = {"conv", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "gap", "gmp"}
 IMAGE_OPS |= {"lrn", "to_tokens", "upsample", "frozen_bn", "convtranspose"}
-TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image"}
+TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image", "transpose_tokens"}
 TOKEN_OPS |= {"window_attention", "patch_merging", "partition_attention"}
 
 
@@ -227,6 +227,8 @@ class TorchRef:
             h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
             w = p.get("w") or n // max(1, h)
             return _Lambda(lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)), one
+        if op == "transpose_tokens":
+            return _Lambda(lambda t: t.transpose(1, 2)), one
         if op in ("window_attention", "patch_merging", "partition_attention"):
             # torch's view refuses a wrong grid
             n = x.shape[1]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -76,6 +77,17 @@ stages:
     - conv: {out: 8, k: 1}
   head: [gap, flatten, linear: {out: $num_classes}]
 """
+
+
+def docs_spec(name: str) -> str:
+    """The spec called `name` in docs/language.md (the docs tests check it as written)."""
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    start = text.index(f"```yaml\nname: {name}\n") + len("```yaml\n")
+    return text[start : text.index("```", start)]
+
+
+# MLP-Mixer, as the tokens section of docs/language.md writes it.
+MIXER = docs_spec("mlp_mixer")
 
 
 @pytest.fixture(autouse=True)
@@ -157,6 +169,7 @@ def test_a_spec_may_take_tokens_as_input():
         ("[linear: {out: 3}]", "linear", "E-SHAPE-RANK", "linear needs flat features or tokens"),
         ("[flatten, to_image]", "to_image", "E-SHAPE-RANK", "gets a flat vector"),
         ("[class_token]", "class_token", "E-SHAPE-RANK", "class_token needs LxD tokens"),
+        ("[transpose_tokens]", "transpose_tokens", "E-SHAPE-RANK", "needs LxD tokens"),
         (
             "[to_tokens, partition_attention: {heads: 2, window: 4}]",
             "4",
@@ -215,6 +228,65 @@ def test_built_modules_match_plain_torch():
         assert torch.allclose(model(x), want, atol=1e-6)
     assert body.layer_scale.shape == (8, 1, 1) and torch.all(body.layer_scale == 0.5)
     assert dict(model.named_parameters())["body.layer_scale"] is body.layer_scale
+
+
+class MixerBlock(nn.Module):
+    """A hand-written MLP-Mixer block: token mixing across positions, then channel mixing."""
+
+    def __init__(self, tokens: int, dim: int, token_hidden: int, channel_hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        mlp = (nn.Linear(tokens, token_hidden), nn.GELU(), nn.Linear(token_hidden, tokens))
+        self.token_mlp = nn.Sequential(*mlp)
+        self.norm2 = nn.LayerNorm(dim)
+        mlp = (nn.Linear(dim, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, dim))
+        self.channel_mlp = nn.Sequential(*mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mlp(self.norm2(x))
+
+
+class Mixer(nn.Module):
+    def __init__(self, dim=48, patch=4, image=32, token_hidden=32, channel_hidden=96, depth=2):
+        super().__init__()
+        tokens = (image // patch) ** 2
+        self.stem = nn.Conv2d(3, dim, patch, patch)
+        blocks = [MixerBlock(tokens, dim, token_hidden, channel_hidden) for _ in range(depth)]
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.blocks(x)).mean(1))
+
+
+def test_mlp_mixer_matches_a_hand_written_mixer():
+    torch.manual_seed(0)
+    ref = Mixer().eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():  # LayerNorms that do something
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    report = checked(MIXER)
+    assert report.ok, report.render_errors()
+    assert report.params == sum(p.numel() for p in ref.parameters())
+    model = archspec.build(_write(MIXER)).eval()
+    model.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = ref(x)
+        assert torch.allclose(model(x), want, rtol=0, atol=1e-6 * want.abs().max().item())
+    rows = {r["path"]: r for r in report.to_json()["layers"]}
+    assert rows["blocks.0.1"]["op"] == "transpose_tokens" and rows["blocks.0.1"]["output"] == [
+        48,
+        64,
+    ]
+    assert rows["blocks.0.token_mlp.0"]["macs"] == 48 * 64 * 32  # mixes the 64 positions
+    assert estimate(report.network, 2, "bfloat16").activations_bytes == saved_bytes(
+        model, x, "bfloat16"
+    )
 
 
 @pytest.mark.parametrize("kind", ["window", "grid"])
@@ -291,7 +363,9 @@ def macs_counted(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-@pytest.mark.parametrize("text", [ALL_OPS, GRID, WINDOWS], ids=["tokens", "grid", "windows"])
+@pytest.mark.parametrize(
+    "text", [ALL_OPS, GRID, WINDOWS, MIXER], ids=["tokens", "grid", "windows", "mixer"]
+)
 def test_macs_equal_flop_counter(text):
     report = checked(text)
     model = archspec.build(_write(text)).eval()
@@ -307,7 +381,9 @@ def test_vit_mnist_macs_and_output_shape():
     assert model(x).shape == (1, 10)
 
 
-@pytest.mark.parametrize("text", [ALL_OPS, GRID, WINDOWS], ids=["tokens", "grid", "windows"])
+@pytest.mark.parametrize(
+    "text", [ALL_OPS, GRID, WINDOWS, MIXER], ids=["tokens", "grid", "windows", "mixer"]
+)
 @pytest.mark.parametrize("batch", [2, 3])
 def test_saved_bytes_equal_what_autograd_keeps(text, batch):
     report = checked(text)

@@ -58,6 +58,13 @@ class TakeToken(nn.Module):
         return f"index={self.index}"
 
 
+class TransposeTokens(nn.Module):
+    """N x L x D -> N x D x L (a view: nothing copied)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+
 class MeanTokens(nn.Module):
     """N x L x D -> N x D: the mean over the tokens."""
 

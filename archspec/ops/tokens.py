@@ -103,6 +103,30 @@ class ToImage(Op):
         return Module(*grid(self.name, p, shape[0]))
 
 
+@register
+class TransposeTokens(Op):
+    name = "transpose_tokens"
+    aliases = ("transpose",)
+    doc = (
+        "swap the two axes of tokens: LxD -> DxL (x.transpose(1, 2), a view; MLP-Mixer's token "
+        "mixing: a `linear` after it mixes the L positions)"
+    )
+    example = ("64,32", "- transpose_tokens\n- linear: {out: 16}\n- transpose_tokens")
+    color = TOKEN_COLOR
+
+    def infer(self, p: Any, shape: Shape) -> Inferred:
+        n, d = need_tokens(self.name, shape)
+        return Inferred((d, n))
+
+    def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
+        return Saved(alias=True)
+
+    def build(self, p: Any, shape: Shape) -> Any:
+        from archspec.backend.layers import TransposeTokens as Module
+
+        return Module()
+
+
 class TokenParams(Params):
     index: int = Field(0, ge=-(1 << 20), le=(1 << 20) - 1, description="which token (0: first)")
 
