@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from archspec.lang.errors import Collector, Loc, did_you_mean
+from archspec.lang.model import ConfigDict, Field, Model
 from archspec.lang.source import LMap, LSeq, loc_of
 
 MAX_INPUT = 1 << 16
 
 
-class SpecModel(BaseModel):
-    """The top level of a spec file."""
+class SpecModel(Model):
+    """The top level of a spec file (a pydantic model, built lazily: archspec/lang/model.py)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -67,7 +66,7 @@ class SpecModel(BaseModel):
 
 
 def pydantic_errors(
-    exc: ValidationError,
+    exc: Any,
     tree: Any,
     fallback: Loc,
     out: Collector,
@@ -75,7 +74,7 @@ def pydantic_errors(
     what: str = "",
     known_keys: Iterable[str] = (),
 ) -> None:
-    """Turn each pydantic error into a located diagnostic."""
+    """Turn each error of a pydantic ValidationError into a located diagnostic."""
     # Drop union-member tags (`k.int`, `k.list[int]`): a value failing `int | list[int]` is one
     # mistake, reported once at its field, by the most specific member (`stride.1`, not `stride`).
     errors: list[tuple[tuple[int | str, ...], Any]] = []

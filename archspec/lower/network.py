@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
 from archspec.ir import SEQ, Network, Node
 from archspec.lang.errors import Collector, Loc
+from archspec.lang.model import Invalid
 from archspec.lang.source import LMap, LSeq, Source, loc_of, to_plain
 from archspec.lang.spec import SpecModel, pydantic_errors
 from archspec.lower import refs
@@ -64,8 +63,10 @@ def lower(
         plain["num_classes"] = num_classes
     try:
         spec = SpecModel.model_validate(plain)
-    except ValidationError as exc:
-        pydantic_errors(exc, doc, root.loc, out, what="the spec", known_keys=SpecModel.model_fields)
+    except Invalid as exc:
+        pydantic_errors(
+            exc.errors, doc, root.loc, out, what="the spec", known_keys=SpecModel.model_fields
+        )
         return None
     if not plugins_ok:  # the layers would be unknown ops: the E-PLUGIN errors say it all
         return None

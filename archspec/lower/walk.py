@@ -14,10 +14,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from pydantic import ValidationError
-
 from archspec.ir import LAYER, SEQ, Node
 from archspec.lang.errors import Collector, Loc, Problem, did_you_mean
+from archspec.lang.model import Invalid
 from archspec.lang.source import LMap, LSeq, Source, loc_of
 from archspec.lang.spec import SpecModel, pydantic_errors
 from archspec.lower import refs, templates
@@ -454,9 +453,14 @@ class Lowerer:
             return None, None
         try:
             params = op.Params.model_validate(values)
-        except ValidationError as exc:
+        except Invalid as exc:
             pydantic_errors(
-                exc, body, body_loc, self.out, what=f"`{opname}`", known_keys=op.Params.model_fields
+                exc.errors,
+                body,
+                body_loc,
+                self.out,
+                what=f"`{opname}`",
+                known_keys=op.Params.model_fields,
             )
             return None, None
         if state.shape is None or self.ref_shapes is None:  # still check what needs no shape

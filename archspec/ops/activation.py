@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
-
+from archspec.lang.model import Field
 from archspec.ops.base import Extra, NoParams, Op, Params, Saved, Shape, numel, register
 
 

@@ -1,7 +1,7 @@
 """The op registry's machinery: the base class every op (built-in or plugin) derives from,
 `register`, and the small value types the rules return.
 
-One op is one class: its parameters (a pydantic model), shape/param/MAC rule (`infer`, pure
+One op is one class: its parameters (a pydantic model, built lazily), shape/param/MAC rule (`infer`, pure
 Python: `check` never imports torch), receptive-field window, saved-for-backward rule, torch
 module (built lazily in `build`), initialisation family, docs text and example, graph colour
 and the values the differential fuzzer draws. Docs tables, the JSON Schema, the graph, the
@@ -16,13 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from archspec.lang.errors import Problem, did_you_mean, edits, raised_at
+from archspec.lang.model import ConfigDict, Field, Model
 from archspec.ops.shapes import pair
 
 # Re-exported by archspec.ops: the API built-in ops and plugins use.
-__all__ = ["OPS", "Fuzz", "NoParams", "Op", "Params", "Problem", "he_init", "register"]
+__all__ = ["OPS", "Field", "Fuzz", "NoParams", "Op", "Params", "Problem", "he_init", "register"]
 __all__ += ["NOTHING", "Extra", "Inferred", "IntOrPair", "PosInt", "Saved", "Shape", "Window"]
 __all__ += ["MAX_CHANNELS", "MAX_KERNEL", "check_pair", "collapse", "fmt", "need_image", "numel"]
 __all__ += ["GLOBAL", "need_tokens", "rank_name"]
@@ -96,9 +95,11 @@ def numel(shape: Shape) -> int:
     return n
 
 
-class Params(BaseModel):
-    # defer_build: a check touches a handful of ops; building every schema at import costs ~0.2 s
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+class Params(Model):
+    """An op's parameters: a pydantic model (strict, unknown keys refused, immutable), built
+    by pydantic only when needed (archspec/lang/model.py): a valid spec checks without it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class NoParams(Params):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from archspec.lang.errors import Problem
+from archspec.lang.model import Field
 from archspec.ops.base import (
     MAX_CHANNELS,
     Fuzz,

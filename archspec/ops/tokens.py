@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from archspec.lang.errors import Problem
+from archspec.lang.model import Field
 from archspec.ops.base import (
     GLOBAL,
     MAX_KERNEL,
