@@ -351,6 +351,9 @@ def apply_template(group: list[tuple[Any, Any]], templates: dict, classes: dict[
     except _Differ:
         return False
     cls = Counter(classes.get(id(x), "") for x in items).most_common(1)[0][0]
+    names = {name for _, name in bares}
+    if cls in ("", "Sequential", "ModuleList") and len(names) == 1 and names != {"layers"}:
+        cls = next(iter(names)) or cls  # containers named alike: ConvNeXt's `block`, `mlp_layer`
     tname = template_name(cls, templates)
     params: dict[str, Any] = {}
     defaults: dict[str, Any] = {}
