@@ -51,6 +51,7 @@ class Scope:
     def __init__(self, path: str):
         self.path = path
         self.names: set[str] = set()
+        self.unnumbered = 0  # names that take no position (a merge named to be read later)
         self.key_locs: dict[str, Loc] = {}  # the model's scope: where each stage's name is written
 
 

@@ -78,13 +78,13 @@ def reference(
     lw.ref_reads += 1
     node = lookup(lw, ref, scope)
     if node is None:
-        lw.pending.append((loc, ref, scope.path))
+        lw.pending.append((loc, ref, scope.path, len(lw.named)))
     return node
 
 
 def unresolved(lw: Lowerer) -> None:
     """The references that did not resolve when read: later outputs, or unknown names."""
-    for loc, ref, at in lw.pending:
+    for loc, ref, at, seen in lw.pending:
         node = lookup(lw, ref, Scope(at))
         if node is not None:
             if at == node.path or at.startswith(node.path + "."):
@@ -93,23 +93,56 @@ def unresolved(lw: Lowerer) -> None:
                 msg = f"`{ref}` is computed after this layer (line {node.loc.line})"
             lw.error(loc, "E-REF-FORWARD", msg, "a layer can read only outputs computed before it")
             continue
-        known = visible(lw, at)
+        gone = _left_out(lw, ref, at)
+        if gone is not None:
+            lw.error(
+                loc,
+                "E-REF-UNKNOWN",
+                f"no output named `{ref}` here: its `when` (line {gone.line}) is false",
+                "give this item a `when` too (and another item for the other case), or read "
+                "another output",
+            )
+            continue
+        known = visible(lw, at, seen)
         hint = did_you_mean(ref, known)
         if hint is None:
-            near = ", ".join(sorted(known, key=len)[:6])
+            near = ", ".join(known[:6])
             hint = f"earlier outputs seen from here: {near}" if near else None
         lw.error(loc, "E-REF-UNKNOWN", f"no output named `{ref}`", hint)
 
 
-def visible(lw: Lowerer, at: str) -> list[str]:
-    """Every registered output as the shortest name that reaches it from module `at`."""
-    names = []
-    for path in lw.named:
+def _left_out(lw: Lowerer, ref: str, at: str) -> Loc | None:
+    """Where `when` left out the item `ref` names from module `at` (looked up like `lookup`)."""
+    prefix = at
+    while True:
+        found = lw.left_out.get(join(prefix, ref))
+        if found is not None or not prefix:
+            return found
+        prefix = prefix.rpartition(".")[0]
+
+
+def visible(lw: Lowerer, at: str, seen: int | None = None) -> list[str]:
+    """The outputs a reference from module `at` can read (the first `seen` registered: those
+    computed before it), each by the shortest name that reaches it, the nearest first."""
+    earlier = dict(list(lw.named.items())[:seen])
+    rank: dict[str, tuple[int, int]] = {}
+    for order, (path, node) in enumerate(earlier.items()):
+        if at == path or at.startswith(path + "."):
+            continue  # a module that contains the reader (E-REF-FORWARD)
         prefix = at
         while prefix and not path.startswith(prefix + "."):
             prefix = prefix.rpartition(".")[0]
-        names.append(path[len(prefix) + 1 :] if prefix else path)
-    return names
+        name = path[len(prefix) + 1 :] if prefix else path
+        found = None  # what `name` reaches from `at`: a nearer namesake may hide this one
+        look = at
+        while found is None:
+            found = earlier.get(join(look, name))
+            if not look:
+                break
+            look = look.rpartition(".")[0]
+        if found is node:  # siblings first, then the enclosing modules'; the latest first
+            rank[name] = (-(prefix.count(".") + 1 if prefix else 0), -order)
+    return sorted(rank, key=rank.__getitem__)
 
 
 # --------------------------------------------------------------------------- `from:` on an item
@@ -160,7 +193,7 @@ def lower_from(
         node = lw.item(rest, loc, merged, env, scope, name)
     else:
         if "name" in rest:
-            name = lw.claim(scope, lw.item_name(rest, loc, env, None), floc)
+            name = lw.claim(scope, lw.item_name(rest, loc, env, None), floc, numbered=False)
         node = Node(JOIN, name or "", join(scope.path, name) if name else "", floc, state.shape)
         finish(node, merged)
     node.reads, node.join = paths, how

@@ -108,7 +108,10 @@ class Lowerer:
         self.depth = 0  # items being lowered, one inside the other
         self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
         self.named: dict[str, Node] = {}  # outputs computed so far, by module path (refs.py)
-        self.pending: list[tuple[Loc, str, str]] = []  # references that did not resolve yet
+        # references that did not resolve yet: where, the name, the module read from, and how
+        # many outputs were computed then (the earlier ones are the names it could read)
+        self.pending: list[tuple[Loc, str, str, int]] = []
+        self.left_out: dict[str, Loc] = {}  # items a false `when` left out: path -> the `when`
         self.ref_reads = 0  # references read so far (a cache of lowered stages watches it)
         # the shapes of the outputs the layer being lowered names in its parameters (`rule`
         # reads them; None: one is unknown)
@@ -119,10 +122,11 @@ class Lowerer:
     def error(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
         self.out.add(loc, code, message, help)
 
-    def claim(self, scope: Scope, name: str | None, loc: Loc) -> str:
-        """Register a module name on `scope`; `None` means "the next position", like a list."""
+    def claim(self, scope: Scope, name: str | None, loc: Loc, numbered: bool = True) -> str:
+        """Register a module name on `scope`; `None` means "the next position", like a list.
+        A name that is not `numbered` takes no position (the next item's number is unchanged)."""
         if name is None:
-            name = str(len(scope.names))
+            name = str(len(scope.names) - scope.unnumbered)
         if not NAME_RE.match(name) or name in RESERVED:
             self.error(
                 scope.key_locs.get(name, loc),
@@ -138,6 +142,8 @@ class Lowerer:
                 f"`{name}` is already a module in {where}",
                 "give one of them another `name`",
             )
+        if not numbered and name not in scope.names:
+            scope.unnumbered += 1
         scope.names.add(name)
         return name
 
@@ -171,8 +177,6 @@ class Lowerer:
         if self.count > MAX_LAYERS:
             raise TooBig(loc)
         with self.deeper(loc):
-            if isinstance(item, dict) and "from" in item:
-                return refs.lower_from(self, item, loc, state, env, scope, name)
             if isinstance(item, str):
                 return self.named_thing(item, None, loc, loc, state, env, scope, name)
             if isinstance(item, list):
@@ -185,11 +189,13 @@ class Lowerer:
                     "a layer is an op name (`relu`), a mapping `{conv: {out: 64, k: 3}}`, or a list",
                 )
                 return self.dead(loc, state, scope, name)
-            if "when" in item:
+            if "when" in item:  # before `from`: an item left out reads nothing
                 present = self.when(item, loc, state, env)
                 if present is not True:
-                    return self.absent(loc, state, scope)
+                    return self.absent(item, loc, state, env, scope)
                 item = _without(item, "when")
+            if "from" in item:
+                return refs.lower_from(self, item, loc, state, env, scope, name)
             keys = set(item)
             if keys & {"use", "body", "repeat"}:
                 return repeat(self, item, loc, state, env, scope, name)
@@ -233,8 +239,15 @@ class Lowerer:
             return None
         return value
 
-    def absent(self, loc: Loc, state: State, scope: Scope) -> Node:
-        """An item whose `when` is false: no module, no name, its input handed on unchanged."""
+    def absent(self, item: dict, loc: Loc, state: State, env: dict, scope: Scope) -> Node:
+        """An item whose `when` is false: no module, no name, its input handed on unchanged.
+        The name it would have had is kept, so that a reference to it says why it is missing."""
+        name = self.item_name(item, loc, env, None)
+        heads = [k for k in item if k not in ("when", "from", "merge", "name", "inline")]
+        if name is None and len(heads) == 1 and isinstance(item[heads[0]], dict):
+            name = self.item_name(item[heads[0]], loc, env, None)
+        if name is not None:
+            self.left_out.setdefault(join(scope.path, name), loc_of(item, "when", loc))
         node = Node(SEQ, "", scope.path, loc, state.shape, inline=True)
         return finish(node, state)
 
