@@ -77,7 +77,15 @@ CASES = {
         9,
         7,
         "needs parameter `c`",
-        "with: {c: ...}",
+        "pass it in the call: `basic: {c: ...}`",
+    ),
+    "missing template parameter in a repeat": (
+        HEAD + TEMPLATE + "stages:\n  a: {repeat: 2, use: basic}\n",
+        "E-TEMPLATE-ARG-MISSING",
+        9,
+        23,
+        "needs parameter `c`",
+        "pass it with `with: {c: ...}`",
     ),
     "wrong type of an op parameter": (
         HEAD + "stages:\n  a: [conv: {out: 4, k: 2.5}]\n",

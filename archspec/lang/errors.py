@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,11 @@ class Diagnostic:
     code: str
     message: str
     help: str | None = None
+    # where an error inside a template body happened: the uses (module paths) that failed
+    note: str | None = None
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "file": self.loc.file,
             "line": self.loc.line,
             "column": self.loc.column,
@@ -37,6 +39,9 @@ class Diagnostic:
             "message": self.message,
             "help": self.help,
         }
+        if self.note is not None:
+            out["note"] = self.note
+        return out
 
     def render(self, source_lines: list[str] | None = None) -> str:
         out = [f"{self.loc}: error[{self.code}]: {_printable(self.message)}"]
@@ -48,6 +53,8 @@ class Diagnostic:
                 out.append(f"{self.loc.line} | {text}")
                 caret = "^" * max(1, min(self.loc.width, len(text) - self.loc.column + 1))
                 out.append(f"{gutter} | {' ' * (self.loc.column - 1)}{caret}")
+        if self.note:
+            out.append(f"note: {_printable(self.note)}")
         if self.help:
             out.append(f"help: {_printable(self.help)}")
         return "\n".join(out)
@@ -94,16 +101,40 @@ class Collector:
 
     items: list[Diagnostic] = field(default_factory=list)
     limit: int = 200
+    # the template use being lowered (the walk sets it): an error's note names it
+    context: str | None = None
+    _places: dict[int, list[str]] = field(default_factory=dict)  # a diagnostic's uses, by index
 
-    def add(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
-        # A repeat or template lowers the same text once per repetition: say each error once.
-        if any(d.loc == loc and d.code == code and d.message == message for d in self.items):
-            return
+    def add(
+        self, loc: Loc, code: str, message: str, help: str | None = None, note: str | None = None
+    ) -> None:
+        place = self.context if note is None else note
+        # A repeat or template lowers the same text once per use: say each error once, with
+        # every use where it happens.
+        for i, d in enumerate(self.items):
+            if d.loc == loc and d.code == code and d.message == message:
+                places = self._places.get(i)
+                if place is not None and places is not None and place not in places:
+                    places.append(place)
+                    self.items[i] = replace(d, note=_note(places))
+                return
         if len(self.items) < self.limit:
-            self.items.append(Diagnostic(loc, code, message, help))
+            if place is not None:
+                self._places[len(self.items)] = [place]
+            self.items.append(Diagnostic(loc, code, message, help, _note([place] if place else [])))
 
     def problem(self, loc: Loc, p: Problem) -> None:
         self.add(loc, p.code, p.message, p.help)
+
+
+def _note(places: list[str]) -> str | None:
+    """`in the use at `l2.0` (line 13)`, for one use or several."""
+    if not places:
+        return None
+    if len(places) == 1:
+        return f"in the use at {places[0]}"
+    shown = places[:4] if len(places) <= 5 else [*places[:4], f"{len(places) - 4} more"]
+    return f"in the uses at {', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

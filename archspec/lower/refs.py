@@ -78,20 +78,22 @@ def reference(
     lw.ref_reads += 1
     node = lookup(lw, ref, scope)
     if node is None:
-        lw.pending.append((loc, ref, scope.path, len(lw.named)))
+        lw.pending.append((loc, ref, scope.path, len(lw.named), lw.out.context))
     return node
 
 
 def unresolved(lw: Lowerer) -> None:
     """The references that did not resolve when read: later outputs, or unknown names."""
-    for loc, ref, at, seen in lw.pending:
+    for loc, ref, at, seen, use in lw.pending:
         node = lookup(lw, ref, Scope(at))
         if node is not None:
             if at == node.path or at.startswith(node.path + "."):
                 msg = f"`{ref}` contains this layer: its output is not computed yet here"
             else:
                 msg = f"`{ref}` is computed after this layer (line {node.loc.line})"
-            lw.error(loc, "E-REF-FORWARD", msg, "a layer can read only outputs computed before it")
+            lw.error(
+                loc, "E-REF-FORWARD", msg, "a layer can read only outputs computed before it", use
+            )
             continue
         gone = _left_out(lw, ref, at)
         if gone is not None:
@@ -101,6 +103,7 @@ def unresolved(lw: Lowerer) -> None:
                 f"no output named `{ref}` here: its `when` (line {gone.line}) is false",
                 "give this item a `when` too (and another item for the other case), or read "
                 "another output",
+                use,
             )
             continue
         known = visible(lw, at, seen)
@@ -108,7 +111,7 @@ def unresolved(lw: Lowerer) -> None:
         if hint is None:
             near = ", ".join(known[:6])
             hint = f"earlier outputs seen from here: {near}" if near else None
-        lw.error(loc, "E-REF-UNKNOWN", f"no output named `{ref}`", hint)
+        lw.error(loc, "E-REF-UNKNOWN", f"no output named `{ref}`", hint, use)
 
 
 def _left_out(lw: Lowerer, ref: str, at: str) -> Loc | None:
@@ -172,19 +175,24 @@ def lower_from(
         lw.error(vloc, "E-ITEM", "`from` needs at least one output name", "e.g. `from: [in, enc2]`")
     paths: list[str] = []
     sources: list[tuple[str, State]] = []
+    written: dict[str, str] = {}  # a name given by an expression -> the expression (`$skip`)
     for i, ref in enumerate(refs):
         rloc = loc_of(raw, i, vloc) if isinstance(raw, list) else vloc
+        text = ref
+        ref = resolve_or(lw, ref, rloc, env, state, UNSET)
         if ref == IN:
             paths.append(IN)
             sources.append((IN, state))
             continue
-        node = reference(lw, ref, rloc, scope, env, state)
+        node = reference(lw, ref, rloc, scope, env, state) if ref is not UNSET else None
         if node is None:
             sources.append((str(ref), UNKNOWN))
             continue
+        if isinstance(text, str) and text != ref:
+            written[str(ref)] = text
         paths.append(node.path)
         sources.append((str(ref), getattr(node, "_state", UNKNOWN)))
-    merged = merge_states(lw, how, sources, floc)
+    merged = merge_states(lw, how, sources, floc, written)
     rest = LMap({k: v for k, v in item.items() if k not in ITEM_KEYS})
     rest.loc = getattr(item, "loc", loc)
     rest.key_locs = {k: v for k, v in getattr(item, "key_locs", {}).items() if k in rest}
@@ -200,11 +208,14 @@ def lower_from(
     return node
 
 
-def merge_states(lw: Lowerer, how: str, sources: list[tuple[str, State]], loc: Loc) -> State:
+def merge_states(
+    lw: Lowerer, how: str, sources: list[tuple[str, State]], loc: Loc, written: dict[str, str]
+) -> State:
     """The shape rule of a merge: `concat` joins channels of equal height and width, `add`
     needs equal shapes, `mul` broadcasts (a size-1 dimension stretches). Sizes that differ
     only in height and width depend on the input size: the walk goes on as if they agreed and
-    `finish_merges` reports them, with the input sizes at which every merge agrees."""
+    `finish_merges` reports them, with the input sizes at which every merge agrees. `written`
+    maps a source named by an expression to the expression, for the fix the help suggests."""
     if any(s.shape is None for _, s in sources):
         return UNKNOWN
     if len(sources) == 1:
@@ -224,7 +235,7 @@ def merge_states(lw: Lowerer, how: str, sources: list[tuple[str, State]], loc: L
         if not images or (how == "add" and sa.shape[0] != sb.shape[0]):
             _refuse(lw, how, (a, sa), (b, sb), loc)
             return UNKNOWN
-        lw.mismatches.append((loc, how, (a, sa), (b, sb)))
+        lw.mismatches.append((loc, how, (a, sa), (b, sb), written, lw.out.context))
         out = merged_shape(how, [(sh[0], *shapes[0][1:]) for sh in shapes])
     return State(out, rf, jump, first.trace)  # type: ignore[arg-type]
 
@@ -266,8 +277,28 @@ def _refuse(lw: Lowerer, how: str, a: tuple[str, State], b: tuple[str, State], l
         f"`{how}` needs {want[how]}, but {LABEL.get(an, an)} gives {fmt(sa.shape or ())} "
         f"and {LABEL.get(bn, bn)} gives {fmt(sb.shape or ())}"
     )
-    hint = "give both the same channels (a 1x1 conv)" if how != "concat" else None
+    hint = None
+    if how != "concat" and len(sa.shape or ()) == len(sb.shape or ()) == 3:
+        assert sa.shape is not None and sb.shape is not None
+        if sa.shape[1:] == sb.shape[1:]:
+            hint = "give both the same channels (a 1x1 conv)"
+        else:
+            hint = "give both the same shape: " + _projection(an, sa.shape, bn, sb.shape)
+    elif how != "concat":
+        hint = "give both the same shape"
     lw.error(loc, CODES[how], msg, hint)
+
+
+def _projection(an: str, a: Shape, bn: str, b: Shape) -> str:
+    """How a 1x1 conv makes the larger of two images the other's shape (`a 1x1 conv with
+    stride 2 on x`), or that sizes which no stride divides need resizing."""
+    big, small, name = (a, b, an) if a[1] >= b[1] else (b, a, bn)
+    stride = [big[i] // small[i] if small[i] and big[i] % small[i] == 0 else 0 for i in (1, 2)]
+    if 0 in stride:
+        return "resize one to the other (`upsample`, `crop`, `pad`) and match the channels"
+    s = stride[0] if stride[0] == stride[1] else stride
+    where = LABEL.get(name, f"`{name}`")
+    return f"a 1x1 conv with {small[0]} channels and stride {s} on {where}"
 
 
 def finish_merges(lw: Lowerer) -> None:
@@ -278,7 +309,7 @@ def finish_merges(lw: Lowerer) -> None:
         return
     c, h, w = lw.spec.input
     fit = fitting(lw.merges, (h, w))
-    for loc, how, (a, sa), (b, sb) in lw.mismatches[: 1 if fit else None]:
+    for loc, how, (a, sa), (b, sb), written, use in lw.mismatches[: 1 if fit else None]:
         msg = (
             f"input {h}x{w}: {LABEL.get(a, a)} gives {fmt(sa.shape[1:])} "
             f"but {LABEL.get(b, b)} gives {fmt(sb.shape[1:])}"
@@ -289,7 +320,32 @@ def finish_merges(lw: Lowerer) -> None:
             hint = f"use such a size (--input {c},{nh},{nw}), or make the sizes agree"
         else:
             hint = "make the sizes agree"
-        lw.error(loc, CODES[how], msg, hint + f": `upsample: {{size_of: {b}}}`, `crop` or `pad`")
+        lw.error(loc, CODES[how], msg, f"{hint}: {_resize(a, sa, b, sb, written)}", use)
+
+
+def _resize(a: str, sa: State, b: str, sb: State, written: dict[str, str]) -> str:
+    """A fix that makes two merged images the same size: resize the incoming tensor to the
+    other source before the merge, or read a resized copy of the second source."""
+    if b == IN:  # the incoming tensor is resized to the other source
+        a, sa, b, sb = b, sb, a, sa
+    have, want = sa.shape, sb.shape
+    assert have is not None and want is not None
+    to = written.get(b, b)
+    here = f" (`{b}` here)" if to != b else ""
+    grow = have[1] <= want[1] and have[2] <= want[2]
+    ops = (
+        [f"`upsample: {{size_of: {to}}}`", f"`pad: {{to: {to}}}`"]
+        if grow
+        else [f"`crop: {{to: {to}}}`", f"`upsample: {{size_of: {to}}}`"]
+    )
+    if a == IN:
+        return f"put {ops[0]} or {ops[1]}{here} before this item"
+    src = written.get(a, a)
+    copy = f"{a.rpartition('.')[2]}_resized"
+    return (
+        f"resize `{a}` to `{b}` before this item, `{{upsample: {{size_of: {to}}}, from: {src}, "
+        f"name: {copy}}}`{here}, and read `{copy}` instead"
+    )
 
 
 def _disagreeing(how: str, sources: list[tuple[str, State]]) -> list[tuple[str, State]]:

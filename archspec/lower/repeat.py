@@ -195,6 +195,7 @@ def repeat(
                 sc,
                 nm,
                 splice=inline,
+                repeated=True,
             )
         # `with` values see the repetition index `$i`, like a template's arguments do; a
         # value that fails reads as unknown in the body instead of as an unknown name.
@@ -203,7 +204,10 @@ def repeat(
         for k, v in call.items():
             vloc = located.val_locs.get(k) or loc_of(item, "with", loc)
             scope_env[k] = resolve_or(lw, v, vloc, local, st, UNSET)
-        return lw.item(body, uloc, st, scope_env, sc, nm, splice=inline)
+        if i is None:  # not repeated: the layers are written where they are used
+            return lw.item(body, uloc, st, scope_env, sc, nm, splice=inline)
+        with lw.using(sc, nm, inline, uloc):
+            return lw.item(body, uloc, st, scope_env, sc, nm, splice=inline)
 
     reps = [rep for row in rows for rep in row.reps] if rows is not None else []
     if times is None and not joined:

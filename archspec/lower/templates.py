@@ -68,7 +68,10 @@ def instantiate(
     scope: Scope,
     name: str | None,
     splice: bool = False,
+    repeated: bool = False,
 ) -> Node:
+    """A call of template `tname` with `args` (a repeat's `with`, when `repeated`, else the
+    mapping of an op-style call)."""
     template = lw.templates[tname]
     tloc = loc_of(lw.templates, tname, key_loc)
     if tname in lw.stack:
@@ -134,7 +137,9 @@ def instantiate(
                 key_loc,
                 "E-TEMPLATE-ARG-MISSING",
                 f"template `{tname}` needs parameter `{p}` ({tdecl})",
-                f"pass it with `with: {{{p}: ...}}`",
+                f"pass it with `with: {{{p}: ...}}`"
+                if repeated
+                else f"pass it in the call: `{tname}: {{{p}: ...}}`",
             )
             ok, local[p] = False, UNSET
         else:
@@ -162,7 +167,8 @@ def instantiate(
         state = UNKNOWN
     lw.stack.append(tname)
     try:
-        return lw.item(body, bloc, state, local, scope, name, splice=splice)
+        with lw.using(scope, name, splice, key_loc):
+            return lw.item(body, bloc, state, local, scope, name, splice=splice)
     finally:
         lw.stack.pop()
 

@@ -108,9 +108,10 @@ class Lowerer:
         self.depth = 0  # items being lowered, one inside the other
         self.globals: dict[str, Any] = {"num_classes": spec.num_classes, "width": spec.width}
         self.named: dict[str, Node] = {}  # outputs computed so far, by module path (refs.py)
-        # references that did not resolve yet: where, the name, the module read from, and how
-        # many outputs were computed then (the earlier ones are the names it could read)
-        self.pending: list[tuple[Loc, str, str, int]] = []
+        # references that did not resolve yet: where, the name, the module read from, how
+        # many outputs were computed then (the earlier ones are the names it could read), and
+        # the template use it is in
+        self.pending: list[tuple[Loc, str, str, int, str | None]] = []
         self.left_out: dict[str, Loc] = {}  # items a false `when` left out: path -> the `when`
         self.ref_reads = 0  # references read so far (a cache of lowered stages watches it)
         # the shapes of the outputs the layer being lowered names in its parameters (`rule`
@@ -119,14 +120,16 @@ class Lowerer:
         self.merges: list = []  # both sides of every merge of images (refs.fitting)
         self.mismatches: list = []  # merges whose sizes differ at this input size
 
-    def error(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
-        self.out.add(loc, code, message, help)
+    def error(
+        self, loc: Loc, code: str, message: str, help: str | None = None, note: str | None = None
+    ) -> None:
+        self.out.add(loc, code, message, help, note)
 
     def claim(self, scope: Scope, name: str | None, loc: Loc, numbered: bool = True) -> str:
         """Register a module name on `scope`; `None` means "the next position", like a list.
         A name that is not `numbered` takes no position (the next item's number is unchanged)."""
         if name is None:
-            name = str(len(scope.names) - scope.unnumbered)
+            name = self.next_position(scope)
         if not NAME_RE.match(name) or name in RESERVED:
             self.error(
                 scope.key_locs.get(name, loc),
@@ -301,6 +304,25 @@ class Lowerer:
             key_loc, "E-UNKNOWN-OP", f"unknown op or template `{head}`", suggest_op(head, known)
         )
         return self.dead(key_loc, state, scope, name)
+
+    @contextlib.contextmanager
+    def using(self, scope: Scope, name: str | None, splice: bool, loc: Loc) -> Iterator[None]:
+        """Lower a template body (or a repetition's layers) written once and used here: an
+        error inside says which use failed (`note: in the use at `l2.0` (line 13)`)."""
+        if splice:
+            path = scope.path
+        else:
+            path = join(scope.path, name if name is not None else self.next_position(scope))
+        before = self.out.context
+        self.out.context = f"`{path or 'the model'}` (line {loc.line})"
+        try:
+            yield
+        finally:
+            self.out.context = before
+
+    def next_position(self, scope: Scope) -> str:
+        """The name the next item without a `name` takes on `scope`."""
+        return str(len(scope.names) - scope.unnumbered)
 
     @contextlib.contextmanager
     def deeper(self, loc: Loc) -> Iterator[None]:

@@ -349,10 +349,13 @@ class _Recorder(Collector):
     logs: list[list] = field(default_factory=list)  # what is being recorded, outermost first
     uses: list[Use] = field(default_factory=list)
 
-    def add(self, loc: Loc, code: str, message: str, help: str | None = None) -> None:
+    def add(
+        self, loc: Loc, code: str, message: str, help: str | None = None, note: str | None = None
+    ) -> None:
+        note = self.context if note is None else note  # a reused stage says its uses again
         for log in self.logs:
-            log.append((loc, code, message, help))
-        super().add(loc, code, message, help)
+            log.append((loc, code, message, help, note))
+        super().add(loc, code, message, help, note)
 
     @contextmanager
     def recording(self) -> Iterator[list]:
@@ -484,7 +487,7 @@ class _CachingLowerer(Lowerer):
         hit = out.rules.get(key)
         if hit is not None:
             for args in hit[2]:
-                out.add(*args)
+                out.add(*args[:4])  # said in the template use being lowered now
             return hit[0], hit[1]
         with out.recording() as log:
             params, inferred = super().rule(opname, body, body_loc, loc, state, env)

@@ -133,7 +133,8 @@ class ArchspecServer(LanguageServer):
     def publish(self, uri: str, buffer: TextDocument, analysis: Analysis, version: Any) -> None:
         out = []
         for span, d in F.diagnostics(analysis):
-            message = d.message + (f"\nhelp: {d.help}" if d.help else "")
+            message = d.message + (f"\nnote: {d.note}" if d.note else "")
+            message += f"\nhelp: {d.help}" if d.help else ""
             out.append(
                 lsp.Diagnostic(
                     range=self.range(buffer, span),
@@ -141,7 +142,8 @@ class ArchspecServer(LanguageServer):
                     severity=lsp.DiagnosticSeverity.Error,
                     code=d.code,
                     source="archspec",
-                    data={"message": d.message, "help": d.help},
+                    data={"message": d.message, "help": d.help}
+                    | ({"note": d.note} if d.note else {}),
                 )
             )
         self.text_document_publish_diagnostics(
