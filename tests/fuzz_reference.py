@@ -34,6 +34,20 @@ IMAGE_OPS = {"conv", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool
 IMAGE_OPS |= {"lrn", "to_tokens", "upsample", "frozen_bn", "convtranspose"}
 TOKEN_OPS = {"attention", "class_token", "token", "mean_tokens", "to_image", "transpose_tokens"}
 TOKEN_OPS |= {"window_attention", "patch_merging", "partition_attention"}
+# Ops laying tokens out on an h x w grid: without `h`/`w` they take the grid of the image the
+# tokens came from (kept on the tensor as `_grid` while every op keeps the tokens one per
+# position; patch merging halves it), else a square.
+GRID_OPS = {"to_image", "window_attention", "patch_merging", "partition_attention"}
+
+
+def grid_of(x: torch.Tensor) -> tuple[int, int] | None:
+    return getattr(x, "_grid", None)
+
+
+def with_grid(y: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
+    if grid is not None and y.dim() == 3:
+        y._grid = grid  # type: ignore[attr-defined]
+    return y
 
 
 class _Lambda(nn.Module):
@@ -165,12 +179,24 @@ class TorchRef:
             raise Stricter("token-rank")
         if op == "bn" and x.dim() == 3:
             raise Stricter("bn-tokens")  # BatchNorm1d would read the tokens as channels
+        grid = grid_of(x)
+        if op in GRID_OPS and p.get("h") is None and p.get("w") is None and grid is not None:
+            p["h"], p["w"] = grid
         try:
             module, stride = self.module(op, p, x)
             y = module(x)
         except TORCH_ERRORS:
             self.failed_in_layer = True
             raise
+        if op == "to_tokens":
+            y = with_grid(y, (x.shape[2], x.shape[3]))
+        elif op == "patch_merging":
+            n = x.shape[1]
+            h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
+            w = p.get("w") or n // max(1, h)
+            y = with_grid(y, ((h + 1) // 2, (w + 1) // 2))
+        elif x.dim() == 3 and y.dim() == 3 and y.shape[1] == x.shape[1]:
+            y = with_grid(y, grid)
         if y.dim() == 4 and 0 in y.shape[2:]:  # ConvTranspose2d hands on an empty tensor
             raise Stricter("empty-output")
         params = sum(t.numel() for t in module.parameters())
@@ -292,7 +318,8 @@ class TorchRef:
         out = outs[0]
         for o in outs[1:]:
             out = out * o
-        return out
+        grids = {grid_of(o) for o in outs if o.shape == out.shape}
+        return with_grid(out, grids.pop() if len(grids) == 1 else None)
 
     def residual(self, body: dict, x: torch.Tensor, jump: tuple, env: dict):
         y, jm = self.item(body["main"], x, jump, env)
@@ -350,7 +377,8 @@ class TorchRef:
         out = sum(outs[1:], outs[0])  # torch broadcasts where it can
         if any(o.shape != outs[0].shape for o in outs):
             raise Stricter(rule)
-        return out
+        grids = {grid_of(o) for o in outs}
+        return with_grid(out, grids.pop() if len(grids) == 1 else None)
 
     def template(self, name: str, args: dict, x: torch.Tensor, jump: tuple, env: dict):
         t = self.templates[name]

@@ -303,3 +303,18 @@ def test_variant_names_after_extends_complete_and_lead_to_their_definition():
     target = F.definition(src, lines, line, col)
     assert target == src.root["variants"].key_locs["mobilenet_v3_large"]
     assert lines[target.line - 1].strip() == "mobilenet_v3_large:"
+
+
+def test_a_token_stage_is_relowered_when_only_its_grid_changes():
+    # The tokens reaching `back` are 8 x 16 either way; their grid (2x4 or 4x2) decides what
+    # to_image gives, so the cached stage must not be the answer for the other input.
+    text = (
+        "name: g\ninput: [16, {h}, {w}]\nstages:\n  tokens: [to_tokens, layernorm]\n"
+        "  back: [linear: {{out: 16}}, to_image]\n"
+    )
+    engine = Engine()
+    for h, w in [(2, 4), (4, 2), (2, 4)]:
+        source = text.format(h=h, w=w)
+        got = engine.check(source, "g.yaml").report
+        assert got.output == (16, h, w)
+        assert got.to_json() == check_text(source, "g.yaml").to_json()

@@ -193,12 +193,26 @@ def test_image_ops_on_tokens_and_token_ops_on_images_are_located_errors(layers, 
     assert text.splitlines()[3][col - 1 :].startswith(at), (col, at)
 
 
-def test_a_non_square_token_grid_needs_its_size():
-    text = "name: e\ninput: [4, 2, 6]\nstages:\n  b: [to_tokens, to_image]\n"
-    ((_, _, code, message),) = errors(text)
+def test_tokens_keep_the_grid_of_their_image_and_need_one_where_it_is_unknown():
+    # to_tokens of a 2x6 image: the tokens lie on a 2x6 grid through ops that keep them (one
+    # per position), patch merging halves it (odd sides padded) ...
+    text = (
+        "name: e\ninput: [4, 2, 6]\nstages:\n  b: [to_tokens, layernorm, to_image]\n"
+        "  c: [to_tokens, residual: {main: [linear: {out: 4}]}, patch_merging, to_image]\n"
+    )
+    report = checked(text)
+    assert report.ok, report.render_errors()
+    rows = {r["path"]: r["output"] for r in report.to_json()["layers"]}
+    assert rows["b.2"] == [4, 2, 6] and rows["c.3"] == [8, 1, 3]
+    # ... but a token input, or a class token (L + 1), leaves no grid: a square, or h and w
+    tokens = "name: e\ninput: [12, 4]\nstages:\n  b: [to_image]\n"
+    ((_, _, code, message),) = errors(tokens)
     assert code == "E-SHAPE-TOKENS" and "12 tokens are not a square grid" in message
-    ok = checked(text.replace("to_image]", "to_image: {h: 2}]"))
+    ok = checked(tokens.replace("to_image]", "to_image: {h: 2}]"))
     assert ok.ok and ok.output == (4, 2, 6)
+    cls = "name: e\ninput: [4, 2, 6]\nstages:\n  b: [to_tokens, class_token, to_image]\n"
+    ((_, _, code, message),) = errors(cls)
+    assert code == "E-SHAPE-TOKENS" and "13 tokens are not a square grid" in message
 
 
 def test_in_reads_token_dimensions():

@@ -31,6 +31,10 @@ class State:
     # size functions, replayed for other input sizes to say which sizes fit at a merge
     # (lower/refs.py). Not part of equality: two states with the same shape hand on the same.
     trace: Any = field(default=None, compare=False, repr=False)
+    # Tokens: the h x w grid they lie on, where it is known (from the image `to_tokens` read,
+    # through the ops that keep it: Op.token_grid); ops that read a grid (Op.reads_grid) take it
+    # when the spec gives no `h`/`w`. None for images, features and tokens of unknown layout.
+    grid: tuple[int, int] | None = None
 
     def through(self, window: Window | None, out: Shape) -> State:
         if window is None:
@@ -98,6 +102,12 @@ def join(owner: str, name: str) -> str:
 def after(node: Node) -> State:
     """The state a lowered node hands on (UNKNOWN when its shape could not be inferred)."""
     return getattr(node, "_state", UNKNOWN)
+
+
+def common_grid(states: list[State]) -> tuple[int, int] | None:
+    """The token grid every merged state lies on (None where they differ or none is known)."""
+    grids = {s.grid for s in states}
+    return grids.pop() if len(grids) == 1 else None
 
 
 def finish(node: Node, state: State) -> Node:

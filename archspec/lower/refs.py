@@ -21,7 +21,7 @@ from archspec.ir import IN, JOIN, LAYER, Network, Node
 from archspec.lang.errors import Loc, Problem, did_you_mean
 from archspec.lang.source import LMap, loc_of
 from archspec.lower.combinators.base import JOINS
-from archspec.lower.core import UNKNOWN, Scope, State, finish, join, kind_of
+from archspec.lower.core import UNKNOWN, Scope, State, common_grid, finish, join, kind_of
 from archspec.lower.templates import UNSET, resolve_or
 from archspec.ops import Shape, fmt
 
@@ -237,7 +237,8 @@ def merge_states(
             return UNKNOWN
         lw.mismatches.append((loc, how, (a, sa), (b, sb), written, lw.out.context))
         out = merged_shape(how, [(sh[0], *shapes[0][1:]) for sh in shapes])
-    return State(out, rf, jump, first.trace)  # type: ignore[arg-type]
+    grid = common_grid([s for _, s in sources if s.shape == out])
+    return State(out, rf, jump, first.trace, grid)  # type: ignore[arg-type]
 
 
 def merged_shape(how: str, shapes: list[Shape]) -> Shape:

@@ -444,6 +444,9 @@ class Lowerer:
         node.inferred = inferred
         node.out_shape = inferred.out
         then = state.through(inferred.window, inferred.out)
+        if state.shape is not None:  # (known: the rule inferred a shape)
+            grid = op.token_grid(params, state.shape, inferred.out, state.grid)
+            then = replace(then, grid=grid)
         if state.shape is not None and len(state.shape) == 3 and len(inferred.out) == 3:
             fn = _size_fn(op, params, state.shape[0], ref_states)
             then = replace(then, trace=refs.step(fn, state))
@@ -486,6 +489,8 @@ class Lowerer:
                 values[k] = max(1, math.floor(values[k] * self.spec.width + 1e-9))
         if not ok:
             return None, None
+        if op.reads_grid and values.get("h") is None and values.get("w") is None and state.grid:
+            values["h"], values["w"] = state.grid  # the grid the tokens came from
         try:
             params = op.Params.model_validate(values)
         except Invalid as exc:

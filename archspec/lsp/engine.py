@@ -478,6 +478,7 @@ class _CachingLowerer(Lowerer):
             body_loc,
             loc,
             state.shape,
+            state.grid,  # the token grid an op that reads one fills its `h`/`w` from
             tuple((n, type(env.get(n)).__name__, repr(env.get(n))) for n in self.dollars(body)),
             self.spec.width,
             repr(self.defaults.get(opname)),

@@ -207,6 +207,10 @@ class Op:
     # too. E-UNKNOWN-OP suggests the op for any of them, in any case and with or without `_`,
     # and for a typo of one (`suggest_op`).
     aliases: ClassVar[tuple[str, ...]] = ()
+    # An op on tokens laid out on a grid, whose Params have `h` and `w` (None: a square): where
+    # the spec gives neither, the walk fills them in from the grid the tokens are known to lie
+    # on (see `token_grid`), so a non-square image's tokens need no sizes written out.
+    reads_grid: ClassVar[bool] = False
 
     def infer(self, p: Any, shape: Shape) -> Inferred:
         """Output shape, parameters, MACs and window; raise `Problem` for a bad combination."""
@@ -226,6 +230,16 @@ class Op:
     def build(self, p: Any, shape: Shape) -> Any:
         """The torch module (import torch inside: `check` never calls this)."""
         raise NotImplementedError
+
+    def token_grid(
+        self, p: Any, shape: Shape, out: Shape, grid: tuple[int, int] | None
+    ) -> tuple[int, int] | None:
+        """The h x w grid the output tokens lie on (None: not known), given the input's `grid`.
+        By default an op that keeps the token count keeps the grid (linear, layernorm,
+        attention, ...); `to_tokens` starts one, patch merging halves it."""
+        if len(out) == 2 and len(shape) == 2 and out[0] == shape[0]:
+            return grid
+        return None
 
     def describe(self, p: Any) -> str:
         """Short label for tables and graphs: `conv 3x3/2`."""

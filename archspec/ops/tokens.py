@@ -46,6 +46,11 @@ class ToTokens(Op):
     def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
         return Saved(alias=True)
 
+    def token_grid(
+        self, p: Any, shape: Shape, out: Shape, grid: tuple[int, int] | None
+    ) -> tuple[int, int] | None:
+        return (shape[1], shape[2])  # one token per position, row by row
+
     def build(self, p: Any, shape: Shape) -> Any:
         from archspec.backend.layers import ToTokens as Module
 
@@ -53,19 +58,27 @@ class ToTokens(Op):
 
 
 class ToImageParams(Params):
-    h: int | None = Field(None, ge=1, le=MAX_KERNEL, description="height (default: a square)")
+    h: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_KERNEL,
+        description="height (default: the tokens' grid where known, e.g. the image `to_tokens` "
+        "read; else a square)",
+    )
     w: int | None = Field(None, ge=1, le=MAX_KERNEL, description="width (default: L / h)")
 
 
 def grid(op: str, p: ToImageParams, n: int) -> tuple[int, int]:
-    """The h x w grid n tokens lie on: `h`/`w` as given (one implies the other), else a square."""
+    """The h x w grid n tokens lie on: `h`/`w` as given (one implies the other; the walk gives
+    both for tokens whose grid it knows, Op.reads_grid), else a square."""
     if p.h is None and p.w is None:
         side = math.isqrt(n)
         if side * side != n:
             raise Problem(
                 "E-SHAPE-TOKENS",
                 f"{op}: {n} tokens are not a square grid",
-                f"give the grid as `{op}: {{h: H, w: W}}` with H*W = {n}",
+                f"the tokens' grid is not known here: give it as `{op}: {{h: H, w: W}}` "
+                f"with H*W = {n}",
             )
         return side, side
     h = p.h if p.h is not None else n // max(1, p.w or 1)
@@ -87,6 +100,7 @@ class ToImage(Op):
     Params = ToImageParams
     color = TOKEN_COLOR
     fuzz: ClassVar[Fuzz] = {"h": [1, 2]}
+    reads_grid = True
 
     def infer(self, p: ToImageParams, shape: Shape) -> Inferred:
         n, d = need_tokens(self.name, shape)

@@ -79,6 +79,7 @@ class WindowAttention(Op):
     color = "#b4a7d6"
     fuzz: ClassVar[Fuzz] = {"heads": [1, 2], "window": [2, 3], "shift": [0, 1], "version": [1, 2]}
     autocast = "lower"
+    reads_grid = True
 
     def geometry(self, p: WindowParams) -> tuple[tuple[int, int], tuple[int, int]]:
         win = check_pair("window", p.window, 1, MAX_KERNEL)
@@ -171,6 +172,7 @@ class PatchMerging(Op):
     color = "#d0e0e3"
     fuzz: ClassVar[Fuzz] = {"version": [1, 2]}
     autocast = "lower"
+    reads_grid = True
 
     def infer(self, p: MergeParams, shape: Shape) -> Inferred:
         n, d = need_tokens(self.name, shape)
@@ -178,6 +180,12 @@ class PatchMerging(Op):
         l2 = ((h + 1) // 2) * ((w + 1) // 2)
         norm = 2 * (4 * d if p.version == 1 else 2 * d)
         return Inferred((l2, 2 * d), 8 * d * d + norm, l2 * 8 * d * d)
+
+    def token_grid(
+        self, p: MergeParams, shape: Shape, out: Shape, grid_in: tuple[int, int] | None
+    ) -> tuple[int, int] | None:
+        h, w = grid(self.name, p, shape[0])
+        return ((h + 1) // 2, (w + 1) // 2)  # odd sides padded, as torchvision does
 
     def saved(self, p: MergeParams, shape: Shape, out: Shape, grad: bool) -> Saved:
         n, d = shape
@@ -223,6 +231,7 @@ class PartitionAttention(Op):
     color = "#b4a7d6"
     fuzz: ClassVar[Fuzz] = {"heads": [1, 2], "window": [1, 2], "partition": ["window", "grid"]}
     autocast = "lower"
+    reads_grid = True
 
     def infer(self, p: PartitionParams, shape: Shape) -> Inferred:
         n, d = need_tokens(self.name, shape)

@@ -10,7 +10,7 @@ from archspec.ir import SEQ, Node
 from archspec.lang.errors import Loc, did_you_mean
 from archspec.lang.source import loc_of
 from archspec.lower.combinators.base import Combinator, Flow, X, register_combinator
-from archspec.lower.core import UNKNOWN, State, after, finish
+from archspec.lower.core import UNKNOWN, State, after, common_grid, finish
 from archspec.lower.fragments import INLINE, NAME, REF_ITEM, described
 from archspec.ops import Shape, fmt
 
@@ -148,7 +148,7 @@ def merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
                 "make every branch end with the same channels and size",
             )
             return UNKNOWN
-        return State(shapes[0], rf, jump, outs[0].trace)  # type: ignore[arg-type]
+        return State(shapes[0], rf, jump, outs[0].trace, common_grid(outs))  # type: ignore[arg-type]
     if node.merge == "mul":
         shape = broadcast(shapes)  # type: ignore[arg-type]
         if shape is None:
@@ -159,7 +159,8 @@ def merged(lw: Lowerer, node: Node, outs: list[State], loc: Loc) -> State:
                 "each size must equal the others' or be 1 (a 1x1 gate, or one channel)",
             )
             return UNKNOWN
-        return State(shape, rf, jump, outs[0].trace)  # type: ignore[arg-type]
+        grid = common_grid([o for o in outs if o.shape == shape])
+        return State(shape, rf, jump, outs[0].trace, grid)  # type: ignore[arg-type]
     ranks = {len(s) for s in shapes}  # type: ignore[arg-type]
     spatial = {tuple(s[1:]) for s in shapes}  # type: ignore[index]
     if len(ranks) != 1 or len(spatial) != 1:

@@ -9,7 +9,7 @@ from archspec.ir import Node
 from archspec.lang.errors import Loc, did_you_mean
 from archspec.lang.source import LMap, LSeq, loc_of
 from archspec.lower.combinators.base import Combinator, Flow, X, register_combinator
-from archspec.lower.core import UNKNOWN, Scope, Site, State, after, finish
+from archspec.lower.core import UNKNOWN, Scope, Site, State, after, common_grid, finish
 from archspec.lower.fragments import INLINE, NAME, REF_ITEM, described
 from archspec.ops import OPS, fmt
 
@@ -92,7 +92,8 @@ class Residual(Combinator):
                 )
             else:
                 rf = tuple(max(mstate.rf[i], sstate.rf[i]) for i in (0, 1))
-                out = State(mstate.shape, rf, mstate.jump, mstate.trace)  # type: ignore[arg-type]
+                grid = common_grid([mstate, sstate])
+                out = State(mstate.shape, rf, mstate.jump, mstate.trace, grid)  # type: ignore[arg-type]
         if "post" in body and body["post"] is not None:
             node.post = lw.item(
                 body["post"], loc_of(body, "post", body_loc), out, env, inner, f"{prefix}post"
