@@ -195,8 +195,8 @@ class TorchRef:
             h = p.get("h") or (n // p["w"] if p.get("w") else math.isqrt(n))
             w = p.get("w") or n // max(1, h)
             y = with_grid(y, ((h + 1) // 2, (w + 1) // 2))
-        elif x.dim() == 3 and y.dim() == 3 and y.shape[1] == x.shape[1]:
-            y = with_grid(y, grid)
+        elif op != "transpose_tokens" and x.dim() == y.dim() == 3 and y.shape[1] == x.shape[1]:
+            y = with_grid(y, grid)  # one token per position still (transposed: channels)
         if y.dim() == 4 and 0 in y.shape[2:]:  # ConvTranspose2d hands on an empty tensor
             raise Stricter("empty-output")
         params = sum(t.numel() for t in module.parameters())

@@ -213,6 +213,10 @@ def test_tokens_keep_the_grid_of_their_image_and_need_one_where_it_is_unknown():
     cls = "name: e\ninput: [4, 2, 6]\nstages:\n  b: [to_tokens, class_token, to_image]\n"
     ((_, _, code, message),) = errors(cls)
     assert code == "E-SHAPE-TOKENS" and "13 tokens are not a square grid" in message
+    # transposed, the tokens are the channels, even where there are as many (12 = 12)
+    swapped = "name: e\ninput: [12, 3, 4]\nstages:\n  b: [to_tokens, transpose_tokens, to_image]\n"
+    ((_, _, code, message),) = errors(swapped)
+    assert code == "E-SHAPE-TOKENS" and "12 tokens are not a square grid" in message
 
 
 def test_in_reads_token_dimensions():

@@ -134,6 +134,11 @@ class TransposeTokens(Op):
     def saved(self, p: Any, shape: Shape, out: Shape, grad: bool) -> Saved:
         return Saved(alias=True)
 
+    def token_grid(
+        self, p: Any, shape: Shape, out: Shape, grid: tuple[int, int] | None
+    ) -> tuple[int, int] | None:
+        return None  # its "tokens" are the channels, even where there are as many (L = D)
+
     def build(self, p: Any, shape: Shape) -> Any:
         from archspec.backend.layers import TransposeTokens as Module
 
