@@ -674,3 +674,36 @@ def test_what_the_token_ops_cannot_say_is_located(model, shape, place):
     assert any(
         p.path == path and p.what == what and p.why.startswith(why) for p in e.value.problems
     ), [(p.path, p.what, p.why) for p in e.value.problems]
+
+
+class _TokenMixing(nn.Module):
+    def __init__(self, d, tokens):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.mix = nn.Sequential(nn.Linear(tokens, 32), nn.GELU(), nn.Linear(32, tokens))
+
+    def forward(self, x):
+        return x + self.mix(self.norm(x).transpose(1, 2)).transpose(1, 2)
+
+
+class _Mixer(nn.Module):
+    """A user's MLP-Mixer: patches, token mixing between transposes, mean over the tokens."""
+
+    def __init__(self, d=16, tokens=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, 4, 4)
+        self.block = _TokenMixing(d, tokens)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.block(x).mean(dim=1))
+
+
+def test_a_users_mixer_maps_transposes_and_token_means(tmp_path):
+    torch.manual_seed(0)
+    doc = yaml.safe_load(round_trip(_Mixer(), (3, 16, 16), tmp_path))
+    stages = list(doc["stages"].values())
+    assert stages[1] == "to_tokens" and stages[-2] == "mean_tokens"
+    main = stages[2]["residual"]["main"]
+    assert main[1] == "transpose_tokens" and main[-1] == "transpose_tokens"

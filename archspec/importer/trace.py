@@ -696,6 +696,10 @@ class Recover:
                 return It("op", op=opname, params=params | match.grid(opname, (), shape_of(n)))
             if n.target is operator.getitem and rank == 3 and self.token(n) is not None:
                 return It("op", op="token", params=match.op("token", index=self.token(n))[1])
+            if rank == 3 and _permutation(n, 3) == (0, 2, 1):
+                return It("op", op="transpose_tokens")  # MLP-Mixer's token mixing
+            if rank == 3 and n.target in ("mean", torch.mean) and self.token_mean(n):
+                return It("op", op="mean_tokens")
             if n.op == "call_method" and n.target in ("view", "reshape"):
                 return (
                     It("op", op="flatten")
@@ -711,6 +715,14 @@ class Recover:
         except Unsupported as e:
             return self.fail(Located(ctx.path, e.what, e.why))
         return It("op", op=opname, params=params)
+
+    @staticmethod
+    def token_mean(n: fx.Node) -> bool:
+        """x.mean(1) of tokens (not keeping the dim)."""
+        dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+        return dims in ([1], [-2]) and not keep and n.kwargs.get("dtype") is None
 
     @staticmethod
     def token(n: fx.Node) -> int | None:
