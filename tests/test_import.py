@@ -707,3 +707,16 @@ def test_a_users_mixer_maps_transposes_and_token_means(tmp_path):
     assert stages[1] == "to_tokens" and stages[-2] == "mean_tokens"
     main = stages[2]["residual"]["main"]
     assert main[1] == "transpose_tokens" and main[-1] == "transpose_tokens"
+
+
+class _SumAtTheTop(_Mixer):
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head((x + self.block.mix(x.transpose(1, 2)).transpose(1, 2)).mean(1))
+
+
+def test_a_residual_in_the_models_own_forward_names_the_add():
+    with pytest.raises(ImportFailure) as e:
+        archspec.import_module(_SumAtTheTop().eval(), (3, 16, 16))
+    ((path, what),) = [(p.path, p.what) for p in e.value.problems]
+    assert (path, what) == ("<model>", "operator.add")

@@ -168,7 +168,8 @@ def _document(
             continue
         if it.inline:
             what = {"concat": "torch.cat", "mul": "operator.mul"}.get(it.merge, "add")
-            what = {"scale": "operator.mul", "split": "Tensor.chunk"}.get(it.kind, what)
+            kinds = {"scale": "operator.mul", "split": "Tensor.chunk", "residual": "operator.add"}
+            what = kinds.get(it.kind, what)
             why = "branches that rejoin in the model's own forward: stages are one chain"
             raise Located("", what, why + " (move them into a module of their own)")
         key, _ = names.claim(
