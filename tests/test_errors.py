@@ -443,3 +443,40 @@ def test_no_other_name_of_an_op_is_the_name_of_another_op_or_combinator():
     squashed = {name.replace("_", ""): name for name in [*OPS, *COMBINATORS]}
     for alias, ops in names_for_ops().items():
         assert squashed.get(alias, ops[0]) in ops, (alias, ops)
+
+
+def test_expression_names_are_checked_after_an_earlier_error(tmp_path):
+    """An earlier error leaves `$in` unknown: a name no input has, or a misspelt parameter, is
+    still said in the same run (`ch` suggests `c`, the channels it abbreviates)."""
+    found = errors(
+        tmp_path,
+        HEAD
+        + "params: {mult: 2}\n"
+        + "stages:\n  a: [conv: {out: 8, k: 3}, batchnorm]\n"
+        + '  b: [conv: {out: "$in.ch * $mult", k: 1}, conv: {out: "$in.c * $mul", k: 1}]\n',
+    )
+    assert [(d.code, d.loc.line, d.loc.column) for d in found] == [
+        ("E-UNKNOWN-OP", 6, 29),
+        ("E-EXPR-NAME", 7, 19),
+        ("E-EXPR-NAME", 7, 56),
+    ]
+    assert "`$in.ch` does not exist" in found[1].message and found[1].help == "did you mean `c`?"
+    assert "`$mul`" in found[2].message and found[2].help == "did you mean `mult`?"
+    # with the shape known, the same hint
+    d = one(tmp_path, HEAD + 'stages:\n  b: [conv: {out: "$in.ch * 2", k: 1}]\n')
+    assert (d.code, d.help) == ("E-EXPR-NAME", "did you mean `c`?")
+
+
+def test_groups_under_width_says_out_was_scaled_and_how_to_follow_it(tmp_path):
+    """`width` scales `out`, not `groups`: the docs' depthwise conv (`groups: 32`) fails at
+    `width: 0.5`; the error says so, and `groups: $in.c` (its help) builds a depthwise conv."""
+    spec = "name: t\ninput: [3, 16, 16]\nwidth: 0.5\nstages:\n  a: [conv: {out: 32, k: 1}, {}]\n"
+    dw = "conv: {out: 32, k: 3, pad: 1, groups: %s}"
+    d = one(tmp_path, spec.replace("{}", dw % 32))
+    assert (d.code, d.loc.line) == ("E-GROUPS", 5)
+    assert d.message.endswith("(16) and out (16) (`out: 32` scaled by `width: 0.5`)")
+    assert d.help is not None and "`groups: $in.c` follows the scaled channels" in d.help
+    path = tmp_path / "fixed.yaml"
+    path.write_text(spec.replace("{}", dw % "$in.c"))
+    conv = archspec.build(path).a[1]
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (16, 16, 16)

@@ -205,3 +205,34 @@ def test_an_unknown_reference_lists_only_the_outputs_the_item_can_read(tmp_path)
     spec.write_text(spec.read_text().replace("\"'sc' + str($i)\"", "sc"))
     (both,) = archspec.check(spec).errors  # one mistake of two uses: said once, with both
     assert both.note == "in the uses at `layer1.0` (line 12) and `layer1.1` (line 12)"
+
+
+def test_an_inline_seq_shortcut_puts_its_layers_on_the_block(tmp_path):
+    """docs/language.md's residual section: Xception's `block1.skip`, `block1.skipbn`."""
+    m = built(
+        write(
+            tmp_path,
+            """\
+            name: xception_block
+            input: [8, 16, 16]
+            stages:
+              block1:
+                residual:
+                  main:
+                    - seq: {name: rep, layers: [conv: {out: 16, k: 3, pad: 1}, maxpool: {k: 2}]}
+                  shortcut:
+                    seq:
+                      inline: true
+                      layers: [conv: {out: 16, k: 1, stride: 2, name: skip}, bn: {name: skipbn}]
+            """,
+        )
+    )
+    assert sorted({k.rsplit(".", 1)[0] for k in m.state_dict()}) == [
+        "block1.rep.0",
+        "block1.skip",
+        "block1.skipbn",
+    ]
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        want = m.block1.rep(x) + m.block1.skipbn(m.block1.skip(x))
+        assert (m(x) - want).abs().max().item() <= 1e-6

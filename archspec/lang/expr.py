@@ -11,7 +11,7 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from archspec.lang.errors import Problem, did_you_mean
@@ -76,15 +76,38 @@ class Shape:
         self.dims = dims
 
     def attr(self, name: str) -> int:
-        tables = {3: {"c": 0, "h": 1, "w": 2}, 2: {"l": 0, "d": 1}, 1: {"f": 0, "c": 0}}
-        table = tables[len(self.dims)]
+        table = _DIMS[len(self.dims)]
         if name not in table:
             raise Problem(
                 "E-EXPR-NAME",
                 f"`$in.{name}` does not exist for an input of shape {list(self.dims)}",
-                did_you_mean(name, table),
+                _dim_hint(name, table),
             )
         return self.dims[table[name]]
+
+
+_DIMS = {3: {"c": 0, "h": 1, "w": 2}, 2: {"l": 0, "d": 1}, 1: {"f": 0, "c": 0}}
+_IN_ATTR = re.compile(r"\$in\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _dim_hint(name: str, table: Iterable[str]) -> str | None:
+    """`ch`, `channels`, `height`, `width`: the dimension a word starts with, else the nearest."""
+    first = [d for d in table if d == name[:1].lower()]
+    return f"did you mean `{first[0]}`?" if first else did_you_mean(name, table)
+
+
+def check_dims(text: str) -> None:
+    """Refuse a `$in.x` that no input has, while the input's shape is unknown (an earlier error
+    left it so): the name is wrong whatever the shape turns out to be."""
+    every = {d for table in _DIMS.values() for d in table}
+    for name in _IN_ATTR.findall(text):
+        if name not in every:
+            raise Problem(
+                "E-EXPR-NAME",
+                f"`$in.{name}` does not exist: `$in` has `.c`, `.h`, `.w` (an image), `.l`, `.d` "
+                "(tokens) or `.f` (features)",
+                _dim_hint(name, sorted(every)),
+            )
 
 
 def is_expression(value: Any) -> bool:

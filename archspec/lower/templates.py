@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from archspec.ir import Node
 from archspec.lang.errors import Loc, Problem, did_you_mean
 from archspec.lang.expr import Shape as ExprShape
-from archspec.lang.expr import evaluate, is_expression
+from archspec.lang.expr import check_dims, evaluate, is_expression
 from archspec.lang.source import LMap, loc_of, to_plain
 from archspec.lower.core import UNKNOWN, Located, Scope, State, Unknown, kind_of
 
@@ -34,7 +34,15 @@ def resolve(value: Any, loc: Loc, env: dict, state: State) -> Any:
         scope = dict(env)
         if state.shape is not None:
             scope["in"] = ExprShape(state.shape)
-        elif "$in" in value:
+        elif "$in" in value:  # still said: a name no shape would give
+            for name in DOLLAR_NAME.findall(value):
+                try:
+                    if name == "in":
+                        check_dims(value)
+                    else:
+                        evaluate(f"${name}", scope)
+                except Problem as p:
+                    raise Located(loc, p) from None
             raise Unknown()
         if any(scope.get(n) is UNSET for n in DOLLAR_NAME.findall(value)):
             raise Unknown()  # an earlier error left this parameter without a value

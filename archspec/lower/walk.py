@@ -469,6 +469,7 @@ class Lowerer:
         raw = self.defaults.get(opname, {})
         values: dict = {}
         ok = True
+        scaled = None  # the `out` written, where `width` scaled it
         for k, v in raw.items():
             values[k] = v
         for k, v in body.items():
@@ -486,6 +487,7 @@ class Lowerer:
                 and not (isinstance(v, str) and "$in" in v)
                 and isinstance(values.get(k), int)
             ):
+                scaled = values[k]
                 values[k] = max(1, math.floor(values[k] * self.spec.width + 1e-9))
         if not ok:
             return None, None
@@ -513,9 +515,19 @@ class Lowerer:
         try:
             inferred = op.infer_with(params, state.shape, self.ref_shapes)  # type: ignore[arg-type]
         except Problem as p:  # a value out of range is shown at the value, a shape rule at the op
+            if p.code == "E-GROUPS" and self.spec.width != 1:
+                p = _unscaled_groups(p, self.spec.width, scaled)
             self.out.problem(loc_of(body, p.field, loc) if p.field in body else loc, p)
             return params, None
         return params, inferred
+
+
+def _unscaled_groups(p: Problem, width: float, out: int | None) -> Problem:
+    """E-GROUPS under a width multiplier: `out` (and the channels before) were scaled, `groups`
+    was not."""
+    message = p.message + (f" (`out: {out}` scaled by `width: {width}`)" if out else "")
+    help = "`width` does not scale `groups`: `groups: $in.c` follows the scaled channels"
+    return Problem(p.code, message, f"{help} (a depthwise conv); {p.help}", p.field)
 
 
 def _size_fn(op: Any, params: Any, c: int, ref_states: dict[str, State]) -> Any:
