@@ -188,6 +188,26 @@ def test_hover_on_a_stage_and_on_a_template_use(resnet):
     assert "... and 28 more uses" in use
 
 
+def test_hover_on_a_composite_shows_the_receptive_field_as_check_does():
+    # none on tokens; after an op that mixes every position, the whole input (not 2^40)
+    text = (
+        "name: rf\ninput: [3, 16, 12]\nstages:\n"
+        "  enc: [conv: {out: 8, k: 4, stride: 4}, to_tokens, residual: {main: [attention: {heads: 2}]}]\n"
+        "  after: [to_image: {h: 4, w: 3}, conv: {out: 8, k: 1}]\n"
+        "  pool: [to_tokens, mean_tokens, linear: {out: 2}]\n"
+    )
+    index = F.Index.build(Engine().check(text, "rf.yaml"))
+    lines = text.splitlines()
+
+    def rf(needle, path):
+        hovered = F.hover(index, *_at(lines, needle)).split("\n")
+        return next(ln for ln in hovered if ln.startswith(path + " ")).split()[-1]
+
+    assert rf("residual", "enc.2") == "-" and rf("enc:", "enc") == "-"
+    assert rf("pool:", "pool") == "16x12" and rf("mean_tokens", "pool.1") == "16x12"
+    assert rf("after:", "after") == "16x12"  # a conv after them still sees it all
+
+
 def labels(got):
     return {c.label for c in got}
 

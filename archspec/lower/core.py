@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from archspec.ir import Node
 from archspec.lang.errors import Loc, Problem
 from archspec.ops import Shape, Window
+from archspec.ops.base import GLOBAL_RF
 
 MAX_LAYERS = 100_000
 # Items inside items once templates are expanded. A fixed bound, not Python's recursion limit,
@@ -44,6 +45,16 @@ class State:
         )
         jump = tuple(max(1, self.jump[i] * window.stride[i] // window.up[i]) for i in (0, 1))
         return State(out, rf, jump, self.trace)  # type: ignore[arg-type]
+
+    def shown_rf(self, whole: Shape) -> tuple[int, int] | None:
+        """The receptive field tables show here, for a network whose input is `whole`: none on
+        tokens (no grid) or an unknown shape; after an op that mixes every position (window
+        GLOBAL: attention, mean_tokens) the whole input, as after `gap`."""
+        if self.shape is None or len(self.shape) == 2:
+            return None
+        if self.rf[0] >= GLOBAL_RF:
+            return (whole[1], whole[2]) if len(whole) == 3 else None
+        return self.rf
 
 
 UNKNOWN = State(None)

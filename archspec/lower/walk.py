@@ -41,7 +41,7 @@ from archspec.lower.core import (
 from archspec.lower.repeat import repeat
 from archspec.lower.templates import UNSET, resolve, resolve_or
 from archspec.ops import OPS, Inferred
-from archspec.ops.base import GLOBAL_RF, suggest_op
+from archspec.ops.base import suggest_op
 
 # Names a child module may not take: they would shadow nn.Module's own attributes.
 RESERVED = {
@@ -450,12 +450,7 @@ class Lowerer:
         if state.shape is not None and len(state.shape) == 3 and len(inferred.out) == 3:
             fn = _size_fn(op, params, state.shape[0], ref_states)
             then = replace(then, trace=refs.step(fn, state))
-        # no receptive field on tokens (no grid); after an op that mixes every position (window
-        # GLOBAL: attention, mean_tokens) it is the whole input, as after `gap`
-        node.rf = None if len(inferred.out) == 2 else then.rf
-        if node.rf is not None and node.rf[0] >= GLOBAL_RF:
-            whole = self.spec.input
-            node.rf = (whole[1], whole[2]) if len(whole) == 3 else None
+        node.rf = then.shown_rf(tuple(self.spec.input))
         node._state = then  # type: ignore[attr-defined]
         return node
 

@@ -74,6 +74,7 @@ class Index:
 
     by_line: dict[int, dict[tuple[int, int], list[Node]]]
     uses: dict[tuple[int, int], str]  # (line, column) of a template use -> its template
+    whole: tuple[int, ...] = ()  # the network's input shape (the receptive field's bound)
 
     @classmethod
     def build(cls, analysis: Analysis) -> Index:
@@ -95,7 +96,7 @@ class Index:
         for use in analysis.uses:
             put(use.loc, use.node)
             uses[(use.loc.line - 1, use.loc.column - 1)] = use.template
-        return cls(by_line, uses)
+        return cls(by_line, uses, tuple(net.input) if net is not None else ())
 
     def at(self, line: int, col: int) -> list[Node]:
         """The nodes written at a position: the last thing on the line starting at or before
@@ -108,21 +109,21 @@ class Index:
         return groups[before[-1] if before else keys[0]]
 
 
-def _rf(node: Node) -> tuple[int, int] | None:
+def _rf(node: Node, whole: tuple[int, ...]) -> tuple[int, int] | None:
     if node.kind == LAYER:
         return node.rf
     state = getattr(node, "_state", None)  # what lower passed on: shape and receptive field
-    return state.rf if state is not None and state.shape is not None else None
+    return state.shown_rf(whole) if state is not None else None
 
 
-def node_row(node: Node) -> dict | None:
+def node_row(node: Node, whole: tuple[int, ...] = ()) -> dict | None:
     """A table row for a layer, or for a composite (its layers' sums), None if unknown."""
     if node.kind == LAYER:
         return layer_row(node) if node.inferred is not None else None
     if node.out_shape is None:
         return None
     leaves = [n for n in node.leaves() if n.inferred is not None]
-    rf = _rf(node)
+    rf = _rf(node, whole)
     return {
         "path": node.path or "(model)",
         "op": node.kind,
@@ -138,7 +139,7 @@ def hover(index: Index, line: int, col: int) -> str | None:
     nodes = index.at(line, col)
     if not nodes:
         return None
-    rows = [r for r in map(node_row, nodes) if r is not None]
+    rows = [r for r in (node_row(n, index.whole) for n in nodes) if r is not None]
     first = nodes[0]
     what = first.op if first.kind == LAYER else first.kind
     head = f"**{what}**"
