@@ -129,7 +129,7 @@ class Emitter:
         d["main"] = [self.item(x, inner) for x in it.items]
         sc = it.shortcut
         proj = projection(it) if isinstance(sc, It) else None
-        if sc == "identity":
+        if sc == "identity" or isinstance(sc, It) and sc.kind == "op" and sc.op == "identity":
             d["shortcut"] = "auto"  # the main path keeps the shape: auto is the identity
         elif sc == "if_same":
             d["shortcut"] = "identity_if_same"  # summed only where the shape is kept
