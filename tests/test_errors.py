@@ -446,19 +446,22 @@ def test_no_other_name_of_an_op_is_the_name_of_another_op_or_combinator():
 
 
 def test_expression_names_are_checked_after_an_earlier_error(tmp_path):
-    """An earlier error leaves `$in` unknown: a name no input has, or a misspelt parameter, is
-    still said in the same run (`ch` suggests `c`, the channels it abbreviates)."""
+    """An earlier error leaves `$in` unknown: a name no input has, a misspelt parameter or a
+    syntax error is still said in the same run (`ch` suggests `c`, the channels it
+    abbreviates)."""
     found = errors(
         tmp_path,
         HEAD
         + "params: {mult: 2}\n"
         + "stages:\n  a: [conv: {out: 8, k: 3}, batchnorm]\n"
-        + '  b: [conv: {out: "$in.ch * $mult", k: 1}, conv: {out: "$in.c * $mul", k: 1}]\n',
+        + '  b: [conv: {out: "$in.ch * $mult", k: 1}, conv: {out: "$in.c * $mul", k: 1}]\n'
+        + '  c: [conv: {out: "$in.c *", k: 1}]\n',
     )
     assert [(d.code, d.loc.line, d.loc.column) for d in found] == [
         ("E-UNKNOWN-OP", 6, 29),
         ("E-EXPR-NAME", 7, 19),
         ("E-EXPR-NAME", 7, 56),
+        ("E-EXPR-SYNTAX", 8, 19),
     ]
     assert "`$in.ch` does not exist" in found[1].message and found[1].help == "did you mean `c`?"
     assert "`$mul`" in found[2].message and found[2].help == "did you mean `mult`?"

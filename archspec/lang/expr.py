@@ -97,8 +97,9 @@ def _dim_hint(name: str, table: Iterable[str]) -> str | None:
 
 
 def check_dims(text: str) -> None:
-    """Refuse a `$in.x` that no input has, while the input's shape is unknown (an earlier error
-    left it so): the name is wrong whatever the shape turns out to be."""
+    """Refuse a syntax error or a `$in.x` that no input has, while the input's shape is unknown
+    (an earlier error left it so): they are wrong whatever the shape turns out to be."""
+    _parse(text)  # a syntax error first, as evaluating would say it
     every = {d for table in _DIMS.values() for d in table}
     for name in _IN_ATTR.findall(text):
         if name not in every:
@@ -146,22 +147,29 @@ def evaluate(text: str, env: Mapping[str, Any]) -> Any:
 
 
 def _evaluate(text: str, env: Mapping[str, Any]) -> Any:
+    tree = _parse(text)
+    if isinstance(tree, str):  # `$c` alone may name any value, lists included
+        return _lookup(tree, env)
+    return _Eval(env, text).run(tree.body)
+
+
+def _parse(text: str) -> ast.Expression | str:
+    """The syntax tree of an expression, or the name of a lone `$name`."""
     if len(text) > MAX_LEN:
         raise Problem("E-EXPR-SYNTAX", f"expression longer than {MAX_LEN} characters", None)
     stripped = text.strip()
     whole = _VAR.fullmatch(stripped)
-    if whole:  # `$c` alone may name any value, lists included
-        return _lookup(whole.group(1), env)
+    if whole:
+        return whole.group(1)
     py = _VAR.sub(lambda m: "__v_" + m.group(1), stripped)
     if "$" in py:
         raise Problem(
             "E-EXPR-SYNTAX", f"`$` must be followed by a name in `{text}`", "write `$name`"
         )
     try:
-        tree = ast.parse(py, mode="eval")
+        return ast.parse(py, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise Problem("E-EXPR-SYNTAX", f"cannot parse expression `{text}`", None) from None
-    return _Eval(env, text).run(tree.body)
 
 
 def _lookup(name: str, env: Mapping[str, Any]) -> Any:

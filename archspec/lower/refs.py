@@ -53,13 +53,16 @@ def register_tree(lw: Lowerer, node: Node) -> None:
 
 def lookup(lw: Lowerer, ref: str, scope: Scope) -> Node | None:
     """The output `ref` names, seen from `scope`: the innermost enclosing module first."""
-    prefix = scope.path
+    return _find(lw.named, ref, scope.path)
+
+
+def _find(table: dict[str, Any], ref: str, at: str) -> Any:
+    """`table[path]` for the path `ref` names from module `at` (None: no such path)."""
+    prefix = at
     while True:
-        node = lw.named.get(join(prefix, ref))
-        if node is not None:
-            return node
-        if not prefix:
-            return None
+        found = table.get(join(prefix, ref))
+        if found is not None or not prefix:
+            return found
         prefix = prefix.rpartition(".")[0]
 
 
@@ -95,7 +98,7 @@ def unresolved(lw: Lowerer) -> None:
                 loc, "E-REF-FORWARD", msg, "a layer can read only outputs computed before it", use
             )
             continue
-        gone = _left_out(lw, ref, at)
+        gone = _find(lw.left_out, ref, at)  # an item a false `when` left out
         if gone is not None:
             lw.error(
                 loc,
@@ -114,16 +117,6 @@ def unresolved(lw: Lowerer) -> None:
         lw.error(loc, "E-REF-UNKNOWN", f"no output named `{ref}`", hint, use)
 
 
-def _left_out(lw: Lowerer, ref: str, at: str) -> Loc | None:
-    """Where `when` left out the item `ref` names from module `at` (looked up like `lookup`)."""
-    prefix = at
-    while True:
-        found = lw.left_out.get(join(prefix, ref))
-        if found is not None or not prefix:
-            return found
-        prefix = prefix.rpartition(".")[0]
-
-
 def visible(lw: Lowerer, at: str, seen: int | None = None) -> list[str]:
     """The outputs a reference from module `at` can read (the first `seen` registered: those
     computed before it), each by the shortest name that reaches it, the nearest first."""
@@ -136,14 +129,9 @@ def visible(lw: Lowerer, at: str, seen: int | None = None) -> list[str]:
         while prefix and not path.startswith(prefix + "."):
             prefix = prefix.rpartition(".")[0]
         name = path[len(prefix) + 1 :] if prefix else path
-        found = None  # what `name` reaches from `at`: a nearer namesake may hide this one
-        look = at
-        while found is None:
-            found = earlier.get(join(look, name))
-            if not look:
-                break
-            look = look.rpartition(".")[0]
-        if found is node:  # siblings first, then the enclosing modules'; the latest first
+        # a nearer namesake may hide it; siblings first, then the enclosing modules', the
+        # latest first
+        if _find(earlier, name, at) is node:
             rank[name] = (-(prefix.count(".") + 1 if prefix else 0), -order)
     return sorted(rank, key=rank.__getitem__)
 

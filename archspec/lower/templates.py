@@ -34,15 +34,14 @@ def resolve(value: Any, loc: Loc, env: dict, state: State) -> Any:
         scope = dict(env)
         if state.shape is not None:
             scope["in"] = ExprShape(state.shape)
-        elif "$in" in value:  # still said: a name no shape would give
-            for name in DOLLAR_NAME.findall(value):
-                try:
-                    if name == "in":
-                        check_dims(value)
-                    else:
+        elif "$in" in value:  # still said: a syntax error or a name no shape would give
+            try:
+                check_dims(value)
+                for name in DOLLAR_NAME.findall(value):
+                    if name != "in":
                         evaluate(f"${name}", scope)
-                except Problem as p:
-                    raise Located(loc, p) from None
+            except Problem as p:
+                raise Located(loc, p) from None
             raise Unknown()
         if any(scope.get(n) is UNSET for n in DOLLAR_NAME.findall(value)):
             raise Unknown()  # an earlier error left this parameter without a value
