@@ -236,3 +236,23 @@ def test_an_inline_seq_shortcut_puts_its_layers_on_the_block(tmp_path):
     with torch.no_grad():
         want = m.block1.rep(x) + m.block1.skipbn(m.block1.skip(x))
         assert (m(x) - want).abs().max().item() <= 1e-6
+
+
+def test_a_stage_left_out_by_when_builds_without_it(tmp_path):
+    text = """\
+    name: stages
+    input: [3, 8, 8]
+    stages:
+      a: [conv: {out: 4, k: 1}]
+      b: {when: false, conv: {out: 4, k: 1}}
+      c: {when: false, from: [a, in], merge: add}
+      d: relu
+    """
+    m = built(write(tmp_path, text))
+    assert [n for n, _ in m.named_children()] == ["a", "d"]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(m(x), torch.relu(m.a(x)))
+    reader = text.replace("      d: relu", "      d: [{from: [a, b]}]")
+    (err,) = archspec.check(write(tmp_path, reader, "reader.yaml")).errors
+    assert err.code == "E-REF-UNKNOWN" and "its `when` (line 5) is false" in err.message

@@ -99,9 +99,11 @@ def lower(
             bloc = loc_of(stages, sname, root.loc)
             body = _stage_body(body, bloc)
             child = lw.item(body, bloc, state, dict(lw.globals), top, str(sname))
+            state = after(child)
+            if not child.name:  # a stage a false `when` left out: no module
+                continue
             rootnode.children.append(child)
             refs.register_tree(lw, child)
-            state = after(child)
     except TooBig as e:
         out.add(
             e.loc,

@@ -195,7 +195,7 @@ class Lowerer:
             if "when" in item:  # before `from`: an item left out reads nothing
                 present = self.when(item, loc, state, env)
                 if present is not True:
-                    return self.absent(item, loc, state, env, scope)
+                    return self.absent(item, loc, state, env, scope, name)
                 item = _without(item, "when")
             if "from" in item:
                 return refs.lower_from(self, item, loc, state, env, scope, name)
@@ -242,10 +242,12 @@ class Lowerer:
             return None
         return value
 
-    def absent(self, item: dict, loc: Loc, state: State, env: dict, scope: Scope) -> Node:
+    def absent(
+        self, item: dict, loc: Loc, state: State, env: dict, scope: Scope, name: str | None
+    ) -> Node:
         """An item whose `when` is false: no module, no name, its input handed on unchanged.
         The name it would have had is kept, so that a reference to it says why it is missing."""
-        name = self.item_name(item, loc, env, None)
+        name = self.item_name(item, loc, env, name)
         heads = [k for k in item if k not in ("when", "from", "merge", "name", "inline")]
         if name is None and len(heads) == 1 and isinstance(item[heads[0]], dict):
             name = self.item_name(item[heads[0]], loc, env, None)
