@@ -338,3 +338,24 @@ def test_a_token_stage_is_relowered_when_only_its_grid_changes():
         got = engine.check(source, "g.yaml").report
         assert got.output == (16, h, w)
         assert got.to_json() == check_text(source, "g.yaml").to_json()
+
+
+def test_a_reused_stage_and_a_reused_layer_keep_the_notes_of_their_uses(tmp_path):
+    """The notes that name a template's failing uses: a stage the engine reuses says its own
+    uses again, a layer's cached result is said in the use being lowered."""
+    spec = str(tmp_path / "notes.yaml")
+    text = (
+        "name: notes\ninput: [3, 8, 8]\ntemplates:\n"
+        "  typo: {body: [conv: {out: 8, k: 1, strid: 2}]}\n"
+        "stages:\n  a: typo\n  b: [relu, typo]\n  c: [conv: {out: 4, k: 1}]\n"
+    )
+    engine = Engine()
+    first = engine.check(text, spec).report.to_json()
+    assert first == check_text(text, spec).to_json()
+    assert first["errors"][0]["note"] == "in the uses at `a` (line 6) and `b.1` (line 7)"
+    edited = text.replace("out: 4", "out: 5")  # `a` and `b` are reused
+    assert engine.check(edited, spec).report.to_json() == check_text(edited, spec).to_json()
+    moved = text.replace("  a: typo", "  a: [relu, typo]")  # `a` again, its conv's rule reused
+    got = engine.check(moved, spec).report.to_json()
+    assert got == check_text(moved, spec).to_json()
+    assert got["errors"][0]["note"] == "in the uses at `a.1` (line 6) and `b.1` (line 7)"
