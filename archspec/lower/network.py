@@ -10,7 +10,7 @@ from archspec.lang.errors import Collector, Loc
 from archspec.lang.model import Invalid
 from archspec.lang.source import LMap, LSeq, Source, loc_of, to_plain
 from archspec.lang.spec import SpecModel, pydantic_errors
-from archspec.lower import refs
+from archspec.lower import inplace, refs
 from archspec.lower.core import (
     MAX_LAYERS,
     MAX_NESTING,
@@ -127,6 +127,8 @@ def lower(
     refs.finish_merges(lw)
     net = Network(spec.name, variant, shape, spec.num_classes, rootnode, plain, named=lw.named)
     refs.outputs(lw, net, doc.get("outputs"), loc_of(doc, "outputs", root.loc), outputs)
+    if not out.items:  # a network with errors has unknown parts: nothing sound to replay
+        inplace.check(net, out)
     return net
 
 

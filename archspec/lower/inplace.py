@@ -1,0 +1,117 @@
+"""In-place layers against the tensors others still read.
+
+A layer with `inplace: true` overwrites its input. Every other reader of that tensor that runs
+after it then sees the overwritten values: a residual's shortcut when the main path starts in
+place, a sibling branch of a `parallel` or `scale`, an output read by name (`from:`,
+`outputs:`), an auxiliary head's tap. The built module would compute another network than the
+spec says, silently (autograd raises only when the overwritten tensor was saved for backward).
+This replays the forward — each combinator's own `forward`, as the compiler and the memory
+model do — over abstract tensors (a storage and its version) and refuses, as E-INPLACE at the
+in-place layer, a read of a tensor that an in-place layer has overwritten since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from archspec.ir import AUX, JOIN, LAYER, Network, Node
+from archspec.lang.errors import Collector
+from archspec.lower.combinators.base import through
+from archspec.ops import OPS
+
+
+@dataclass(frozen=True)
+class Value:
+    storage: int
+    version: int
+    made_by: str  # what the tensor is, in words: "the output of `enc.c1`"
+
+
+class Replay:
+    """The Flow a combinator's `forward` runs on (see combinators/base.py)."""
+
+    def __init__(self, network: Network, out: Collector):
+        self.named: dict[str, Node] = network.named
+        self.env: dict[str, Value] = {}  # outputs read by reference, by path
+        self.out = out
+        self.current: dict[int, tuple[int, Node | None]] = {}  # storage -> version, overwriter
+
+    def new(self, made_by: str) -> Value:
+        storage = len(self.current)
+        self.current[storage] = (0, None)
+        return Value(storage, 0, made_by)
+
+    def read(self, v: Value, reader: Node | str) -> None:
+        version, writer = self.current[v.storage]
+        if version == v.version or writer is None:
+            return
+        who = reader if isinstance(reader, str) else _reader(reader)
+        self.out.add(
+            writer.loc,
+            "E-INPLACE",
+            f"`{writer.op}` with `inplace: true` overwrites {v.made_by}, which {who} reads after it",
+            "drop `inplace: true` here: the other reader needs the values before this layer",
+        )
+
+    def network(self, root: Node, x: Value, outputs: list[tuple[str, str]]) -> None:
+        taps: list[tuple[Node, Value]] = []
+        for stage in root.children:
+            if stage.kind == AUX:
+                taps.append((stage, x))
+            else:
+                x = self.node(stage, x)
+        for stage, tap in taps:
+            self.node(stage, tap)
+        for key, path in outputs:
+            if path in self.env:
+                self.read(self.env[path], f"the output `{key}`")
+
+    def node(self, node: Node, x: Value) -> Value:
+        return through(self, node, x, self._run)
+
+    child = node
+
+    def _run(self, node: Node, x: Value) -> Value:
+        if node.kind != LAYER:
+            from archspec.lower import COMBINATORS
+
+            return COMBINATORS[node.kind].forward(node, x, self)  # type: ignore[no-any-return]
+        self.read(x, node)
+        if getattr(node.params, "inplace", False) is True:
+            version = self.current[x.storage][0] + 1
+            self.current[x.storage] = (version, node)
+            return Value(x.storage, version, x.made_by)
+        if _is_view(node):
+            return x
+        return self.new(f"the output of `{node.path}`")
+
+    def join(self, how: str, xs: list[Value], node: Node) -> Value:
+        for v in xs:
+            self.read(v, node)
+        return xs[0] if len(xs) == 1 else self.new(f"the output of `{node.path}`")
+
+    def split(self, x: Value, parts: int, node: Node) -> list[Value]:
+        self.read(x, node)
+        return [x] * parts  # views of one storage
+
+
+def _reader(node: Node) -> str:
+    if node.kind == JOIN or not (node.path or node.name):
+        return f"the merge at line {node.loc.line}"
+    what = "" if node.kind == LAYER else f"the {node.kind} "
+    return f"{what}`{node.path or node.name}`"
+
+
+def _is_view(node: Node) -> bool:
+    """The layer's output shares its input's storage without writing it (flatten, a permute)."""
+    if node.inferred is None or node.in_shape is None:
+        return False
+    rule: Any = OPS[node.op].saved(node.params, node.in_shape, node.inferred.out, True)
+    return bool(rule.alias)
+
+
+def check(network: Network, out: Collector) -> None:
+    """Say E-INPLACE wherever an in-place layer overwrites a tensor read after it."""
+    replay = Replay(network, out)
+    replay.network(network.root, replay.new("the network's input"), network.outputs)
