@@ -9,6 +9,7 @@ builder and seed (about two minutes more on a loaded 2-core machine)."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import warnings
@@ -572,7 +573,8 @@ def small_swin(v2: bool) -> nn.Module:
 def test_swin_is_one_block_template_repeated_per_stage(v2, tmp_path):
     doc = yaml.safe_load(round_trip(small_swin(v2), (3, 32, 48), tmp_path))
     block = "swin_transformer_block" + ("_v2" if v2 else "")
-    assert set(doc["templates"]) == {block, "mlp"}
+    assert set(doc["templates"]) == {block}  # its MLP, used there alone, written in place
+    assert '"name": "mlp"' in json.dumps(doc["templates"][block])
     first, merge, second = doc["stages"]["features"][1:]
     # stochastic depth grows with the block's index over the network: written as torchvision
     # computes it (0.2 * k / 5 for block k of 6), the window shifted on every other block
@@ -594,7 +596,10 @@ def test_vit_is_one_encoder_block_template_and_learnable_tensors(tmp_path):
     model = windowed_built(VisionTransformer, image_size=32, patch_size=16, num_layers=3,
                        num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)  # fmt: skip
     doc = yaml.safe_load(round_trip(model, (3, 32, 32), tmp_path))
-    assert list(doc["templates"]) == ["mlpblock", "encoder_block"]
+    assert list(doc["templates"]) == ["encoder_block"]  # its MLP written in place, as by hand
+    mlp = doc["templates"]["encoder_block"]["body"][1]["residual"]["main"][1]["seq"]
+    heads = [x if isinstance(x, str) else next(iter(x)) for x in mlp["layers"]]
+    assert mlp["name"] == "mlp" and heads == ["linear", "gelu", "dropout", "linear", "dropout"]
     stages = doc["stages"]
     assert stages["class_token"] == "class_token" and stages["token"] == "token"
     assert stages["encoder"][0] == {"pos_embedding": {"std": 0.02, "name": "pos_embedding"}}

@@ -40,28 +40,45 @@ class Table:
     def __init__(self, n: int, skeleton: bool = False):
         self.n = n
         self.skeleton = skeleton
-        self.by_values: dict[str, str] = {}
         self.values: dict[str, list[Any]] = {}
+        self.care: dict[str, set[int]] = {}  # the instances whose value a parameter holds
+        self.mask: list[int] | None = None  # the instances walked now (an optional item's)
 
     def slot(self, key: str, vals: list[Any]) -> str:
         if self.skeleton:
             return "?"
-        sig = json.dumps(vals)
-        if sig in self.by_values:
-            return "$" + self.by_values[sig]
+        at = list(range(self.n)) if self.mask is None else self.mask
+        got = dict(zip(at, vals, strict=True))  # the others lack the item: any value will do
+        for name, have in self.values.items():
+            care = self.care[name]
+            if all(_same(have[i], v) for i, v in got.items() if i in care) and (
+                self.mask is None
+                or care & set(got)
+                or len(care) == self.n
+                or name.rstrip("0123456789") == BASE.get(key, key)  # parts of one role
+            ):
+                for i, v in got.items():
+                    have[i] = v
+                care |= set(got)
+                return "$" + name
         base = BASE.get(key, key)
         name, k = base, 1
         while name in self.values:
             k += 1
             name = f"{base}{k}"
-        self.by_values[sig] = name
-        self.values[name] = vals
+        self.values[name] = [got.get(i, vals[0]) for i in range(self.n)]
+        self.care[name] = set(got)
         return "$" + name
 
     def value(self, key: str, vals: list[Any]) -> Any:
         if not self.skeleton and all(v == vals[0] for v in vals):
             return vals[0]
         return self.slot(key, vals)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of one type (True is not 1, 1.0 is not 1)."""
+    return json.dumps(a, default=str) == json.dumps(b, default=str)
 
 
 def head(x: Any) -> str | None:
@@ -93,16 +110,21 @@ class Walker:
     """Walks instances of one skeleton in step: `item` returns the common body, with the values
     that differ replaced by `$param` (or, for a skeleton, every value replaced by `?`)."""
 
-    def __init__(self, templates: dict, table: Table):
+    def __init__(self, templates: dict, table: Table, optional: bool = False):
         self.templates = templates
         self.t = table
+        self.optional = optional  # layer lists may differ by items some instances lack
 
     def item(self, xs: list[Any]) -> Any:
         x0 = xs[0]
         if isinstance(x0, Marker):
             return f"marker{id(x0)}"
         if isinstance(x0, list):
-            if any(not isinstance(x, list) or len(x) != len(x0) for x in xs):
+            if any(not isinstance(x, list) for x in xs):
+                raise _Differ
+            if self.optional and len(xs) > 1:
+                return self.aligned(xs)
+            if any(len(x) != len(x0) for x in xs):
                 raise _Differ
             return [self.item([x[i] for x in xs]) for i in range(len(x0))]
         if is_repeat(x0):
@@ -144,6 +166,42 @@ class Walker:
         if names[0] is not None:
             out["name"] = names[0]
         return {h: out} if out else h
+
+    def aligned(self, xs: list[list[Any]]) -> list[Any]:
+        """Layer lists that differ by items some of them lack (an expansion only where the
+        ratio is not 1, a squeeze-and-excitation only in some blocks): the items of all, in
+        order, each one the others lack written with `when: $has_...` (a bool parameter)."""
+        keys = [[skeleton(y, self.templates) or f"?{id(y)}" for y in x] for x in xs]
+        slots, where = supersequence(keys)
+        named = [json.loads(k).get("name") if k.startswith('{"') else None for k in slots]
+        names = [n for n in named if isinstance(n, str)]
+        if len(names) != len(set(names)):
+            raise _Differ  # one module that differs inside, not items some lack
+        out: list[Any] = []
+        for k in range(len(slots)):
+            have = [i for i, w in enumerate(where) if k in w]
+            items = [xs[i][where[i].index(k)] for i in have]
+            if len(have) == len(xs):
+                out.append(self.item(items))
+                continue
+            outer = self.t.mask
+            self.t.mask = [outer[i] for i in have] if outer is not None else have
+            try:
+                body = self.item(items)
+            finally:
+                self.t.mask = outer
+            flags = [i in have for i in range(len(xs))]
+            label = head(items[0]) or "item"
+            definition = self.templates.get(label)
+            if isinstance(definition, dict) and "body" not in definition:  # its combinator
+                label = next((k for k in definition if k != "params"), label)
+            flag = self.t.slot(f"has_{label}", flags)
+            if isinstance(body, str):
+                body = {body: {}}
+            if not isinstance(body, dict) or "when" in body:
+                raise _Differ
+            out.append({"when": flag} | body)
+        return out
 
     def options(self, h: str, vs: list[Any]) -> Any:
         if any(not isinstance(v, dict) for v in vs):
@@ -195,6 +253,40 @@ class Walker:
 
 class _Differ(Exception):
     pass
+
+
+def supersequence(seqs: list[list[str]]) -> tuple[list[str], list[list[int]]]:
+    """The shortest common supersequence, built one sequence at a time (longest common
+    subsequence, matched from the end: an item some lack is taken to be the earlier one, as an
+    expansion layer at a block's start), and where each sequence's items sit in it."""
+    merged = list(seqs[0])
+    where = [list(range(len(merged)))]
+    for seq in seqs[1:]:
+        n, m = len(merged), len(seq)
+        dp = [[0] * (m + 1) for _ in range(n + 1)]
+        for i in range(n):
+            for j in range(m):
+                dp[i + 1][j + 1] = (
+                    dp[i][j] + 1 if merged[i] == seq[j] else max(dp[i][j + 1], dp[i + 1][j])
+                )
+        steps: list[tuple[int | None, int | None]] = []  # (merged index, seq index), from the end
+        i, j = n, m
+        while i or j:
+            if i and j and merged[i - 1] == seq[j - 1] and dp[i][j] == dp[i - 1][j - 1] + 1:
+                steps.append((i - 1, j - 1))
+                i, j = i - 1, j - 1
+            elif i and (not j or dp[i - 1][j] >= dp[i][j - 1]):
+                steps.append((i - 1, None))
+                i -= 1
+            else:
+                steps.append((None, j - 1))
+                j -= 1
+        steps.reverse()
+        new_of = {a: k for k, (a, _) in enumerate(steps) if a is not None}
+        merged = [merged[a] if a is not None else seq[b] for a, b in steps]  # type: ignore[index]
+        where = [[new_of[a] for a in w] for w in where]
+        where.append([k for k, (_, b) in enumerate(steps) if b is not None])
+    return merged, where
 
 
 def skeleton(x: Any, templates: dict) -> str | None:
@@ -286,6 +378,8 @@ def candidate(x: Any, templates: dict) -> bool:
         return False
     elif isinstance(x[head(x)], dict) and x[head(x)].get("inline"):
         return False  # part of a module's layers, not a module
+    elif head(x) != "seq":  # a residual around one block is a block (MobileNetV3's)
+        return leaves(x, templates) >= 1
     return leaves(x, templates) >= 2
 
 
@@ -312,9 +406,12 @@ def templatize(doc: dict, classes: dict[int, str] | None = None) -> None:
     classes = classes or {}
     templates: dict[str, Any] = doc.setdefault("templates", {})
     blocks(doc, templates)
-    while make_template(doc, templates, classes):
+    numbered: set[str] = set()  # names given a number because the class's name was taken
+    while make_template(doc, templates, classes, numbered):
         pass
     repeats(doc, templates)
+    inline_single_use(templates)
+    renumber(doc, templates, numbered)
     if not templates:
         del doc["templates"]
     else:  # templates before stages
@@ -324,7 +421,9 @@ def templatize(doc: dict, classes: dict[int, str] | None = None) -> None:
         doc["stages"] = stages
 
 
-def make_template(doc: dict, templates: dict, classes: dict[int, str]) -> bool:
+def make_template(
+    doc: dict, templates: dict, classes: dict[int, str], numbered: set[str] | None = None
+) -> bool:
     """Turn the smallest group of equal-but-for-numbers modules into a template."""
     groups: dict[str, list[tuple[Any, Any]]] = {}
     for container, key in module_slots(doc):
@@ -335,26 +434,71 @@ def make_template(doc: dict, templates: dict, classes: dict[int, str]) -> bool:
         sk = skeleton(bare, templates)
         if sk is not None:
             groups.setdefault(sk, []).append((container, key))
-    best = sorted(
-        (g for g in groups.values() if len(g) >= 2),
-        key=lambda g: (leaves(g[0][0][g[0][1]], templates), -len(g)),
-    )
-    return any(apply_template(group, templates, classes) for group in best)
+
+    def size(g: list[tuple[Any, Any]]) -> tuple[int, int, int]:
+        xs = [c[k] for c, k in g]
+        return max(leaves(x, templates) for x in xs), max(nodes(x) for x in xs), -len(g)
+
+    kin = [(size(g), 0, g) for g in kindred(groups, classes)]
+    order = []
+    for g in groups.values():
+        if len(g) < 2:
+            continue
+        key = (size(g), 0)
+        for kkey, _, k in kin:  # a kindred group goes before the groups of its members
+            if all(any(c is c2 and x == x2 for c2, x2 in k) for c, x in g):
+                key = max(key, (kkey, 1))
+        order.append((key, False, g))
+    best = sorted(order + [((k, o), True, g) for k, o, g in kin], key=lambda t: t[0])
+    return any(apply_template(group, templates, classes, opt, numbered) for _, opt, group in best)
 
 
-def apply_template(group: list[tuple[Any, Any]], templates: dict, classes: dict[int, str]) -> bool:
+def nodes(x: Any) -> int:
+    """Items, lists and mappings inside an item: which of two groups holds the other."""
+    if isinstance(x, list):
+        return 1 + sum(nodes(y) for y in x)
+    if isinstance(x, dict):
+        return 1 + sum(nodes(y) for y in x.values())
+    return 1
+
+
+def kindred(groups: dict[str, list[tuple[Any, Any]]], classes: dict[int, str]) -> list[list]:
+    """Instances of one module class (and name) whose layer lists differ by optional items
+    (torchvision's Conv2dNormActivation with and without its activation, MBConv's block with
+    and without its expansion): one group each, for a template with `when:` items."""
+    by: dict[tuple[str, Any], list[tuple[str, tuple[Any, Any]]]] = {}
+    for sk, g in groups.items():
+        for c, k in g:
+            x = c[k]
+            cls = classes.get(id(x), "")
+            _, name = own_name(x)
+            if cls in ("Sequential", "ModuleList"):  # a container: the same one in each block
+                if name is not None:
+                    by.setdefault((cls, name), []).append((sk, (c, k)))
+            elif cls:
+                by.setdefault((cls, None), []).append((sk, (c, k)))
+    return [[s for _, s in g] for g in by.values() if len({sk for sk, _ in g}) > 1]
+
+
+def apply_template(
+    group: list[tuple[Any, Any]],
+    templates: dict,
+    classes: dict[int, str],
+    optional: bool = False,
+    numbered: set[str] | None = None,
+) -> bool:
     items = [c[k] for c, k in group]
     bares = [own_name(x) for x in items]
     table = Table(len(items))
     try:
-        body = Walker(templates, table).item([b for b, _ in bares])
+        body = Walker(templates, table, optional).item([b for b, _ in bares])
     except _Differ:
         return False
     cls = Counter(classes.get(id(x), "") for x in items).most_common(1)[0][0]
     names = {name for _, name in bares}
     if cls in ("", "Sequential", "ModuleList") and len(names) == 1 and names != {"layers"}:
         cls = next(iter(names)) or cls  # containers named alike: ConvNeXt's `block`, `mlp_layer`
-    tname = template_name(cls, templates)
+    tname = template_name(cls, templates, numbered)
     params: dict[str, Any] = {}
     defaults: dict[str, Any] = {}
     for p, vals in table.values.items():
@@ -402,7 +546,7 @@ def _type(vals: list[Any]) -> str:
     return "any"
 
 
-def template_name(cls: str, templates: dict) -> str:
+def template_name(cls: str, templates: dict, numbered: set[str] | None = None) -> str:
     base = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls).lower().strip("_")
     base = re.sub(r"\W", "_", base)
     if not base or base in ("sequential", "module_list") or not base[0].isalpha():
@@ -411,6 +555,8 @@ def template_name(cls: str, templates: dict) -> str:
     while name in templates or name in RESERVED:
         k += 1
         name = f"{base}{k}"
+    if k > 1 and numbered is not None:
+        numbered.add(name)
     return name
 
 
@@ -627,3 +773,125 @@ def as_repeat(calls: list[tuple[str, dict]], defaults: dict[str, Any]) -> dict |
     if first:
         rep["first"] = first
     return rep
+
+
+# ------------------------------------------------------------------------------ single use
+
+
+def inline_single_use(templates: dict) -> None:
+    """A template called once, from another template's body, with its parameters handed on
+    (`block: {c: $c, k: $k, name: block}`) is written in place (`seq: {name: block, layers:
+    ...}`), as a person writes MBConv's `block` inside `mbconv`."""
+    while True:
+        uses: Counter[str] = Counter()
+        for definition in templates.values():
+            _count_uses(definition, templates, uses)
+        for t, definition in templates.items():
+            if uses[t] != 1:
+                continue
+            for other in templates.values():
+                if other is not definition and _inline_in(other, t, definition):
+                    del templates[t]
+                    break
+            else:
+                continue
+            break
+        else:
+            return
+
+
+def _count_uses(x: Any, templates: dict, uses: Counter) -> None:
+    if isinstance(x, list):
+        for y in x:
+            if isinstance(y, str) and y in templates:  # a call by name alone
+                uses[y] += 1
+            _count_uses(y, templates, uses)
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            if k in templates:
+                uses[k] += 1
+            if k in ("use", "post", "body") and isinstance(v, str) and v in templates:
+                uses[v] += 1
+            _count_uses(v, templates, uses)
+
+
+def _inline_in(x: Any, t: str, definition: dict) -> bool:
+    """Replace the call of `t` inside `x` (a template's definition) by its body."""
+    if isinstance(x, list):
+        for i, y in enumerate(x):
+            if isinstance(y, dict) and [k for k in y if k != "when"] == [t]:
+                body = _expanded(definition, y[t] if isinstance(y[t], dict) else {})
+                if body is None or "when" in y and not isinstance(body, dict):
+                    return False
+                x[i] = {"when": y["when"]} | body if "when" in y else body
+                return True
+            if _inline_in(y, t, definition):
+                return True
+    elif isinstance(x, dict):
+        return any(_inline_in(v, t, definition) for v in x.values())
+    return False
+
+
+def _expanded(definition: dict, args: dict) -> Any:
+    args = dict(args)
+    name = args.pop("name", None)
+    values = template_defaults(definition) | args
+    declared = (definition.get("params") or {}).keys()
+    if set(values) != set(declared):
+        return None
+
+    def sub(v: Any) -> Any:
+        if isinstance(v, str) and "$" in v:
+            if v[1:] not in values or not v.startswith("$"):
+                raise _Differ
+            return values[v[1:]]
+        if isinstance(v, list):
+            return [sub(y) for y in v]
+        if isinstance(v, dict):
+            return {k: sub(y) for k, y in v.items()}
+        return v
+
+    try:
+        if "body" in definition:
+            body = sub(definition["body"])
+            if not isinstance(body, list) or any(
+                isinstance(y, dict) and "when" in y and not isinstance(y["when"], str) for y in body
+            ):
+                return None
+            return {"seq": {"name": name, "layers": body}} if name is not None else body
+        ((comb, opts),) = ((k, v) for k, v in definition.items() if k != "params")
+        opts = sub(opts)
+    except (_Differ, ValueError):
+        return None
+    return {comb: ({"name": name} if name is not None else {}) | opts}
+
+
+def renumber(doc: dict, templates: dict, numbered: set[str]) -> None:
+    """`conv2d_norm_activation2` -> `conv2d_norm_activation` where the template without the
+    number is gone (inlined): the names the reader sees are the modules' classes."""
+    names: dict[str, str] = {}
+    for t in [t for t in templates if t in numbered]:
+        base = t.rstrip("0123456789")
+        if base != t and base not in templates and base not in RESERVED | set(names.values()):
+            names[t] = base
+    if not names:
+        return
+
+    def rename(x: Any) -> Any:
+        if isinstance(x, list):
+            return [names.get(y, y) if isinstance(y, str) else rename(y) for y in x]
+        if isinstance(x, dict):
+            return {
+                names.get(k, k): (
+                    names.get(v, v)
+                    if k in ("use", "post", "body") and isinstance(v, str)
+                    else rename(v)
+                )
+                for k, v in x.items()
+            }
+        return x
+
+    renamed = {names.get(t, t): rename(d) for t, d in templates.items()}
+    templates.clear()
+    templates.update(renamed)
+    doc["stages"] = rename(doc["stages"])
