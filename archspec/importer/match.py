@@ -53,6 +53,19 @@ def pair(v: Any) -> Any:
     return v
 
 
+# A module class's name -> its family: the most general class it derives from outside torch.nn
+# (torchvision's SimpleStemIN and Conv2dNormActivation are both ConvNormActivation). Modules of
+# one family may share a template.
+FAMILIES: dict[str, str] = {}
+
+
+def family(cls: type) -> str:
+    own = [c for c in cls.__mro__ if c is not object and not c.__module__.startswith("torch.nn")]
+    name = own[-1].__name__ if own else cls.__name__
+    FAMILIES[cls.__name__] = name
+    return name
+
+
 def module_name(m: nn.Module) -> str:
     cls = type(m)
     return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn") else cls.__qualname__

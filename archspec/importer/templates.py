@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from archspec.importer.emit import Marker
-from archspec.importer.match import DEFAULTS
+from archspec.importer.match import DEFAULTS, FAMILIES
 
 COMBS = ("seq", "residual", "parallel", "dense", "aux", "scale", "split")
 REPEAT_KEYS = ("repeat", "use", "body", "with", "first", "at", "prefix", "start", "name", "inline")
@@ -177,6 +177,9 @@ class Walker:
         names = [n for n in named if isinstance(n, str)]
         if len(names) != len(set(names)):
             raise _Differ  # one module that differs inside, not items some lack
+        common = sum(all(k in w for w in where) for k in range(len(slots)))
+        if not common or len(slots) - common > common + 1:
+            raise _Differ  # lists that share little: different modules, not optional items
         out: list[Any] = []
         for k in range(len(slots)):
             have = [i for i, w in enumerate(where) if k in w]
@@ -471,6 +474,7 @@ def kindred(groups: dict[str, list[tuple[Any, Any]]], classes: dict[int, str]) -
         for c, k in g:
             x = c[k]
             cls = classes.get(id(x), "")
+            cls = FAMILIES.get(cls, cls)
             _, name = own_name(x)
             if cls in ("Sequential", "ModuleList"):  # a container: the same one in each block
                 if name is not None:

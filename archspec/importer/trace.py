@@ -640,6 +640,7 @@ class Recover:
         inner = self.scope(u.path, u.nodes, ctx.depth + 1, entry, u.out)
         it = shape_scope(inner, name)
         it.cls = type(m).__name__
+        match.family(type(m))
         it.path = u.path
         if is_tensor(entry) and is_tensor(u.out):
             it.keeps = shape_of(entry) == shape_of(u.out)
