@@ -188,6 +188,67 @@ def test_convolutional_builders_round_trip(builder, tmp_path):
     round_trip(model, (3, 64, 64), tmp_path, builder)
 
 
+@cache
+def conv_imported(builder: str) -> dict:
+    model = meta_built(builder, num_classes=10).eval()
+    return yaml.safe_load(archspec.import_module(model, (3, 64, 64), verify=False))
+
+
+def test_efficientnet_is_one_mbconv_template_with_optional_expansion():
+    doc = conv_imported("efficientnet_b0")
+    assert set(doc["templates"]) == {"conv2d_norm_activation", "mbconv"}
+    cna = doc["templates"]["conv2d_norm_activation"]["body"]
+    assert cna[-1] == {"when": "$has_silu", "silu": {"inplace": True}}  # the activation: optional
+    mbconv = doc["templates"]["mbconv"]["residual"]
+    assert mbconv["shortcut"] == "identity_if_same"  # summed only where torchvision sums
+    block, depth = mbconv["main"]
+    layers = block["seq"]["layers"]
+    assert block["seq"]["name"] == "block" and layers[0]["when"] == "$has_conv2d_norm_activation"
+    by = layers[2]["scale"]["by"]  # squeeze-and-excitation: a scale
+    assert [next(iter(x.values()))["name"] for x in by[1::2]] == ["fc1", "fc2"]
+    assert depth == {"stochastic_depth": {"p": "$p", "name": "stochastic_depth"}}
+    features = doc["stages"]["features"]
+    assert features[1]["with"]["has_conv2d_norm_activation"] is False  # expand ratio 1
+    assert features[1]["with"]["p"] == 0.0  # no sum, so no stochastic depth (as torchvision)
+    assert [x["repeat"] for x in features if "repeat" in x] == [1, 2, 2, 3, 3, 4, 1]
+
+
+def test_mobilenet_v3_is_one_block_template_with_optional_expansion_and_se():
+    doc = conv_imported("mobilenet_v3_small")
+    assert set(doc["templates"]) == {"conv2d_norm_activation", "inverted_residual"}
+    layers = doc["templates"]["inverted_residual"]["residual"]["main"][0]["seq"]["layers"]
+    assert [x.get("when") for x in layers] == ["$has_conv2d_norm_activation", None, "$has_scale",
+                                               None]  # fmt: skip
+    assert layers[2]["scale"]["by"][-1] == {"hardsigmoid": {"name": "scale_activation"}}
+    calls = doc["stages"]["features"][1:-1]
+    assert len(calls) == 11 and all(list(x) == ["inverted_residual"] for x in calls)
+
+
+def test_shufflenet_unit_is_split_or_parallel_then_channel_shuffle():
+    doc = conv_imported("shufflenet_v2_x0_5")
+    unit = doc["templates"]["inverted_residual"]["body"]
+    assert unit[0]["when"] == "$has_split" and unit[0]["split"]["branches"]["branch1"] == []
+    assert unit[1]["when"] == "$has_parallel" and unit[2] == {"channel_shuffle": {"groups": 2}}
+    stages = [doc["stages"][f"stage{i}"] for i in (2, 3, 4)]
+    assert [(s["repeat"], s["with"]["c"]) for s in stages] == [(4, 24), (8, 48), (4, 96)]
+    assert all(s["first"] == {"has_split": False, "has_parallel": True} for s in stages)
+
+
+@pytest.mark.parametrize("builder", ["regnet_x_400mf", "regnet_y_400mf"])
+def test_regnet_is_one_bottleneck_template_repeated_with_hyphenated_names(builder):
+    doc = conv_imported(builder)
+    assert set(doc["templates"]) == {"conv2d_norm_activation", "res_bottleneck_block"}
+    block = doc["templates"]["res_bottleneck_block"]["residual"]
+    assert block["shortcut"] == "auto" and block["projection"] == {"name": "proj"}
+    layers = block["main"][0]["seq"]["layers"]
+    assert ("scale" in json.dumps(layers)) == (builder == "regnet_y_400mf")
+    stages = doc["stages"]["trunk_output"]
+    assert [(s["repeat"], s["prefix"], s["name"]) for s in stages] == [
+        (n, f"block{i}-", f"block{i}") for i, n in enumerate(
+            [1, 2, 7, 12] if builder == "regnet_x_400mf" else [1, 3, 6, 6], start=1)
+    ]  # fmt: skip
+
+
 def test_hardsigmoid_channel_shuffle_and_stochastic_depth_map_to_their_ops(tmp_path):
     from torchvision.ops import StochasticDepth
 

@@ -122,7 +122,12 @@ class Walker:
         if isinstance(x0, list):
             if any(not isinstance(x, list) for x in xs):
                 raise _Differ
-            if self.optional and len(xs) > 1:
+            if (
+                self.optional
+                and any(len(x) != len(x0) for x in xs)
+                or self.optional
+                and any(skeleton(x, self.templates) != skeleton(x0, self.templates) for x in xs)
+            ):
                 return self.aligned(xs)
             if any(len(x) != len(x0) for x in xs):
                 raise _Differ
