@@ -76,6 +76,17 @@ class Table:
         return self.slot(key, vals)
 
 
+def item_name(x: Any) -> str | None:
+    """The module name an item gives itself (`name:`), if any."""
+    if not isinstance(x, dict):
+        return None
+    if is_repeat(x):
+        return x.get("name")
+    keys = [k for k in x if k != "when"]
+    v = x[keys[0]] if len(keys) == 1 else None
+    return v.get("name") if isinstance(v, dict) else None
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal values of one type (True is not 1, 1.0 is not 1)."""
     return json.dumps(a, default=str) == json.dumps(b, default=str)
@@ -178,8 +189,8 @@ class Walker:
         order, each one the others lack written with `when: $has_...` (a bool parameter)."""
         keys = [[skeleton(y, self.templates) or f"?{id(y)}" for y in x] for x in xs]
         slots, where = supersequence(keys)
-        named = [json.loads(k).get("name") if k.startswith('{"') else None for k in slots]
-        names = [n for n in named if isinstance(n, str)]
+        first = {k: xs[i][where[i].index(k)] for i in range(len(xs)) for k in where[i]}
+        names = [n for n in (item_name(first[k]) for k in range(len(slots))) if n is not None]
         if len(names) != len(set(names)):
             raise _Differ  # one module that differs inside, not items some lack
         common = sum(all(k in w for w in where) for k in range(len(slots)))
