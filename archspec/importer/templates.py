@@ -429,7 +429,7 @@ def templatize(doc: dict, classes: dict[int, str] | None = None) -> None:
     while make_template(doc, templates, classes, numbered):
         pass
     repeats(doc, templates)
-    inline_single_use(templates)
+    inline_single_use(doc, templates)
     renumber(doc, templates, numbered)
     if not templates:
         del doc["templates"]
@@ -798,13 +798,13 @@ def as_repeat(calls: list[tuple[str, dict]], defaults: dict[str, Any]) -> dict |
 # ------------------------------------------------------------------------------ single use
 
 
-def inline_single_use(templates: dict) -> None:
+def inline_single_use(doc: dict, templates: dict) -> None:
     """A template called once, from another template's body, with its parameters handed on
     (`block: {c: $c, k: $k, name: block}`) is written in place (`seq: {name: block, layers:
     ...}`), as a person writes MBConv's `block` inside `mbconv`."""
     while True:
         uses: Counter[str] = Counter()
-        for definition in templates.values():
+        for definition in [*templates.values(), doc["stages"]]:
             _count_uses(definition, templates, uses)
         for t, definition in templates.items():
             if uses[t] != 1:
