@@ -249,6 +249,38 @@ def test_regnet_is_one_bottleneck_template_repeated_with_hyphenated_names(builde
     ]  # fmt: skip
 
 
+class _ShuffleUnit(nn.Module):
+    """ShuffleNet's unit written out: a chunk (or a split) of the channels, one part through
+    `branch`, the concatenation shuffled with reshape/permute/reshape."""
+
+    def __init__(self, sizes=None):
+        super().__init__()
+        self.sizes = sizes or [4, 4]
+        self.branch = nn.Sequential(nn.Conv2d(self.sizes[1], 4, 1), nn.ReLU())
+
+    def forward(self, x):
+        if self.sizes == [4, 4]:
+            a, b = torch.chunk(x, 2, dim=1)
+        else:
+            a, b = x.split(self.sizes, 1)
+        x = torch.cat([a, self.branch(b)], 1)
+        n, c, h, w = x.shape
+        return x.reshape(n, 2, c // 2, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+def test_chunk_is_split_and_reshape_permute_reshape_is_channel_shuffle(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _ShuffleUnit(), nn.Flatten(), nn.Linear(288, 3))
+    doc = yaml.safe_load(round_trip(model, (3, 8, 8), tmp_path))
+    split, shuffle = doc["stages"]["1"]
+    assert split["split"]["branches"]["branch"] == [{"conv": {"out": 4, "k": 1}}, "relu"]
+    assert [] in split["split"]["branches"].values()  # the part passed on as it is
+    assert shuffle == {"channel_shuffle": {"groups": 2}}
+    with pytest.raises(ImportFailure) as e:  # unequal parts: no archspec op, said where
+        archspec.import_module(nn.Sequential(_ShuffleUnit([2, 6])).eval(), (8, 6, 6))
+    assert ("0", "Tensor.split") in {(p.path, p.what) for p in e.value.problems}
+
+
 def test_hardsigmoid_channel_shuffle_and_stochastic_depth_map_to_their_ops(tmp_path):
     from torchvision.ops import StochasticDepth
 

@@ -352,12 +352,22 @@ def match_method(name: str, args: tuple, kwargs: dict) -> tuple[str, dict[str, A
 
 
 def chunks(n: Any, parts: int) -> bool:
-    """`x.chunk(parts, 1)` or `torch.chunk(x, parts, 1)`: equal parts of the channels."""
-    if n.target not in ("chunk", torch.chunk) or n.op not in ("call_method", "call_function"):
+    """`x.chunk(parts, 1)`, `torch.chunk(x, parts, 1)` or a split into equal sizes
+    (`x.split(c // parts, 1)`, `torch.split(x, [s, s], 1)`): equal parts of the channels."""
+    if n.op not in ("call_method", "call_function"):
         return False
-    k = _arg(n.args, n.kwargs, 1, "chunks", None)
-    dim = _arg(n.args, n.kwargs, 2, "dim", 0)
     shape = n.args[0].meta["tensor_meta"].shape
+    if n.target in ("chunk", torch.chunk):
+        k = _arg(n.args, n.kwargs, 1, "chunks", None)
+    elif n.target in ("split", torch.split):
+        size = _arg(n.args, n.kwargs, 1, "split_size_or_sections", None)
+        size = _arg(n.args, n.kwargs, 1, "split_size", size)
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size] * parts
+        k = parts if len(sizes) == parts and sizes[0] * parts == shape[1] else None
+        k = k if len(set(sizes)) == 1 else None
+    else:
+        return False
+    dim = _arg(n.args, n.kwargs, 2, "dim", 0)
     return k == parts and dim in (1, 1 - len(shape)) and shape[1] % parts == 0
 
 

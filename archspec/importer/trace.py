@@ -690,7 +690,9 @@ class Recover:
                 keep = self.spatial_mean(n)  # x.mean([2, 3]): a global average pool
                 return [It("op", op="gap")] + ([] if keep else [It("op", op="flatten")])
             src = n.args[0] if n.args else None
-            rank = len(shape_of(src)) if isinstance(src, fx.Node) and is_tensor(src) else 0
+            rank = 0  # (of one tensor: not of x.split(...)'s tuple)
+            if isinstance(src, fx.Node) and isinstance(src.meta.get("tensor_meta"), TensorMetadata):
+                rank = len(shape_of(src))
             dims = _permutation(n, rank) if rank == 4 else None
             if dims is not None and match.permute_op(dims) is not None:
                 opname, params = match.permute_op(dims)  # type: ignore[misc]
