@@ -526,8 +526,8 @@ class Recover:
         parts = [at[i] for i in range(len(ins))]
         branches: list[list[It]] = []
         for part, a in zip(parts, ins):
-            if a is not part and (ctx.users.get(a, 0) != 1 or ctx.users.get(part, 0) != 1):
-                return None
+            if ctx.users.get(part, 0) != 1 or a is not part and ctx.users.get(a, 0) != 1:
+                return None  # a part read twice: not a split
             if a is not part and not self._dominated(ctx, a, part):
                 return None
         for part, a in zip(parts, ins):
