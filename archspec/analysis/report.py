@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import numbers
 import os
 from collections.abc import Callable
@@ -50,6 +48,9 @@ class Report:
 
     @property
     def spec_hash(self) -> str:
+        import hashlib  # here: a plain `check` (a fresh process) never asks for the hash
+        import json
+
         blob = json.dumps([self.resolved, self.variant], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
