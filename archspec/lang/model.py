@@ -148,7 +148,7 @@ class _Meta(type):
 
 class Model(metaclass=_Meta):
     """A pydantic model, built lazily (see the module's doc). Instances have the fields as
-    attributes; `model_config = {"frozen": True}` makes them immutable."""
+    attributes; `model_config = ConfigDict(frozen=True)` makes them immutable."""
 
     model_config: ClassVar[dict[str, Any]] = {}
     _body: ClassVar[dict[str, Any]]
@@ -156,8 +156,22 @@ class Model(metaclass=_Meta):
     _plan: ClassVar[Any]
 
     def __init__(self, **data: Any):
-        values = type(self)._validated(data)
-        object.__setattr__(self, "__dict__", values)
+        object.__setattr__(self, "__dict__", type(self)._validated(data))
+
+    @classmethod
+    def _config(cls) -> dict[str, Any]:
+        """`model_config` merged down the class hierarchy, as pydantic merges it."""
+        config: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            config.update(klass.__dict__.get("model_config", {}))
+        return config
+
+    @classmethod
+    def _made(cls, values: dict[str, Any]) -> Any:
+        """An instance holding `values` as they are (validated already)."""
+        made = cls.__new__(cls)
+        object.__setattr__(made, "__dict__", values)
+        return made
 
     # -- the pydantic model ----------------------------------------------------------------
 
@@ -177,10 +191,7 @@ class Model(metaclass=_Meta):
                 for k, v in cls._body.items()
                 if k not in ("model_config", "__dict__", "__weakref__", "__qualname__")
             }
-            config = {}
-            for klass in reversed(cls.__mro__):
-                config.update(klass.__dict__.get("model_config", {}))
-            body["model_config"] = ConfigDict(**config)  # type: ignore[typeddict-item]
+            body["model_config"] = ConfigDict(**cls._config())  # type: ignore[typeddict-item]
             body["__qualname__"] = cls.__qualname__
             meta: Any = type(BaseModel)
             cls._pydantic = meta(cls.__name__, bases, body)
@@ -196,10 +207,7 @@ class Model(metaclass=_Meta):
     def model_validate(cls, data: Any) -> Any:
         """An instance, as pydantic would validate `data`; raises Invalid with pydantic's
         errors."""
-        values = cls._validated(data)
-        made = cls.__new__(cls)
-        object.__setattr__(made, "__dict__", values)
-        return made
+        return cls._made(cls._validated(data))
 
     @classmethod
     def _validated(cls, data: Any) -> dict[str, Any]:
@@ -231,12 +239,10 @@ class Model(metaclass=_Meta):
 
     @classmethod
     def _make_plan(cls) -> dict[str, Any] | None:
-        config: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__):
-            config.update(klass.__dict__.get("model_config", {}))
+        config = cls._config()
         if config.get("strict") is not True or config.get("extra") != "forbid":
             return None
-        if set(config) - {"strict", "extra", "frozen", "defer_build"}:
+        if set(config) - {"strict", "extra", "frozen"}:
             return None
         plan: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
@@ -269,21 +275,15 @@ class Model(metaclass=_Meta):
     # -- the instance -----------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if type(self)._frozen():
+        if type(self)._config().get("frozen"):
             raise TypeError(f"{type(self).__name__} is immutable")
         object.__setattr__(self, name, value)
-
-    @classmethod
-    def _frozen(cls) -> bool:
-        return any(k.__dict__.get("model_config", {}).get("frozen") for k in cls.__mro__)
 
     def model_dump(self) -> dict[str, Any]:
         return copy.deepcopy(self.__dict__)
 
     def model_copy(self, update: dict[str, Any] | None = None) -> Any:
-        made = type(self).__new__(type(self))
-        object.__setattr__(made, "__dict__", {**self.__dict__, **(update or {})})
-        return made
+        return type(self)._made({**self.__dict__, **(update or {})})
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.__dict__ == self.__dict__
