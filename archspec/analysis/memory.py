@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from archspec.ir import AUX, LAYER, Network, Node
-from archspec.lower import COMBINATORS
-from archspec.lower.combinators.base import through
+from archspec.ir import Network, Node
+from archspec.lower.combinators.base import Replay, main_path
 from archspec.ops import OPS, Saved, numel
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "bool": 1}
@@ -101,12 +100,11 @@ class MemoryReport:
 # --------------------------------------------------------------------------- the forward walk
 
 
-class Walk:
+class Walk(Replay):
     """Replays the compiled forward (compile._Emitter) over tensors instead of code."""
 
     def __init__(self, batch: int, dtype: str, device: str, named: dict | None = None):
-        self.named: dict[str, Node] = named or {}
-        self.env: dict[str, Tensor] = {}  # outputs read by reference, by path
+        super().__init__(named or {})
         self.batch = batch
         self.low = dtype if dtype != "float32" else None  # autocast's 16-bit dtype
         self.device = device
@@ -120,25 +118,10 @@ class Walk:
     ) -> list[Tensor]:
         """The main output first, then each auxiliary head's, as the built model returns them
         (with `outputs:`, those outputs)."""
-        taps: list[tuple[Node, Tensor]] = []
-        for stage in root.children:
-            if stage.kind == AUX:
-                taps.append((stage, x))
-            else:
-                x = self.node(stage, x)
+        x, taps = main_path(self, root, x)
         if outputs:
             return [self.env[p] for _, p in outputs]
-        return [x, *(self.node(stage, tap) for stage, tap in taps)]
-
-    def node(self, node: Node, x: Tensor) -> Tensor:
-        return through(self, node, x, self._run)
-
-    def _run(self, node: Node, x: Tensor) -> Tensor:
-        if node.kind == LAYER:
-            return self.layer(node, x)
-        return COMBINATORS[node.kind].forward(node, x, self)
-
-    child = node  # the Flow a combinator's forward runs on
+        return [x, *(self.child(stage, tap) for stage, tap in taps)]
 
     def split(self, x: Tensor, parts: int, node: Node) -> list[Tensor]:
         """`x.chunk(parts, 1)`: views of its storage, nothing allocated or kept."""

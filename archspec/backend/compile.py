@@ -24,7 +24,7 @@ from archspec.analysis.report import Report, check
 from archspec.ir import AUX, IN, JOIN, LAYER, Network, Node
 from archspec.lang.errors import Diagnostic, Loc, SpecError
 from archspec.lower import COMBINATORS
-from archspec.lower.combinators.base import through
+from archspec.lower.combinators.base import main_path, through
 from archspec.ops import OPS
 
 DEFAULT_MAX_PARAMS = 2_000_000_000  # ARCHSPEC_MAX_PARAMS overrides it (read at each build)
@@ -356,13 +356,7 @@ class _Emitter:
         path, on the tensors their stages saw (every intermediate is still a local), and only in
         eager training: eval mode and TorchScript return the main output alone, so a scripted or
         exported model is the inference model and one return type serves each mode."""
-        inp, taps = "x", []
-        for stage in root.children:
-            if stage.kind == AUX:
-                taps.append((stage, inp))
-            else:
-                inp = self.child(stage, inp)
-        main = inp
+        main, taps = main_path(self, root, "x")
         if outputs:
             items = ", ".join(f"{k!r}: {self.env[p]}" for k, p in outputs)
             self.lines.append(f"return {{{items}}}")

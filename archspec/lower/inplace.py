@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from archspec.ir import AUX, JOIN, LAYER, Network, Node
+from archspec.ir import JOIN, LAYER, Network, Node
 from archspec.lang.errors import Collector
-from archspec.lower.combinators.base import through
+from archspec.lower.combinators.base import Replay, main_path
 from archspec.ops import OPS
 
 
@@ -28,12 +28,11 @@ class Value:
     made_by: str  # what the tensor is, in words: "the output of `enc.c1`"
 
 
-class Replay:
-    """The Flow a combinator's `forward` runs on (see combinators/base.py)."""
+class Versions(Replay):
+    """The forward over abstract tensors: a storage and the version of it a value holds."""
 
     def __init__(self, network: Network, out: Collector):
-        self.named: dict[str, Node] = network.named
-        self.env: dict[str, Value] = {}  # outputs read by reference, by path
+        super().__init__(network.named)
         self.out = out
         self.current: dict[int, tuple[int, Node | None]] = {}  # storage -> version, overwriter
 
@@ -55,28 +54,15 @@ class Replay:
         )
 
     def network(self, root: Node, x: Value, outputs: list[tuple[str, str]]) -> None:
-        taps: list[tuple[Node, Value]] = []
-        for stage in root.children:
-            if stage.kind == AUX:
-                taps.append((stage, x))
-            else:
-                x = self.node(stage, x)
-        for stage, tap in taps:
-            self.node(stage, tap)
+        _, taps = main_path(self, root, x)
         for key, path in outputs:
             if path in self.env:
                 self.read(self.env[path], f"the output `{key}`")
+        if not outputs:  # the built model runs its auxiliary heads only then
+            for stage, tap in taps:
+                self.child(stage, tap)
 
-    def node(self, node: Node, x: Value) -> Value:
-        return through(self, node, x, self._run)
-
-    child = node
-
-    def _run(self, node: Node, x: Value) -> Value:
-        if node.kind != LAYER:
-            from archspec.lower import COMBINATORS
-
-            return COMBINATORS[node.kind].forward(node, x, self)  # type: ignore[no-any-return]
+    def layer(self, node: Node, x: Value) -> Value:
         self.read(x, node)
         if getattr(node.params, "inplace", False) is True:
             version = self.current[x.storage][0] + 1
@@ -113,5 +99,5 @@ def _is_view(node: Node) -> bool:
 
 def check(network: Network, out: Collector) -> None:
     """Say E-INPLACE wherever an in-place layer overwrites a tensor read after it."""
-    replay = Replay(network, out)
+    replay = Versions(network, out)
     replay.network(network.root, replay.new("the network's input"), network.outputs)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from archspec.ir import Node
+from archspec.ir import AUX, IN, JOIN, LAYER, Node
 from archspec.lang.errors import raised_at
 from archspec.lang.source import loc_of
 from archspec.lower.core import TooBig, TooDeep
@@ -52,8 +52,6 @@ def through(flow: Any, node: Node, x: X, run: Any) -> X:
     """Run `node` on `flow` with references: it reads the join of the outputs it names instead
     of `x` (`from:`; a JOIN node is only that), and an output others read is kept in
     `flow.env` by path. `run(node, x)` runs the node itself."""
-    from archspec.ir import IN, JOIN
-
     if node.reads:
         xs = [x if p == IN else flow.env[p] for p in node.reads]
         x = flow.join(node.join, xs, node)
@@ -61,6 +59,46 @@ def through(flow: Any, node: Node, x: X, run: Any) -> X:
     if node.path and flow.named.get(node.path) is node:
         flow.env[node.path] = out
     return out
+
+
+def main_path(flow: Any, root: Node, x: X) -> tuple[X, list[tuple[Node, X]]]:
+    """The network's stages in order on `flow`: the main output, and each auxiliary head's
+    stage with the value it reads (heads run after the main path, and only where the model
+    returns them: not with `outputs:`; see backend/compile.py `network_source`)."""
+    taps: list[tuple[Node, X]] = []
+    for stage in root.children:
+        if stage.kind == AUX:
+            taps.append((stage, x))
+        else:
+            x = flow.child(stage, x)
+    return x, taps
+
+
+class Replay:
+    """A Flow that runs a network's forward over values of its own kind (the memory model's
+    tensor records, the in-place check's versions): a layer goes to `layer`, a composite to
+    its combinator's `forward`, each through its references (`through`)."""
+
+    def __init__(self, named: dict[str, Node]):
+        self.named = named
+        self.env: dict[str, Any] = {}  # outputs read by reference, by path
+
+    def child(self, node: Node, x: Any) -> Any:
+        return through(self, node, x, self._run)
+
+    def _run(self, node: Node, x: Any) -> Any:
+        if node.kind == LAYER:
+            return self.layer(node, x)
+        return COMBINATORS[node.kind].forward(node, x, self)
+
+    def layer(self, node: Node, x: Any) -> Any:
+        raise NotImplementedError
+
+    def join(self, how: str, xs: list[Any], node: Node) -> Any:
+        raise NotImplementedError
+
+    def split(self, x: Any, parts: int, node: Node) -> list[Any]:
+        raise NotImplementedError
 
 
 class Combinator:
