@@ -423,6 +423,15 @@ def loc_of(container: Any, key: Any, default: Loc, *, key_loc: bool = False) -> 
     return getattr(container, "loc", default)
 
 
+def without(item: dict, *keys: Any) -> LMap:
+    """`item` less `keys`, keeping the file positions of the rest."""
+    out = LMap((k, v) for k, v in item.items() if k not in keys)
+    out.loc = getattr(item, "loc", None)  # type: ignore[assignment]  # as the item had it
+    out.key_locs = {k: v for k, v in getattr(item, "key_locs", {}).items() if k not in keys}
+    out.val_locs = {k: v for k, v in getattr(item, "val_locs", {}).items() if k not in keys}
+    return out
+
+
 def merge(base: Any, overlay: Any) -> Any:
     """Deep-merge a variant overlay onto a base: mappings merge, everything else replaces.
 

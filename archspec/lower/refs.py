@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from archspec.ir import IN, JOIN, LAYER, Network, Node
 from archspec.lang.errors import Loc, Problem, did_you_mean
-from archspec.lang.source import LMap, loc_of
+from archspec.lang.source import loc_of, without
 from archspec.lower.combinators.base import JOINS
 from archspec.lower.core import UNKNOWN, Scope, State, common_grid, finish, join, kind_of
 from archspec.lower.templates import UNSET, resolve_or
@@ -181,10 +181,8 @@ def lower_from(
         paths.append(node.path)
         sources.append((str(ref), getattr(node, "_state", UNKNOWN)))
     merged = merge_states(lw, how, sources, floc, written)
-    rest = LMap({k: v for k, v in item.items() if k not in ITEM_KEYS})
+    rest = without(item, *ITEM_KEYS)
     rest.loc = getattr(item, "loc", loc)
-    rest.key_locs = {k: v for k, v in getattr(item, "key_locs", {}).items() if k in rest}
-    rest.val_locs = {k: v for k, v in getattr(item, "val_locs", {}).items() if k in rest}
     if set(rest) - {"name"}:
         node = lw.item(rest, loc, merged, env, scope, name)
     else:

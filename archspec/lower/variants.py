@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from archspec.lang.errors import Collector, did_you_mean
-from archspec.lang.source import LMap, loc_of, merge
+from archspec.lang.source import LMap, loc_of, merge, without
 
 EXTENDS = "extends"
 
@@ -55,7 +55,7 @@ def _chain(root: LMap, variants: dict, name: str, out: Collector) -> list[Any] |
         if EXTENDS not in layer:
             layers.append(layer)
             return layers[::-1]
-        layers.append(_without_extends(layer))
+        layers.append(without(layer, EXTENDS))
         base, where = layer[EXTENDS], loc_of(layer, EXTENDS, root.loc)
         if not isinstance(base, str) or base not in variants:
             others = [n for n in variants if n != name]
@@ -77,11 +77,3 @@ def _chain(root: LMap, variants: dict, name: str, out: Collector) -> list[Any] |
                 )
             return None
         name = base
-
-
-def _without_extends(layer: Any) -> LMap:
-    own = LMap((k, v) for k, v in layer.items() if k != EXTENDS)
-    own.loc = getattr(layer, "loc", None)  # type: ignore[assignment]  # as the layer had it
-    own.key_locs = {k: v for k, v in getattr(layer, "key_locs", {}).items() if k != EXTENDS}
-    own.val_locs = {k: v for k, v in getattr(layer, "val_locs", {}).items() if k != EXTENDS}
-    return own

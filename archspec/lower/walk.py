@@ -17,7 +17,7 @@ from typing import Any
 from archspec.ir import LAYER, SEQ, Node
 from archspec.lang.errors import Collector, Loc, Problem, did_you_mean
 from archspec.lang.model import Invalid
-from archspec.lang.source import LMap, LSeq, Source, loc_of
+from archspec.lang.source import LMap, LSeq, Source, loc_of, without
 from archspec.lang.spec import SpecModel, pydantic_errors
 from archspec.lower import refs, templates
 from archspec.lower.combinators import COMBINATORS
@@ -196,7 +196,7 @@ class Lowerer:
                 present = self.when(item, loc, state, env)
                 if present is not True:
                     return self.absent(item, loc, state, env, scope, name)
-                item = _without(item, "when")
+                item = without(item, "when")
             if "from" in item:
                 return refs.lower_from(self, item, loc, state, env, scope, name)
             keys = set(item)
@@ -547,12 +547,3 @@ def _param_hint(op: str) -> str | None:
     if not fields:
         return f"`{op}` has no parameters: write it as `- {op}`"
     return f"`{op}` takes {{" + ", ".join(fields) + "}"
-
-
-def _without(item: dict, key: str) -> LMap:
-    """`item` less one key, keeping the file positions of the rest."""
-    out = LMap({k: v for k, v in item.items() if k != key})
-    out.loc = getattr(item, "loc", None)  # type: ignore[assignment]
-    out.key_locs = {k: v for k, v in getattr(item, "key_locs", {}).items() if k != key}
-    out.val_locs = {k: v for k, v in getattr(item, "val_locs", {}).items() if k != key}
-    return out
