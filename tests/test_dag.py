@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from spec_files import write
 from test_torchvision_zoo import _one_thread, random_state  # noqa: F401  # autouse fixture
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -47,12 +47,6 @@ stages:
     - {from: [padded, bil], merge: add, name: s}
     - {from: [s, gate], merge: mul}
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "net.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

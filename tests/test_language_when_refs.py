@@ -4,10 +4,10 @@ own input, and the errors a reference or a merge inside a template gives (the ne
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import torch
+from spec_files import write
 
 import archspec
 
@@ -22,12 +22,6 @@ stages:
     - {when: "$t == 1", from: [c2, sc], merge: add}
     - {when: "$t == 2", from: [in, c2], merge: concat}
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "net.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def built(path: Path, **kw) -> torch.nn.Module:

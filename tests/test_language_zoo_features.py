@@ -13,6 +13,7 @@ import torch
 import torchvision.models as tvm
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from spec_files import write
 
 import archspec
 from archspec.cli.train import train
@@ -40,12 +41,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def codes(report) -> list[str]:

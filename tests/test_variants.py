@@ -4,9 +4,8 @@ errors for a missing base or a circle, found whichever variant is checked."""
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from spec_files import write
 
 import archspec
 
@@ -33,12 +32,6 @@ variants:
 """
 
 
-def write(tmp_path, text: str):
-    path = tmp_path / "family.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def layer(report, name: str):
     return next(r for r in report.layers if r.path == name)
 
@@ -61,7 +54,9 @@ def test_extends_overlays_the_named_variant_first(tmp_path):
 
 def test_extends_builds_the_same_module_as_the_variant_written_out(tmp_path):
     path = write(tmp_path, SPEC)
-    flat = write(tmp_path / "..", SPEC.replace("    extends: wide\n", "    params: {c: 32}\n"))
+    flat = write(
+        tmp_path, SPEC.replace("    extends: wide\n", "    params: {c: 32}\n"), "flat.yaml"
+    )
     a = archspec.build(path, "wide_rgb", device="meta")
     b = archspec.build(flat, "wide_rgb", device="meta")
     assert {k: v.shape for k, v in a.state_dict().items()} == {
