@@ -90,8 +90,9 @@ def _reader(node: Node) -> str:
 
 
 def _is_view(node: Node) -> bool:
-    """The layer's output shares its input's storage without writing it (flatten, a permute)."""
-    if node.inferred is None or node.in_shape is None:
+    """The layer's output shares its input's storage without writing it (flatten, a permute).
+    A layer with parameters computes a new tensor: its rule need not be asked (most layers)."""
+    if node.inferred is None or node.in_shape is None or node.inferred.params:
         return False
     rule: Any = OPS[node.op].saved(node.params, node.in_shape, node.inferred.out, True)
     return bool(rule.alias)
