@@ -129,7 +129,7 @@ def _compose(text: str, name: str) -> Any:
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
     from ruamel.yaml.reader import ReaderError
 
-    yaml = YAML(typ="rt", pure=True)
+    yaml = YAML(typ="safe", pure=True)
     yaml.Composer = _bounded_composer()
     try:
         return yaml.compose(io.StringIO(text))
