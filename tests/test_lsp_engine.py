@@ -3,13 +3,13 @@ answers (hover, completion, definition, rename) on the shipped specs."""
 
 from __future__ import annotations
 
-import math
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from trees import same_tree
 
 import archspec
 from archspec.analysis.report import check, check_text
@@ -20,25 +20,6 @@ from archspec.lsp.engine import Engine
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").rglob("*.yaml"))
 RESNET = "specs/torchvision/resnet.yaml"
-
-
-def same_tree(a, b, path="$"):
-    """Equal values, types and every recorded position."""
-    assert type(a) is type(b), path
-    if isinstance(a, dict):
-        assert list(a) == list(b), path
-        for attr in ("loc", "key_locs", "val_locs"):
-            assert getattr(a, attr, None) == getattr(b, attr, None), (path, attr)
-        for k in a:
-            same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for attr in ("loc", "item_locs"):
-            assert getattr(a, attr, None) == getattr(b, attr, None), (path, attr)
-        for i, (x, y) in enumerate(zip(a, b)):
-            same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b or math.isnan(a) and math.isnan(b), path
 
 
 @pytest.fixture(scope="module", autouse=True)
