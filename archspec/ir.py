@@ -25,6 +25,9 @@ IN = "in"  # in `from:`, the item's incoming tensor
 
 @dataclass
 class Node:
+    """One node of the lowered network: a layer, a composite (seq, parallel, residual, ...) or a
+    join of earlier outputs, with its shapes, parameters, MACs and where the spec wrote it."""
+
     kind: str
     name: str
     path: str  # module path in the built model ("" for the root)
@@ -64,6 +67,8 @@ class Node:
 
 @dataclass
 class Network:
+    """A lowered spec: its root node and what the report, the compiler and the memory model need."""
+
     name: str
     variant: str | None
     input: Shape

@@ -14,6 +14,8 @@ SUFFIXES = (".yaml", ".yml")
 
 @dataclass
 class Entry:
+    """One row of `archspec list`: a spec or variant and its figures."""
+
     spec: str
     variant: str | None
     name: str

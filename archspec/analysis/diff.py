@@ -18,6 +18,8 @@ from archspec.ops import OPS, fmt
 
 @dataclass(frozen=True)
 class Layer:
+    """A layer as `diff` compares it."""
+
     path: str
     op: str  # its description: `conv 3x3/2`
     output: tuple[int, ...]
@@ -27,6 +29,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class Row:
+    """One row of a diff: a layer in A, in B or in both."""
+
     change: str  # same | changed | added | removed
     a: Layer | None
     b: Layer | None

@@ -28,12 +28,16 @@ DEFAULT_MARGIN = 0.85  # plan for 85% of the free memory: allocator fragmentatio
 
 @dataclass(eq=False)
 class Storage:
+    """A block of memory one or more tensors share."""
+
     nbytes: int
     owner: str  # the layer (or merge) that allocated it, for messages
 
 
 @dataclass(eq=False)
 class Tensor:
+    """A tensor of the modelled forward: a view of a storage."""
+
     storage: Storage
     elems: int  # per batch
     dtype: str
@@ -56,6 +60,8 @@ class Step:
 
 @dataclass
 class MemoryReport:
+    """Training memory at one batch size, by kind, with the peak and where it is."""
+
     batch: int
     dtype: str
     optimizer: str
@@ -377,6 +383,8 @@ def _peak(
 
 @dataclass(eq=False)
 class _Grad:
+    """A gradient buffer shared by the tensors that accumulate into it."""
+
     nbytes: int
     refs: int = 1
 

@@ -18,6 +18,8 @@ from archspec.plugins import entry_point_problems, load_entry_points
 
 @dataclass
 class Report:
+    """The result of a check: the lowered network, or the errors, and the source to show them."""
+
     spec: str
     variant: str | None
     errors: list[Diagnostic] = field(default_factory=list)

@@ -39,6 +39,8 @@ class ExportError(Exception):
 
 @dataclass
 class ExportResult:
+    """What `export` wrote and how close the file's outputs came to PyTorch's."""
+
     format: str
     path: str
     method: str  # dynamo / legacy (onnx), script / trace (torchscript)

@@ -67,6 +67,8 @@ class It:
 
 @dataclass
 class Unit:
+    """A module call (or functional op) of the traced graph, with its graph nodes."""
+
     key: str
     path: str  # module path; "" for a functional op
     nodes: list[fx.Node]
@@ -859,6 +861,8 @@ def _raise(e: Exception):
 
 @dataclass
 class _Ctx:
+    """The traced graph's facts, shared while one module's body is grouped."""
+
     path: str
     depth: int
     units: list[Unit]

@@ -23,6 +23,8 @@ class Loc:
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One located error: where, its code, the message and a hint."""
+
     loc: Loc
     code: str
     message: str

@@ -46,6 +46,8 @@ class LSeq(list):
 
 @dataclass
 class Source:
+    """A spec file's text and its located tree (LMap/LSeq and scalars)."""
+
     path: str
     text: str
     root: Any = None

@@ -23,6 +23,8 @@ from archspec.ops import OPS
 
 @dataclass(frozen=True)
 class Value:
+    """A tensor as the in-place check sees it: a storage and which version of it."""
+
     storage: int
     version: int
     made_by: str  # what the tensor is, in words: "the output of `enc.c1`"

@@ -264,6 +264,8 @@ class Row:
 
 @dataclass
 class Rep:
+    """One repetition of a table row."""
+
     row: Row
     j: int  # the repetition's index within its row
 

@@ -328,6 +328,8 @@ def _size(value: Any, bound: int) -> int:
 
 @dataclass
 class _Stage:
+    """One stage's lowering, cached with the inputs it depended on."""
+
     keep: tuple  # the objects whose ids are in the key: alive, so the ids stay theirs
     node: Node
     log: list[tuple]

@@ -217,6 +217,8 @@ def enclosing_template(src: Source | None, line: int) -> str | None:
 
 @dataclass(frozen=True)
 class Completion:
+    """One completion item offered in the editor."""
+
     label: str
     kind: str  # op, combinator, template, param, variable, variant
     detail: str = ""

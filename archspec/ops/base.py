@@ -52,6 +52,8 @@ GLOBAL = Window((GLOBAL_RF, GLOBAL_RF), (1, 1))
 
 @dataclass(frozen=True)
 class Inferred:
+    """What an op's rule infers for one input: the output shape, parameters, MACs and window."""
+
     out: Shape
     params: int = 0
     macs: int = 0

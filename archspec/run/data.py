@@ -50,6 +50,8 @@ class Split:
 
 @dataclass
 class Data:
+    """A loaded data set: its train and test splits, classes and image shape."""
+
     name: str
     train: Split
     test: Split

@@ -40,6 +40,9 @@ SMALL_MODEL_FLOPS = 20e6  # per image forward; below it a CPU run uses one threa
 
 @dataclass
 class Result:
+    """How a training run ended: its run directory, per-epoch history, and the signal that
+    stopped it, if one did."""
+
     out: Path
     history: list[dict[str, float]]
     signal: int | None = None  # set when a signal stopped the run
