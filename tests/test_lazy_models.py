@@ -134,3 +134,18 @@ def test_a_clean_check_never_imports_pydantic_and_an_error_does():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_field_types_are_read_as_typing_reads_them():
+    """The fast path reads each class's own annotations (once per module and text); typing's
+    get_type_hints reads them the slow way. Same types for every op and the spec's top level."""
+    import typing
+
+    from archspec.lang.model import _own_hints
+
+    for klass in [SpecModel, *(type(op).Params for op in OPS.values())]:
+        for base in klass.__mro__:
+            if isinstance(base, type) and issubclass(base, Model) and base is not Model:
+                want = typing.get_type_hints(base)
+                for name, kind in _own_hints(base).items():
+                    assert kind == want[name], (base, name)

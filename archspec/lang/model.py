@@ -15,7 +15,10 @@ is about half of what a `check` of a small spec costs (docs/PERFORMANCE.md).
 
 from __future__ import annotations
 
+import builtins
 import copy
+import inspect
+import sys
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Union
@@ -252,7 +255,7 @@ class Model(metaclass=_Meta):
             if any(type(v).__module__.startswith("pydantic") for v in body.values()):
                 return None  # pydantic's own Field or validators: pydantic validates the class
             try:
-                hints = typing.get_type_hints(klass)  # each class in its own module
+                hints = _own_hints(klass)
             except Exception:  # noqa: BLE001  # an annotation only pydantic can read
                 return None
             for name in body.get("__annotations__", {}):
@@ -294,6 +297,32 @@ class Model(metaclass=_Meta):
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
         return f"{type(self).__name__}({fields})"
+
+
+_HINTS: dict[tuple[str, str], Any] = {}  # (module, annotation text) -> the type it names
+
+
+def _own_hints(klass: type) -> dict[str, Any]:
+    """The types of the fields `klass` itself annotates, as `typing.get_type_hints` evaluates
+    them (the module's names first, then the class's; Annotated kept, which sends that field to
+    pydantic), each distinct text evaluated once per module rather than once per class and base:
+    the ops' few dozen `int`, `IntOrPair` and `bool` each cost a compile."""
+    module = sys.modules[klass.__module__].__dict__
+    hints = {}
+    for name, text in inspect.get_annotations(klass).items():
+        if not isinstance(text, str):  # a module without `from __future__ import annotations`
+            hints[name] = text
+            continue
+        key = (klass.__module__, text)
+        if key not in _HINTS:
+            try:
+                names = module if text in module else vars(builtins)
+                _HINTS[key] = names[text] if text in names else eval(text, module)
+            except NameError:  # a name of the class's own: the class may not share it
+                hints[name] = eval(text, dict(vars(klass)), module)
+                continue
+        hints[name] = _HINTS[key]
+    return hints
 
 
 def _default_of(spec: FieldSpec) -> Callable[[], Any]:
