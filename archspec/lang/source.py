@@ -163,16 +163,38 @@ def _compose_in_c(text: str) -> Any:
         return None  # (at the end of a file without a final newline, the two end blocks apart)
     if len(_OPENERS.findall(text)) > _C_MAX_OPENERS:
         return None
+    loader = _c_loader()
+    if loader is None:
+        return None
     try:
-        from ruamel.yaml import YAML
-        from ruamel.yaml.main import CParser
-
-        if CParser is None:
-            return None
-        node = YAML(typ="safe", pure=False).compose(io.StringIO(text))
+        node = loader(text).get_single_node()
     except Exception:  # noqa: BLE001  # any failure: the pure composer reports it, located
         return None
     return node if node is not None and _within_bounds(node) else None
+
+
+_C_LOADER: Any = False  # not looked for yet
+
+
+def _c_loader() -> Any:
+    """libyaml's parser and composer with ruamel's YAML 1.2 resolver (what `YAML(typ="safe")`
+    assembles, without its per-call set-up), or None where ruamel.yaml.clib is not installed."""
+    global _C_LOADER
+    if _C_LOADER is False:
+        try:
+            from _ruamel_yaml import CParser  # type: ignore[import-not-found]  # no stubs
+        except ImportError:
+            _C_LOADER = None
+            return None
+        from ruamel.yaml.resolver import Resolver
+
+        class CLoader(CParser, Resolver):  # type: ignore[misc]
+            def __init__(self, text: str):
+                CParser.__init__(self, io.StringIO(text))
+                Resolver.__init__(self, loadumper=self)
+
+        _C_LOADER = CLoader
+    return _C_LOADER
 
 
 def _within_bounds(root: Any) -> bool:
