@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
-import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Loc:
+class Loc(NamedTuple):
     """A 1-based position in a spec file."""
 
     file: str
@@ -21,8 +19,7 @@ class Loc:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclass(frozen=True)
-class Diagnostic:
+class Diagnostic(NamedTuple):
     """One located error: where, its code, the message and a hint."""
 
     loc: Loc
@@ -118,7 +115,7 @@ class Collector:
                 places = self._places.get(i)
                 if place is not None and places is not None and place not in places:
                     places.append(place)
-                    self.items[i] = replace(d, note=_note(places))
+                    self.items[i] = d._replace(note=_note(places))
                 return
         if len(self.items) < self.limit:
             if place is not None:
@@ -144,6 +141,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     choices = sorted({str(c) for c in choices})  # YAML keys may be numbers
     # difflib ranks the candidates; a suggestion must also be a few edits away, or `attention`
     # would suggest `flatten` and `hardsigmoid` `sigmoid` (a different thing, not a typo).
+    import difflib  # here, not above: a clean check never suggests anything
+
     most = max(2, len(word) // 3)
     for close in difflib.get_close_matches(word, choices, n=3, cutoff=0.6):
         if edits(word.lower(), close.lower()) <= most:
@@ -157,6 +156,8 @@ def raised_at(e: BaseException) -> str:
     """`file:line` where an exception was raised (for a SyntaxError, where the bad code is)."""
     if isinstance(e, SyntaxError) and e.filename:
         return f"{e.filename}:{e.lineno}"
+    import traceback  # here: only a failing plugin is located this way
+
     frames = traceback.extract_tb(e.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "an unknown place"
 

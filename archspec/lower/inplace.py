@@ -12,8 +12,7 @@ in-place layer, a read of a tensor that an in-place layer has overwritten since.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from archspec.ir import JOIN, LAYER, Network, Node
 from archspec.lang.errors import Collector
@@ -21,8 +20,7 @@ from archspec.lower.combinators.base import Replay, main_path
 from archspec.ops import OPS
 
 
-@dataclass(frozen=True)
-class Value:
+class Value(NamedTuple):
     """A tensor as the in-place check sees it: a storage and which version of it."""
 
     storage: int

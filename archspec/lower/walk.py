@@ -427,7 +427,7 @@ class Lowerer:
             name = self.item_name(body, body_loc, env, name)
         name = self.claim(scope, name, loc_of(body, "name", key_loc) if "name" in body else key_loc)
         node = Node(LAYER, name, join(scope.path, name), key_loc, state.shape, op=opname)
-        node.loc = replace(key_loc, width=len(opname))
+        node.loc = key_loc._replace(width=len(opname))
         op = OPS[opname]
         ref_states: dict[str, State] = {}
         for f in op.refs:  # parameters that name an earlier output

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -218,7 +218,7 @@ class Engine:
         wrapper = LMap({key: inner})
         wrapper.loc = outer.loc
         wrapper.key_locs = {key: outer.key_locs[key]}
-        wrapper.val_locs = {key: replace(outer.val_locs[key], width=1)}  # spans several lines
+        wrapper.val_locs = {key: outer.val_locs[key]._replace(width=1)}  # spans several lines
         self.maps[ident] = (wrapper, (outer, parts))  # alive, so the ids stay theirs
         return wrapper
 

@@ -11,10 +11,8 @@ op — here or in a plugin (docs/plugins.md) — is one definition.
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, NamedTuple, Union
 
 from archspec.lang.errors import Problem, did_you_mean, edits, raised_at
 from archspec.lang.model import ConfigDict, Field, Model
@@ -34,8 +32,7 @@ PosInt = Field(ge=1)
 IntOrPair = Union[int, list[int]]  # noqa: UP007  # docs_reference renders typing.Union as "int or [h, w]"
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     """How a layer maps spatial positions (for the receptive field)."""
 
     k: tuple[int, int]
@@ -50,8 +47,7 @@ GLOBAL_RF = 1 << 40
 GLOBAL = Window((GLOBAL_RF, GLOBAL_RF), (1, 1))
 
 
-@dataclass(frozen=True)
-class Inferred:
+class Inferred(NamedTuple):
     """What an op's rule infers for one input: the output shape, parameters, MACs and window."""
 
     out: Shape
@@ -60,8 +56,7 @@ class Inferred:
     window: Window | None = None  # None: pointwise (activation, bn, ...)
 
 
-@dataclass(frozen=True)
-class Extra:
+class Extra(NamedTuple):
     """A tensor a layer's backward keeps that no other layer shares: indices, a mask, statistics."""
 
     what: str
@@ -72,8 +67,7 @@ class Extra:
     per_sample: bool = True
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(NamedTuple):
     """What a layer's autograd node keeps alive in training mode until its backward runs.
 
     `input`/`output` name tensors other layers may keep too (counted once, by storage);
@@ -325,6 +319,8 @@ def suggest_op(word: str, known: Any) -> str | None:
         hint = did_you_mean(word, known)
         if hint is not None and hint.startswith("did you mean"):
             return hint
+        import difflib  # only an unknown op gets here
+
         most = max(2, len(squashed) // 3)
         close = difflib.get_close_matches(squashed, table, n=3, cutoff=0.6)
         ops = next((table[c] for c in close if edits(squashed, c) <= most), None)
