@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,13 +225,22 @@ def _check_arguments(
         raise wrong("path", "a str or a path", path)
     if variant is not None and not isinstance(variant, str):
         raise wrong("variant", "a str or None", variant)
-    if num_classes is not None and (
-        not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool)
-    ):
+    if num_classes is not None and not _is_int(num_classes):
         raise wrong("num_classes", "an int or None", num_classes)
     if input_shape is not None and (
         isinstance(input_shape, (str, bytes))
         or not isinstance(input_shape, (tuple, list))
-        or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in input_shape)
+        or not all(_is_int(d) for d in input_shape)
     ):
         raise wrong("input_shape", "a tuple or list of ints (C, H, W)", input_shape)
+
+
+def _is_int(x: object) -> bool:
+    """An integer (numpy's too), not a bool."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return True
+    import numbers  # numpy's integers register here; an int never gets this far
+
+    return isinstance(x, numbers.Integral)

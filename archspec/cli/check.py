@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -80,6 +79,8 @@ def check_cmd(
 
         report.memory = estimate(report.network, batch, dtype, optimizer)
     if as_json:
+        import json  # here: the table, the usual output, does not need it
+
         click.echo(json.dumps(report.to_json()))
     elif report.ok:
         click.echo(render_table(report))
@@ -96,6 +97,8 @@ def _usage_failure(
 
         report = Report(spec, variant, requested_input=shape)
         report.errors = [Diagnostic(Loc(spec), "E-IO", message, None)]
+        import json
+
         click.echo(json.dumps(report.to_json()))
     else:
         click.echo(f"error: {message}", err=True)
