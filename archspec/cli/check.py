@@ -79,9 +79,7 @@ def check_cmd(
 
         report.memory = estimate(report.network, batch, dtype, optimizer)
     if as_json:
-        import json  # here: the table, the usual output, does not need it
-
-        click.echo(json.dumps(report.to_json()))
+        _echo_json(report)
     elif report.ok:
         click.echo(render_table(report))
     if not report.ok and not as_json:
@@ -97,9 +95,13 @@ def _usage_failure(
 
         report = Report(spec, variant, requested_input=shape)
         report.errors = [Diagnostic(Loc(spec), "E-IO", message, None)]
-        import json
-
-        click.echo(json.dumps(report.to_json()))
+        _echo_json(report)
     else:
         click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _echo_json(report: Report) -> None:
+    import json  # here: the table, the usual output, does not need it
+
+    click.echo(json.dumps(report.to_json()))
