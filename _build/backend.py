@@ -24,10 +24,5 @@ def build_editable(
     metadata_directory: str | None = None,
 ) -> str:
     wheel = _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)
-    compile_package(PACKAGE)
+    compileall.compile_dir(str(PACKAGE), quiet=1)  # into __pycache__, as Python writes it
     return wheel
-
-
-def compile_package(package: Path) -> bool:
-    """Bytecode for every module of `package`, beside it in __pycache__ (as Python writes it)."""
-    return bool(compileall.compile_dir(str(package), quiet=1))
